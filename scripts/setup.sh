@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the system packages kosmosg builds against (see third_party/README.md), then
+# configures and builds Release into build/. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(cmake g++ make pkg-config ccache
+  libtorch-dev libopenblas-dev libgloo-dev
+  libopencv-dev libsentencepiece-dev nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${KOSMOSG_CMAKE_ARGS:-}
+cmake --build build -j "$(nproc)"
+echo "setup: built build/kosmosg"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds (through setup.sh) and runs the whole GoogleTest suite with ctest.
+# KOSMOSG_GOLDEN_DIR / KOSMOSG_SHARED_DIR point the tests at other golden data or fixtures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export OMP_WAIT_POLICY=PASSIVE
+ctest --test-dir build --output-on-failure "$@"

@@ -1,0 +1,21 @@
+#pragma once
+// Each subcommand lives in its own file and contributes one entry here.
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <vector>
+
+namespace kosmosg::cli {
+
+struct Command {
+  CLI::App* app;
+  std::function<int()> run;
+};
+
+Command add_inspect(CLI::App& app);
+
+inline std::vector<Command> register_commands(CLI::App& app) {
+  return {add_inspect(app)};
+}
+
+}  // namespace kosmosg::cli

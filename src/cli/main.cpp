@@ -1,0 +1,30 @@
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "kosmosg/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"kosmosg: Kosmos-G and Stable Diffusion 1.5 on LibTorch — generation, training, conversion"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kosmosg 0.1.0");
+  auto commands = kosmosg::cli::register_commands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& c : commands)
+      if (c.app->parsed()) return c.run();
+  } catch (const kosmosg::Error& e) {
+    std::fprintf(stderr, "kosmosg: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kosmosg: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,10 @@
+#pragma once
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>

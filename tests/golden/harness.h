@@ -1,0 +1,86 @@
+#pragma once
+// Golden parity harness: every case file under $KOSMOSG_GOLDEN_DIR is dispatched on its
+// `module` metadata to a runner registered with KOSMOSG_GOLDEN_MODULE (JSON goldens on their
+// file name with KOSMOSG_GOLDEN_JSON). A runner computes outputs and hands them to
+// `report.check`; every output.* of the file must be checked or the case fails.
+#include <torch/torch.h>
+
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kosmosg/io/safetensors.h"
+
+namespace kosmosg::golden {
+
+struct Case {
+  std::string path;      // absolute path of the file
+  std::string name;      // path relative to the golden folder, for printing
+  io::SafeTensors file;
+  std::string module;
+  nlohmann::json config;
+  std::string call;
+  nlohmann::json tolerance;
+
+  bool has(const std::string& key) const { return file.contains(key); }
+  at::Tensor input(const std::string& name) const { return file.get("input." + name); }
+  at::Tensor expected(const std::string& name) const { return file.get("output." + name); }
+  // param.<prefix>* with the prefix removed ("" for single-module files, "unet." etc.).
+  io::TensorMap params(const std::string& prefix = "") const { return file.tensors("param." + prefix); }
+  // Names (without "output.") of every output tensor in the file.
+  std::vector<std::string> outputs() const;
+  // Names (without "input.<prefix>") of the inputs starting with `prefix`.
+  std::vector<std::string> inputs(const std::string& prefix = "") const;
+};
+
+struct Check {
+  std::string output;
+  double error = 0;      // relative L2, or number of differing elements when exact
+  double tolerance = 0;  // 0 when exact
+  bool exact = false;
+  bool pass = false;
+  std::string note;
+};
+
+class Report {
+ public:
+  // Compares `actual` with output.<name> under the case's tolerance for <name>
+  // (`tolerance_key` when the tolerance is listed under another name).
+  void check(const Case& c, const std::string& name, const at::Tensor& actual,
+             const std::string& tolerance_key = "");
+  // A failure that is not a tensor comparison (an exception, a mismatch in a JSON golden).
+  void fail(const std::string& what, const std::string& why);
+  // A JSON golden's comparison: `failures` of `total` items differ.
+  void count(const std::string& what, size_t failures, size_t total);
+  const std::vector<Check>& checks() const { return checks_; }
+
+ private:
+  std::vector<Check> checks_;
+};
+
+using CaseRunner = std::function<void(const Case&, Report&)>;
+using JsonRunner = std::function<void(const std::string& path, const nlohmann::json&, Report&)>;
+
+bool register_module(const std::string& module, CaseRunner runner);
+bool register_json(const std::string& file_name, JsonRunner runner);
+
+// Tolerance of output `name` from the case metadata: {exact, bound}.
+std::pair<bool, double> tolerance_of(const Case& c, const std::string& name);
+
+// Relative L2 error ‖a − b‖ / ‖b‖ in float64 (absolute when ‖b‖ is 0).
+double relative_l2(const at::Tensor& actual, const at::Tensor& expected);
+
+// Folder of the shared test data (fixtures, golden): $KOSMOSG_SHARED_DIR or the build default.
+std::string shared_dir();
+
+}  // namespace kosmosg::golden
+
+#define KOSMOSG_GOLDEN_CAT2(a, b) a##b
+#define KOSMOSG_GOLDEN_CAT(a, b) KOSMOSG_GOLDEN_CAT2(a, b)
+#define KOSMOSG_GOLDEN_MODULE(module, runner)                                       \
+  static const bool KOSMOSG_GOLDEN_CAT(kosmosg_golden_registered_, __LINE__) = \
+      ::kosmosg::golden::register_module(module, runner)
+#define KOSMOSG_GOLDEN_JSON(file_name, runner)                                      \
+  static const bool KOSMOSG_GOLDEN_CAT(kosmosg_golden_registered_, __LINE__) = \
+      ::kosmosg::golden::register_json(file_name, runner)
