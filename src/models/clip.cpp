@@ -26,7 +26,8 @@ CLIPEncoderConfig encoder_from_json(const io::Json& json, CLIPEncoderConfig c,
   c.hidden_size = io::config_value(json, "hidden_size", c.hidden_size, what);
   c.intermediate_size = io::config_value(json, "intermediate_size", c.intermediate_size, what);
   c.num_hidden_layers = io::config_value(json, "num_hidden_layers", c.num_hidden_layers, what);
-  c.num_attention_heads = io::config_value(json, "num_attention_heads", c.num_attention_heads, what);
+  c.num_attention_heads =
+      io::config_value(json, "num_attention_heads", c.num_attention_heads, what);
   c.hidden_act = io::config_value(json, "hidden_act", c.hidden_act, what);
   c.layer_norm_eps = io::config_value(json, "layer_norm_eps", c.layer_norm_eps, what);
   check_positive(c.hidden_size, "hidden_size", what);
@@ -92,8 +93,8 @@ CLIPVisionConfig CLIPVisionConfig::from_json(const io::Json& json, const std::st
 CLIPConfig CLIPConfig::from_json(const io::Json& json, const std::string& what) {
   CLIPConfig c;
   c.text = CLIPTextConfig::from_json(sub_config(json, "text_config", what), what + " text_config");
-  c.vision = CLIPVisionConfig::from_json(sub_config(json, "vision_config", what),
-                                         what + " vision_config");
+  c.vision =
+      CLIPVisionConfig::from_json(sub_config(json, "vision_config", what), what + " vision_config");
   c.projection_dim = io::config_value(json, "projection_dim", c.projection_dim, what);
   c.logit_scale_init_value =
       io::config_value(json, "logit_scale_init_value", c.logit_scale_init_value, what);
@@ -133,10 +134,12 @@ at::Tensor CLIPMLPImpl::forward(const at::Tensor& x) {
 }
 
 CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPEncoderConfig& config) {
-  layer_norm1 = register_module("layer_norm1", layer_norm(config.hidden_size, config.layer_norm_eps));
+  layer_norm1 =
+      register_module("layer_norm1", layer_norm(config.hidden_size, config.layer_norm_eps));
   self_attn =
       register_module("self_attn", CLIPAttention(config.hidden_size, config.num_attention_heads));
-  layer_norm2 = register_module("layer_norm2", layer_norm(config.hidden_size, config.layer_norm_eps));
+  layer_norm2 =
+      register_module("layer_norm2", layer_norm(config.hidden_size, config.layer_norm_eps));
   mlp = register_module("mlp", CLIPMLP(config));
 }
 
@@ -148,7 +151,8 @@ at::Tensor CLIPEncoderLayerImpl::forward(const at::Tensor& x, bool causal,
 
 CLIPEncoderImpl::CLIPEncoderImpl(const CLIPEncoderConfig& config) {
   layers = register_module("layers", tnn::ModuleList());
-  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers->push_back(CLIPEncoderLayer(config));
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i)
+    layers->push_back(CLIPEncoderLayer(config));
 }
 
 at::Tensor CLIPEncoderImpl::forward(at::Tensor x, bool causal,
@@ -246,12 +250,10 @@ CLIPVisionEmbeddingsImpl::CLIPVisionEmbeddingsImpl(const CLIPVisionConfig& confi
   const int64_t grid = config.image_size / config.patch_size;
   class_embedding = register_parameter("class_embedding", torch::randn({d}));
   patch_embedding = register_module(
-      "patch_embedding",
-      tnn::Conv2d(tnn::Conv2dOptions(config.num_channels, d, config.patch_size)
-                      .stride(config.patch_size)
-                      .bias(false)));
-  position_embedding =
-      register_module("position_embedding", tnn::Embedding(1 + grid * grid, d));
+      "patch_embedding", tnn::Conv2d(tnn::Conv2dOptions(config.num_channels, d, config.patch_size)
+                                         .stride(config.patch_size)
+                                         .bias(false)));
+  position_embedding = register_module("position_embedding", tnn::Embedding(1 + grid * grid, d));
 }
 
 at::Tensor CLIPVisionEmbeddingsImpl::forward(const at::Tensor& pixel_values) {
@@ -301,8 +303,7 @@ CLIPModelImpl::CLIPModelImpl(const CLIPConfig& config) {
   text_model = register_module("text_model", CLIPTextTransformer(config.text));
   vision_model = register_module("vision_model", CLIPVisionTransformer(config.vision));
   visual_projection = register_module(
-      "visual_projection",
-      linear(config.vision.encoder.hidden_size, config.projection_dim, false));
+      "visual_projection", linear(config.vision.encoder.hidden_size, config.projection_dim, false));
   text_projection = register_module(
       "text_projection", linear(config.text.encoder.hidden_size, config.projection_dim, false));
   logit_scale = register_parameter("logit_scale",

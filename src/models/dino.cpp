@@ -55,7 +55,8 @@ DinoViTConfig DinoViTConfig::from_json(const io::Json& json, const std::string& 
                                                       {"num_heads", c.num_heads}};
   for (const auto& [key, value] : positive)
     if (value <= 0)
-      fail(what, std::string(key) + " is " + std::to_string(value) + ", expected a positive number");
+      fail(what,
+           std::string(key) + " is " + std::to_string(value) + ", expected a positive number");
   if (c.depth < 0) fail(what, "depth is " + std::to_string(c.depth) + ", expected >= 0");
   if (c.embed_dim % c.num_heads != 0)
     fail(what, "embed_dim " + std::to_string(c.embed_dim) + " is not divisible by num_heads " +
@@ -63,7 +64,8 @@ DinoViTConfig DinoViTConfig::from_json(const io::Json& json, const std::string& 
   if (c.img_size % c.patch_size != 0)
     fail(what, "img_size " + std::to_string(c.img_size) + " is not a multiple of patch_size " +
                    std::to_string(c.patch_size));
-  if (c.mlp_ratio <= 0) fail(what, "mlp_ratio is " + std::to_string(c.mlp_ratio) + ", expected > 0");
+  if (c.mlp_ratio <= 0)
+    fail(what, "mlp_ratio is " + std::to_string(c.mlp_ratio) + ", expected > 0");
   return c;
 }
 
@@ -72,7 +74,8 @@ DinoBlockImpl::DinoBlockImpl(const DinoViTConfig& config) : heads_(config.num_he
   const auto hidden = static_cast<int64_t>(static_cast<double>(d) * config.mlp_ratio);
   norm1 = register_module("norm1", layer_norm(d, config.layer_norm_eps));
   auto attn = group(*this, "attn");
-  qkv = attn->register_module("qkv", tnn::Linear(tnn::LinearOptions(d, 3 * d).bias(config.qkv_bias)));
+  qkv =
+      attn->register_module("qkv", tnn::Linear(tnn::LinearOptions(d, 3 * d).bias(config.qkv_bias)));
   proj = attn->register_module("proj", tnn::Linear(d, d));
   norm2 = register_module("norm2", layer_norm(d, config.layer_norm_eps));
   auto mlp = group(*this, "mlp");
@@ -84,8 +87,9 @@ at::Tensor DinoBlockImpl::forward(const at::Tensor& x) {
   const int64_t b = x.size(0), n = x.size(1), d = x.size(2);
   // qkv output channels are q|k|v, each split into heads like a plain projection.
   auto parts = qkv(norm1(x)).view({b, n, 3, d}).unbind(2);
-  auto attended = nn::attention(nn::split_heads(parts[0], heads_), nn::split_heads(parts[1], heads_),
-                                nn::split_heads(parts[2], heads_));
+  auto attended =
+      nn::attention(nn::split_heads(parts[0], heads_), nn::split_heads(parts[1], heads_),
+                    nn::split_heads(parts[2], heads_));
   auto h = x + proj(nn::merge_heads(attended));
   return h + fc2(torch::gelu(fc1(norm2(h))));
 }
@@ -96,9 +100,9 @@ DinoViTImpl::DinoViTImpl(const DinoViTConfig& config) : config_(config) {
   cls_token = register_parameter("cls_token", torch::zeros({1, 1, d}));
   pos_embed = register_parameter("pos_embed", torch::zeros({1, 1 + grid * grid, d}));
   patch_proj = group(*this, "patch_embed")
-                   ->register_module("proj", tnn::Conv2d(tnn::Conv2dOptions(config.in_chans, d,
-                                                                            config.patch_size)
-                                                             .stride(config.patch_size)));
+                   ->register_module(
+                       "proj", tnn::Conv2d(tnn::Conv2dOptions(config.in_chans, d, config.patch_size)
+                                               .stride(config.patch_size)));
   blocks = register_module("blocks", tnn::ModuleList());
   for (int64_t i = 0; i < config.depth; ++i) blocks->push_back(DinoBlock(config));
   norm = register_module("norm", layer_norm(d, config.layer_norm_eps));
