@@ -30,8 +30,10 @@ std::vector<int64_t> per_block_ints(const io::Json& json, const std::string& key
     values.push_back(v.get<int64_t>());
   }
   if (values.size() != blocks)
-    config_error(key, "has " + std::to_string(values.size()) + " entries; expected one per down "
-                 "block (" + std::to_string(blocks) + ")");
+    config_error(key, "has " + std::to_string(values.size()) +
+                          " entries; expected one per down "
+                          "block (" +
+                          std::to_string(blocks) + ")");
   return values;
 }
 
@@ -52,7 +54,8 @@ std::vector<bool> per_block_bools(const io::Json& json, const std::string& key, 
 void require_null(const io::Json& json, const std::string& key, const std::string& feature) {
   auto it = json.find(key);
   if (it != json.end() && !it->is_null())
-    config_error(key, "is " + it->dump() + ", but " + feature + " is not supported (expected null)");
+    config_error(key,
+                 "is " + it->dump() + ", but " + feature + " is not supported (expected null)");
 }
 
 template <typename T>
@@ -69,12 +72,6 @@ void check_types(const std::vector<std::string>& types, const std::string& key,
     if (std::find(supported.begin(), supported.end(), t) == supported.end())
       config_error(key, "contains \"" + t + "\"; supported: " + io::Json(supported).dump());
   }
-}
-
-template <typename T>
-std::vector<T> reversed(std::vector<T> v) {
-  std::reverse(v.begin(), v.end());
-  return v;
 }
 
 std::string shape_of(const at::Tensor& t) {
@@ -102,11 +99,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
       json, "up_block_types",
       {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}, kWhat);
   auto mid = json.find("mid_block_type");
-  c.mid_block_type = mid == json.end() ? "UNetMidBlock2DCrossAttn"
-                                       : io::config_value<std::string>(json, "mid_block_type", "",
-                                                                       kWhat);
-  c.block_out_channels = io::config_value<std::vector<int64_t>>(
-      json, "block_out_channels", {320, 640, 1280, 1280}, kWhat);
+  c.mid_block_type = mid == json.end()
+                         ? "UNetMidBlock2DCrossAttn"
+                         : io::config_value<std::string>(json, "mid_block_type", "", kWhat);
+  c.block_out_channels = io::config_value<std::vector<int64_t>>(json, "block_out_channels",
+                                                                {320, 640, 1280, 1280}, kWhat);
 
   const size_t n = c.down_block_types.size();
   if (n == 0) config_error("down_block_types", "is empty");
@@ -142,11 +139,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
   c.norm_eps = io::config_value<double>(json, "norm_eps", 1e-5, kWhat);
   c.use_linear_projection = io::config_value<bool>(json, "use_linear_projection", false, kWhat);
   c.upcast_attention = io::config_value<bool>(json, "upcast_attention", false, kWhat);
-  c.time_embedding_type = io::config_value<std::string>(json, "time_embedding_type", "positional",
-                                                        kWhat);
+  c.time_embedding_type =
+      io::config_value<std::string>(json, "time_embedding_type", "positional", kWhat);
   if (c.time_embedding_type != "positional")
-    config_error("time_embedding_type", "is \"" + c.time_embedding_type +
-                                            "\"; only \"positional\" is supported");
+    config_error("time_embedding_type",
+                 "is \"" + c.time_embedding_type + "\"; only \"positional\" is supported");
   c.time_embedding_dim = io::config_value<int64_t>(json, "time_embedding_dim", 0, kWhat);
   c.timestep_post_act = io::config_value<std::string>(json, "timestep_post_act", "", kWhat);
   if (!c.timestep_post_act.empty())
@@ -173,11 +170,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
                                              " is not a positive multiple of norm_num_groups (" +
                                              std::to_string(c.norm_num_groups) + ")");
     if (c.attention_heads[i] <= 0 || ch % c.attention_heads[i] != 0)
-      config_error(heads != json.end() && !heads->is_null() ? "num_attention_heads"
-                                                            : "attention_head_dim",
-                   "gives " + std::to_string(c.attention_heads[i]) + " heads for block " +
-                       std::to_string(i) + " of " + std::to_string(ch) +
-                       " channels; the head count must divide the width");
+      config_error(
+          heads != json.end() && !heads->is_null() ? "num_attention_heads" : "attention_head_dim",
+          "gives " + std::to_string(c.attention_heads[i]) + " heads for block " +
+              std::to_string(i) + " of " + std::to_string(ch) +
+              " channels; the head count must divide the width");
   }
   return c;
 }
@@ -198,76 +195,16 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   const auto& c = config_;
   const size_t n = c.block_out_channels.size();
   const int64_t c0 = c.block_out_channels[0];
-  const int64_t temb = c.time_embedding_dim > 0 ? c.time_embedding_dim : 4 * c0;
-  const auto act = blocks::parse_activation(c.act_fn, "act_fn");
-
   conv_in = register_module(
       "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, c.conv_in_kernel)
                                        .padding((c.conv_in_kernel - 1) / 2)));
-  std::optional<blocks::Activation> post_act;
-  if (!c.timestep_post_act.empty())
-    post_act = blocks::parse_activation(c.timestep_post_act, "timestep_post_act");
-  time_embedding_ = register_module(
-      "time_embedding", std::make_shared<blocks::TimestepEmbeddingImpl>(c0, temb, act, post_act));
-
-  auto block_config = [&](int64_t in, int64_t out, int64_t layers, bool cross, int64_t heads,
-                          int64_t cross_dim, int64_t transformer_layers, bool only_cross) {
-    blocks::BlockConfig b;
-    b.in_channels = in;
-    b.out_channels = out;
-    b.temb_channels = temb;
-    b.layers = layers;
-    b.groups = c.norm_num_groups;
-    b.eps = c.norm_eps;
-    b.act = act;
-    if (cross) {
-      blocks::TransformerConfig t;
-      t.heads = heads;
-      t.layers = transformer_layers;
-      t.cross_attention_dim = cross_dim;
-      t.use_linear_projection = c.use_linear_projection;
-      t.only_cross_attention = only_cross;
-      t.upcast = c.upcast_attention;
-      b.transformer = t;
-    }
-    return b;
-  };
-
+  time_embedding_ = register_module("time_embedding", blocks::make_unet_time_embedding(c).ptr());
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t in = c.block_out_channels[i == 0 ? 0 : i - 1];
-    const bool final_block = i + 1 == n;
-    auto b = block_config(in, c.block_out_channels[i], c.layers_per_block[i],
-                          c.down_block_types[i] == "CrossAttnDownBlock2D", c.attention_heads[i],
-                          c.cross_attention_dim[i], c.transformer_layers_per_block[i],
-                          c.only_cross_attention[i]);
-    down_blocks->push_back(blocks::DownBlock(b, final_block ? -1 : c.downsample_padding));
-  }
-
-  if (!c.mid_block_type.empty()) {
-    const int64_t ch = c.block_out_channels.back();
-    auto b = block_config(ch, ch, 1, true, c.attention_heads.back(), c.cross_attention_dim.back(),
-                          c.transformer_layers_per_block.back(), false);
-    b.output_scale_factor = c.mid_block_scale_factor;
-    mid_block_ = register_module("mid_block", std::make_shared<blocks::MidBlockImpl>(b));
-  }
-
-  const auto rev_channels = reversed(c.block_out_channels);
-  const auto rev_layers = reversed(c.layers_per_block);
-  const auto rev_heads = reversed(c.attention_heads);
-  const auto rev_cross = reversed(c.cross_attention_dim);
-  const auto rev_transformer_layers = reversed(c.transformer_layers_per_block);
-  const auto rev_only_cross = reversed(c.only_cross_attention);
+  for (size_t i = 0; i < n; ++i) down_blocks->push_back(blocks::make_unet_down_block(c, i));
+  if (!c.mid_block_type.empty())
+    mid_block_ = register_module("mid_block", blocks::make_unet_mid_block(c).ptr());
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
-  for (size_t i = 0; i < n; ++i) {
-    const int64_t prev = rev_channels[i == 0 ? 0 : i - 1];
-    const int64_t skip_in = rev_channels[std::min(i + 1, n - 1)];
-    auto b = block_config(skip_in, rev_channels[i], rev_layers[i] + 1,
-                          c.up_block_types[i] == "CrossAttnUpBlock2D", rev_heads[i], rev_cross[i],
-                          rev_transformer_layers[i], rev_only_cross[i]);
-    up_blocks->push_back(blocks::UpBlock(b, prev, /*add_upsample=*/i + 1 < n));
-  }
-
+  for (size_t i = 0; i < n; ++i) up_blocks->push_back(blocks::make_unet_up_block(c, i));
   conv_norm_out = register_module(
       "conv_norm_out",
       torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, c0).eps(c.norm_eps)));
@@ -296,8 +233,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
 
   const auto dtype = conv_in->weight.scalar_type();
   auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());
-  auto emb = blocks::timestep_sinusoids(t, c.block_out_channels[0], c.flip_sin_to_cos,
-                                        c.freq_shift)
+  auto emb = blocks::timestep_sinusoids(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
                  .to(dtype);
   emb = time_embedding_->forward(emb);
 

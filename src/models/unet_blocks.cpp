@@ -51,10 +51,14 @@ at::Tensor activate(const at::Tensor& x, Activation act, bool x_is_temporary) {
   const bool in_place = x_is_temporary && !at::GradMode::is_enabled();
   at::Tensor y = x;
   switch (act) {
-    case Activation::SiLU: return in_place ? at::silu_(y) : at::silu(x);
-    case Activation::Mish: return in_place ? at::mish_(y) : at::mish(x);
-    case Activation::GELU: return at::gelu(x);
-    case Activation::ReLU: return in_place ? at::relu_(y) : at::relu(x);
+    case Activation::SiLU:
+      return in_place ? at::silu_(y) : at::silu(x);
+    case Activation::Mish:
+      return in_place ? at::mish_(y) : at::mish(x);
+    case Activation::GELU:
+      return at::gelu(x);
+    case Activation::ReLU:
+      return in_place ? at::relu_(y) : at::relu(x);
   }
   return x;
 }
@@ -90,12 +94,11 @@ at::Tensor TimestepEmbeddingImpl::forward(const at::Tensor& features) {
 
 AttentionImpl::AttentionImpl(const AttentionConfig& config) : config_(config) {
   const int64_t inner = config.heads * config.head_dim;
-  const int64_t kv_dim = config.cross_attention_dim > 0 ? config.cross_attention_dim
-                                                        : config.query_dim;
+  const int64_t kv_dim =
+      config.cross_attention_dim > 0 ? config.cross_attention_dim : config.query_dim;
   if (config.norm_groups > 0)
-    group_norm = register_module("group_norm",
-                                 blocks::group_norm(config.norm_groups, config.query_dim,
-                                                    config.norm_eps));
+    group_norm = register_module(
+        "group_norm", blocks::group_norm(config.norm_groups, config.query_dim, config.norm_eps));
   auto linear = [](int64_t in, int64_t out, bool bias) {
     return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
   };
@@ -192,10 +195,9 @@ Transformer2DModelImpl::Transformer2DModelImpl(const TransformerConfig& config) 
   }
   transformer_blocks = register_module("transformer_blocks", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.layers; ++i)
-    transformer_blocks->push_back(BasicTransformerBlock(c, config.heads, c / config.heads,
-                                                        config.cross_attention_dim,
-                                                        config.only_cross_attention,
-                                                        config.upcast));
+    transformer_blocks->push_back(
+        BasicTransformerBlock(c, config.heads, c / config.heads, config.cross_attention_dim,
+                              config.only_cross_attention, config.upcast));
   if (config.use_linear_projection) {
     proj_out_linear = register_module("proj_out", torch::nn::Linear(c, c));
   } else {
@@ -225,8 +227,8 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetConfig& config) : config_(confi
   norm2 = register_module("norm2", group_norm(config.groups, config.out_channels, config.eps));
   conv2 = register_module("conv2", conv(config.out_channels, config.out_channels, 3));
   if (config.in_channels != config.out_channels)
-    conv_shortcut = register_module("conv_shortcut",
-                                    conv(config.in_channels, config.out_channels, 1));
+    conv_shortcut =
+        register_module("conv_shortcut", conv(config.in_channels, config.out_channels, 1));
 }
 
 at::Tensor ResnetBlock2DImpl::forward(const at::Tensor& x, const at::Tensor& temb) {
@@ -291,8 +293,8 @@ DownBlockImpl::DownBlockImpl(const BlockConfig& config, int64_t downsample_paddi
   resnets = register_module("resnets", torch::nn::ModuleList());
   if (config.transformer) attentions = register_module("attentions", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.layers; ++i) {
-    resnets->push_back(
-        make_resnet(config, i == 0 ? config.in_channels : config.out_channels, config.out_channels));
+    resnets->push_back(make_resnet(config, i == 0 ? config.in_channels : config.out_channels,
+                                   config.out_channels));
     if (attentions) attentions->push_back(make_transformer(config, config.out_channels));
   }
   if (downsample_padding >= 0) {
@@ -382,6 +384,81 @@ at::Tensor UpBlockImpl::forward(at::Tensor x, const at::Tensor& temb, const at::
   }
   if (upsamplers) x = upsamplers[0]->as<Upsample2D>()->forward(x, std::move(upsample_size));
   return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+BlockConfig unet_block_config(const UNet2DConditionConfig& c, int64_t in, int64_t out,
+                              int64_t layers, bool cross, int64_t heads, int64_t cross_dim,
+                              int64_t transformer_layers, bool only_cross) {
+  BlockConfig b;
+  b.in_channels = in;
+  b.out_channels = out;
+  b.temb_channels = unet_time_embed_dim(c);
+  b.layers = layers;
+  b.groups = c.norm_num_groups;
+  b.eps = c.norm_eps;
+  b.act = parse_activation(c.act_fn, "act_fn");
+  if (cross) {
+    TransformerConfig t;
+    t.heads = heads;
+    t.layers = transformer_layers;
+    t.cross_attention_dim = cross_dim;
+    t.use_linear_projection = c.use_linear_projection;
+    t.only_cross_attention = only_cross;
+    t.upcast = c.upcast_attention;
+    b.transformer = t;
+  }
+  return b;
+}
+
+}  // namespace
+
+int64_t unet_time_embed_dim(const UNet2DConditionConfig& c) {
+  return c.time_embedding_dim > 0 ? c.time_embedding_dim : 4 * c.block_out_channels.at(0);
+}
+
+TimestepEmbedding make_unet_time_embedding(const UNet2DConditionConfig& c) {
+  std::optional<Activation> post_act;
+  if (!c.timestep_post_act.empty())
+    post_act = parse_activation(c.timestep_post_act, "timestep_post_act");
+  return TimestepEmbedding(c.block_out_channels.at(0), unet_time_embed_dim(c),
+                           parse_activation(c.act_fn, "act_fn"), post_act);
+}
+
+DownBlock make_unet_down_block(const UNet2DConditionConfig& c, size_t i) {
+  const auto& ch = c.block_out_channels;
+  const bool final_block = i + 1 == ch.size();
+  auto b = unet_block_config(c, ch.at(i == 0 ? 0 : i - 1), ch.at(i), c.layers_per_block.at(i),
+                             c.down_block_types.at(i) == "CrossAttnDownBlock2D",
+                             c.attention_heads.at(i), c.cross_attention_dim.at(i),
+                             c.transformer_layers_per_block.at(i), c.only_cross_attention.at(i));
+  return DownBlock(b, final_block ? -1 : c.downsample_padding);
+}
+
+MidBlock make_unet_mid_block(const UNet2DConditionConfig& c) {
+  const int64_t ch = c.block_out_channels.back();
+  auto b =
+      unet_block_config(c, ch, ch, 1, true, c.attention_heads.back(), c.cross_attention_dim.back(),
+                        c.transformer_layers_per_block.back(), false);
+  b.output_scale_factor = c.mid_block_scale_factor;
+  return MidBlock(b);
+}
+
+UpBlock make_unet_up_block(const UNet2DConditionConfig& c, size_t i) {
+  // Up block i mirrors down block n-1-i: per-block lists are read reversed.
+  const size_t n = c.block_out_channels.size();
+  const size_t mirror = n - 1 - i;
+  const int64_t prev = c.block_out_channels.at(i == 0 ? n - 1 : mirror + 1);
+  const int64_t skip_in = c.block_out_channels.at(mirror == 0 ? 0 : mirror - 1);
+  auto b = unet_block_config(
+      c, skip_in, c.block_out_channels.at(mirror), c.layers_per_block.at(mirror) + 1,
+      c.up_block_types.at(i) == "CrossAttnUpBlock2D", c.attention_heads.at(mirror),
+      c.cross_attention_dim.at(mirror), c.transformer_layers_per_block.at(mirror),
+      c.only_cross_attention.at(mirror));
+  return UpBlock(b, prev, /*add_upsample=*/i + 1 < n);
 }
 
 }  // namespace kosmosg::models::blocks

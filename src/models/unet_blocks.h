@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "kosmosg/models/unet.h"
+
 namespace kosmosg::models::blocks {
 
 // The activations diffusers' get_activation knows ("silu"/"swish", "mish", "gelu", "relu").
@@ -50,8 +52,8 @@ struct AttentionConfig {
   int64_t heads = 1;
   int64_t head_dim = 0;
   bool qkv_bias = false;
-  bool upcast = false;          // scores in float32 for half-precision models
-  int64_t norm_groups = 0;      // > 0: a `group_norm` before the projections (VAE form)
+  bool upcast = false;      // scores in float32 for half-precision models
+  int64_t norm_groups = 0;  // > 0: a `group_norm` before the projections (VAE form)
   double norm_eps = 1e-6;
 };
 
@@ -234,5 +236,13 @@ class UpBlockImpl : public torch::nn::Module {
   torch::nn::ModuleList resnets{nullptr}, attentions{nullptr}, upsamplers{nullptr};
 };
 TORCH_MODULE(UpBlock);
+
+// The parts of a UNet2DConditionModel as its config defines them, shared with ControlNetModel
+// (which copies the UNet's conv_in, time embedding, down blocks and mid block).
+int64_t unet_time_embed_dim(const UNet2DConditionConfig& config);
+TimestepEmbedding make_unet_time_embedding(const UNet2DConditionConfig& config);
+DownBlock make_unet_down_block(const UNet2DConditionConfig& config, size_t index);
+MidBlock make_unet_mid_block(const UNet2DConditionConfig& config);
+UpBlock make_unet_up_block(const UNet2DConditionConfig& config, size_t index);
 
 }  // namespace kosmosg::models::blocks

@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <algorithm>
 #include <sstream>
 
 #include "kosmosg/error.h"
@@ -59,17 +58,19 @@ namespace vae_detail {
 // conv_out to 2·latent_channels (mean and logvar).
 class EncoderImpl : public torch::nn::Module {
  public:
-  explicit EncoderImpl(const AutoencoderKLConfig& c) : act_(blocks::parse_activation(c.act_fn, "act_fn")) {
+  explicit EncoderImpl(const AutoencoderKLConfig& c)
+      : act_(blocks::parse_activation(c.act_fn, "act_fn")) {
     const auto& ch = c.block_out_channels;
     conv_in = register_module("conv_in", conv3(c.in_channels, ch[0]));
     down_blocks = register_module("down_blocks", torch::nn::ModuleList());
     for (size_t i = 0; i < ch.size(); ++i) {
       const bool final_block = i + 1 == ch.size();
-      down_blocks->push_back(blocks::DownBlock(
-          block_config(c, ch[i == 0 ? 0 : i - 1], ch[i], c.layers_per_block), final_block ? -1 : 0));
+      down_blocks->push_back(
+          blocks::DownBlock(block_config(c, ch[i == 0 ? 0 : i - 1], ch[i], c.layers_per_block),
+                            final_block ? -1 : 0));
     }
-    mid_block = register_module("mid_block",
-                                blocks::MidBlock(block_config(c, ch.back(), ch.back(), 1)));
+    mid_block =
+        register_module("mid_block", blocks::MidBlock(block_config(c, ch.back(), ch.back(), 1)));
     conv_norm_out = register_module(
         "conv_norm_out",
         torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch.back()).eps(kEps)));
@@ -94,16 +95,17 @@ class EncoderImpl : public torch::nn::Module {
 // diffusers Decoder: conv_in, mid_block, up_blocks (UpDecoderBlock2D), conv_norm_out, conv_out.
 class DecoderImpl : public torch::nn::Module {
  public:
-  explicit DecoderImpl(const AutoencoderKLConfig& c) : act_(blocks::parse_activation(c.act_fn, "act_fn")) {
+  explicit DecoderImpl(const AutoencoderKLConfig& c)
+      : act_(blocks::parse_activation(c.act_fn, "act_fn")) {
     std::vector<int64_t> rev(c.block_out_channels.rbegin(), c.block_out_channels.rend());
     conv_in = register_module("conv_in", conv3(c.latent_channels, rev[0]));
     mid_block = register_module("mid_block", blocks::MidBlock(block_config(c, rev[0], rev[0], 1)));
     up_blocks = register_module("up_blocks", torch::nn::ModuleList());
     for (size_t i = 0; i < rev.size(); ++i) {
       const bool final_block = i + 1 == rev.size();
-      up_blocks->push_back(blocks::UpBlock(
-          block_config(c, rev[i == 0 ? 0 : i - 1], rev[i], c.layers_per_block + 1), 0,
-          !final_block));
+      up_blocks->push_back(
+          blocks::UpBlock(block_config(c, rev[i == 0 ? 0 : i - 1], rev[i], c.layers_per_block + 1),
+                          0, !final_block));
     }
     conv_norm_out = register_module(
         "conv_norm_out",
@@ -135,7 +137,8 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::Json& json) {
   c.down_block_types = io::config_value(json, "down_block_types", c.down_block_types, kWhat);
   c.up_block_types = io::config_value(json, "up_block_types", c.up_block_types, kWhat);
   c.block_out_channels = io::config_value(json, "block_out_channels", c.block_out_channels, kWhat);
-  c.layers_per_block = io::config_value<int64_t>(json, "layers_per_block", c.layers_per_block, kWhat);
+  c.layers_per_block =
+      io::config_value<int64_t>(json, "layers_per_block", c.layers_per_block, kWhat);
   c.act_fn = io::config_value(json, "act_fn", c.act_fn, kWhat);
   c.latent_channels = io::config_value<int64_t>(json, "latent_channels", c.latent_channels, kWhat);
   c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", c.norm_num_groups, kWhat);
@@ -162,8 +165,8 @@ at::Tensor DiagonalGaussian::std() const { return at::exp(logvar * 0.5); }
 
 at::Tensor DiagonalGaussian::sample(const at::Tensor& noise) const {
   if (noise.sizes() != mean.sizes())
-    fail("AutoencoderKL", "posterior noise has shape " + shape_of(noise) + "; expected " +
-                              shape_of(mean));
+    fail("AutoencoderKL",
+         "posterior noise has shape " + shape_of(noise) + "; expected " + shape_of(mean));
   return mean + std() * noise.to(mean.options());
 }
 

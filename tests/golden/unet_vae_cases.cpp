@@ -1,6 +1,5 @@
 // Golden runners for diffusers' UNet2DConditionModel and AutoencoderKL.
 #include "harness.h"
-
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/vae.h"
@@ -14,8 +13,8 @@ void run_unet(const Case& c, Report& report) {
   options.source_name = c.name + " param.*";
   io::load_weights(*unet, c.params(), options);
   torch::NoGradGuard no_grad;
-  auto out = unet->forward(c.input("sample"), c.input("timestep"),
-                           c.input("encoder_hidden_states"));
+  auto out =
+      unet->forward(c.input("sample"), c.input("timestep"), c.input("encoder_hidden_states"));
   report.check(c, "sample", out);
 }
 

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <functional>
 #include <string>
 
 #include "kosmosg/error.h"
@@ -101,7 +102,8 @@ TEST(UNetConfig, UnsupportedValuesNameTheKey) {
     return error_of([&] { UNet2DConditionConfig::from_json(j); });
   };
   EXPECT_NE(with("class_embed_type", "timestep").find("class_embed_type"), std::string::npos);
-  EXPECT_NE(with("addition_embed_type", "text_time").find("addition_embed_type"), std::string::npos);
+  EXPECT_NE(with("addition_embed_type", "text_time").find("addition_embed_type"),
+            std::string::npos);
   EXPECT_NE(with("encoder_hid_dim", 768).find("encoder_hid_dim"), std::string::npos);
   EXPECT_NE(with("time_embedding_type", "fourier").find("time_embedding_type"), std::string::npos);
   EXPECT_NE(with("resnet_time_scale_shift", "scale_shift").find("resnet_time_scale_shift"),
@@ -165,10 +167,13 @@ TEST(UNet, TimestepFormsAgreeAndBadShapesFail) {
   auto e = unet->forward(x, torch::tensor({500, 20}, torch::kLong), ctx);
   EXPECT_TRUE(torch::equal(e[0], a[0]));
   EXPECT_FALSE(torch::equal(e[1], a[1]));
-  EXPECT_NE(error_of([&] { unet->forward(x, torch::tensor({1, 2, 3}), ctx); }).find("timestep"),
+  EXPECT_NE(error_of([&] {
+              unet->forward(x, torch::tensor({1, 2, 3}), ctx);
+            }).find("timestep"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { unet->forward(x, torch::tensor(1), torch::randn({2, 3, 7})); })
-                .find("encoder_hidden_states"),
+  EXPECT_NE(error_of([&] {
+              unet->forward(x, torch::tensor(1), torch::randn({2, 3, 7}));
+            }).find("encoder_hidden_states"),
             std::string::npos);
 }
 
@@ -206,8 +211,8 @@ TEST(UNet, ResidualsAreAddedToSkipsAndMid) {
 TEST(UNet, LoadsTheFixtureStrictlyAndRuns) {
   auto unet = fixture_unet();
   auto expected = kosmosg::io::SafeTensors::open(kFixture + "/expected.safetensors");
-  auto context = torch::cat({expected.get("output.negative_hidden_states"),
-                             expected.get("output.prompt_hidden_states")});
+  auto context = torch::cat(
+      {expected.get("output.negative_hidden_states"), expected.get("output.prompt_hidden_states")});
   torch::NoGradGuard no_grad;
   auto x = expected.get("input.initial_latents").expand({2, 4, 8, 8});
   auto out = unet->forward(x, torch::tensor(999), context);
@@ -263,9 +268,11 @@ TEST(Vae, LoadsLegacyAttentionNames) {
   int renamed = 0;
   for (const auto& [name, t] : weights) {
     std::string n = name;
-    for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
-             {".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."},
-             {".to_out.0.", ".proj_attn."}}) {
+    for (const auto& [from, to] :
+         std::vector<std::pair<std::string, std::string>>{{".to_q.", ".query."},
+                                                          {".to_k.", ".key."},
+                                                          {".to_v.", ".value."},
+                                                          {".to_out.0.", ".proj_attn."}}) {
       auto pos = n.find(from);
       if (pos != std::string::npos) {
         n.replace(pos, from.size(), to);

@@ -48,8 +48,8 @@ struct UNet2DConditionConfig {
   bool use_linear_projection = false;
   bool upcast_attention = false;
   std::string time_embedding_type = "positional";
-  int64_t time_embedding_dim = 0;     // 0: 4 · block_out_channels[0]
-  std::string timestep_post_act;      // "" when null
+  int64_t time_embedding_dim = 0;  // 0: 4 · block_out_channels[0]
+  std::string timestep_post_act;   // "" when null
   int64_t conv_in_kernel = 3;
   int64_t conv_out_kernel = 3;
 
