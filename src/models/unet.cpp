@@ -1,0 +1,281 @@
+#include "kosmosg/models/unet.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "kosmosg/error.h"
+#include "models/unet_blocks.h"
+
+namespace kosmosg::models {
+namespace {
+
+const char* const kWhat = "UNet2DConditionModel config";
+
+[[noreturn]] void config_error(const std::string& key, const std::string& why) {
+  fail("config", std::string(kWhat) + ": key '" + key + "' " + why);
+}
+
+// An int or a list with one int per down block; `fallback` (replicated) when absent or null.
+std::vector<int64_t> per_block_ints(const io::Json& json, const std::string& key, int64_t fallback,
+                                    size_t blocks) {
+  auto it = json.find(key);
+  if (it == json.end() || it->is_null()) return std::vector<int64_t>(blocks, fallback);
+  if (it->is_number_integer()) return std::vector<int64_t>(blocks, it->get<int64_t>());
+  if (!it->is_array()) config_error(key, "is " + it->dump() + "; expected an integer or a list");
+  std::vector<int64_t> values;
+  for (const auto& v : *it) {
+    if (!v.is_number_integer()) config_error(key, "is " + it->dump() + "; expected integers");
+    values.push_back(v.get<int64_t>());
+  }
+  if (values.size() != blocks)
+    config_error(key, "has " + std::to_string(values.size()) +
+                          " entries; expected one per down "
+                          "block (" +
+                          std::to_string(blocks) + ")");
+  return values;
+}
+
+std::vector<bool> per_block_bools(const io::Json& json, const std::string& key, size_t blocks) {
+  auto it = json.find(key);
+  if (it == json.end() || it->is_null()) return std::vector<bool>(blocks, false);
+  if (it->is_boolean()) return std::vector<bool>(blocks, it->get<bool>());
+  if (!it->is_array() || it->size() != blocks)
+    config_error(key, "is " + it->dump() + "; expected a boolean or one per down block");
+  std::vector<bool> values;
+  for (const auto& v : *it) {
+    if (!v.is_boolean()) config_error(key, "is " + it->dump() + "; expected booleans");
+    values.push_back(v.get<bool>());
+  }
+  return values;
+}
+
+void require_null(const io::Json& json, const std::string& key, const std::string& feature) {
+  auto it = json.find(key);
+  if (it != json.end() && !it->is_null())
+    config_error(key,
+                 "is " + it->dump() + ", but " + feature + " is not supported (expected null)");
+}
+
+template <typename T>
+void require_value(const io::Json& json, const std::string& key, const T& supported) {
+  const T value = io::config_value<T>(json, key, supported, kWhat);
+  if (value != supported)
+    config_error(key, "is " + json.at(key).dump() + "; only " + io::Json(supported).dump() +
+                          " is supported");
+}
+
+void check_types(const std::vector<std::string>& types, const std::string& key,
+                 const std::vector<std::string>& supported) {
+  for (const auto& t : types) {
+    if (std::find(supported.begin(), supported.end(), t) == supported.end())
+      config_error(key, "contains \"" + t + "\"; supported: " + io::Json(supported).dump());
+  }
+}
+
+std::string shape_of(const at::Tensor& t) {
+  std::ostringstream os;
+  os << t.sizes();
+  return os.str();
+}
+
+}  // namespace
+
+UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
+  if (!json.is_object()) fail("config", std::string(kWhat) + " is not a JSON object");
+  UNet2DConditionConfig c;
+  c.in_channels = io::config_value<int64_t>(json, "in_channels", 4, kWhat);
+  c.out_channels = io::config_value<int64_t>(json, "out_channels", 4, kWhat);
+  c.sample_size = io::config_value<int64_t>(json, "sample_size", 0, kWhat);
+  c.center_input_sample = io::config_value<bool>(json, "center_input_sample", false, kWhat);
+  c.flip_sin_to_cos = io::config_value<bool>(json, "flip_sin_to_cos", true, kWhat);
+  c.freq_shift = io::config_value<double>(json, "freq_shift", 0.0, kWhat);
+  c.down_block_types = io::config_value<std::vector<std::string>>(
+      json, "down_block_types",
+      {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"},
+      kWhat);
+  c.up_block_types = io::config_value<std::vector<std::string>>(
+      json, "up_block_types",
+      {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}, kWhat);
+  auto mid = json.find("mid_block_type");
+  c.mid_block_type = mid == json.end()
+                         ? "UNetMidBlock2DCrossAttn"
+                         : io::config_value<std::string>(json, "mid_block_type", "", kWhat);
+  c.block_out_channels = io::config_value<std::vector<int64_t>>(json, "block_out_channels",
+                                                                {320, 640, 1280, 1280}, kWhat);
+
+  const size_t n = c.down_block_types.size();
+  if (n == 0) config_error("down_block_types", "is empty");
+  if (c.up_block_types.size() != n)
+    config_error("up_block_types", "has " + std::to_string(c.up_block_types.size()) +
+                                       " entries; expected as many as down_block_types (" +
+                                       std::to_string(n) + ")");
+  if (c.block_out_channels.size() != n)
+    config_error("block_out_channels", "has " + std::to_string(c.block_out_channels.size()) +
+                                           " entries; expected one per down block (" +
+                                           std::to_string(n) + ")");
+  check_types(c.down_block_types, "down_block_types", {"CrossAttnDownBlock2D", "DownBlock2D"});
+  check_types(c.up_block_types, "up_block_types", {"CrossAttnUpBlock2D", "UpBlock2D"});
+  if (!c.mid_block_type.empty())
+    check_types({c.mid_block_type}, "mid_block_type", {"UNetMidBlock2DCrossAttn"});
+
+  c.layers_per_block = per_block_ints(json, "layers_per_block", 2, n);
+  auto heads = json.find("num_attention_heads");
+  c.attention_heads = heads != json.end() && !heads->is_null()
+                          ? per_block_ints(json, "num_attention_heads", 8, n)
+                          : per_block_ints(json, "attention_head_dim", 8, n);
+  c.cross_attention_dim = per_block_ints(json, "cross_attention_dim", 1280, n);
+  c.transformer_layers_per_block = per_block_ints(json, "transformer_layers_per_block", 1, n);
+  c.only_cross_attention = per_block_bools(json, "only_cross_attention", n);
+  c.downsample_padding = io::config_value<int64_t>(json, "downsample_padding", 1, kWhat);
+  c.mid_block_scale_factor = io::config_value<double>(json, "mid_block_scale_factor", 1.0, kWhat);
+  c.act_fn = io::config_value<std::string>(json, "act_fn", "silu", kWhat);
+  blocks::parse_activation(c.act_fn, std::string(kWhat) + ": act_fn");
+  auto groups = json.find("norm_num_groups");
+  if (groups != json.end() && groups->is_null())
+    config_error("norm_num_groups", "is null, but a UNet without group norms is not supported");
+  c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", 32, kWhat);
+  c.norm_eps = io::config_value<double>(json, "norm_eps", 1e-5, kWhat);
+  c.use_linear_projection = io::config_value<bool>(json, "use_linear_projection", false, kWhat);
+  c.upcast_attention = io::config_value<bool>(json, "upcast_attention", false, kWhat);
+  c.time_embedding_type =
+      io::config_value<std::string>(json, "time_embedding_type", "positional", kWhat);
+  if (c.time_embedding_type != "positional")
+    config_error("time_embedding_type",
+                 "is \"" + c.time_embedding_type + "\"; only \"positional\" is supported");
+  c.time_embedding_dim = io::config_value<int64_t>(json, "time_embedding_dim", 0, kWhat);
+  c.timestep_post_act = io::config_value<std::string>(json, "timestep_post_act", "", kWhat);
+  if (!c.timestep_post_act.empty())
+    blocks::parse_activation(c.timestep_post_act, std::string(kWhat) + ": timestep_post_act");
+  c.conv_in_kernel = io::config_value<int64_t>(json, "conv_in_kernel", 3, kWhat);
+  c.conv_out_kernel = io::config_value<int64_t>(json, "conv_out_kernel", 3, kWhat);
+
+  require_null(json, "class_embed_type", "a class embedding");
+  require_null(json, "num_class_embeds", "a class embedding");
+  require_null(json, "addition_embed_type", "an addition embedding");
+  require_null(json, "encoder_hid_dim", "an encoder_hidden_states projection");
+  require_null(json, "encoder_hid_dim_type", "an encoder_hidden_states projection");
+  require_null(json, "time_cond_proj_dim", "a timestep condition projection");
+  require_null(json, "time_embedding_act_fn", "an activation after the time embedding");
+  require_null(json, "cross_attention_norm", "a cross-attention norm");
+  require_value<bool>(json, "dual_cross_attention", false);
+  require_value<std::string>(json, "attention_type", "default");
+  require_value<std::string>(json, "resnet_time_scale_shift", "default");
+
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t ch = c.block_out_channels[i];
+    if (ch <= 0 || ch % c.norm_num_groups != 0)
+      config_error("block_out_channels", "entry " + std::to_string(ch) +
+                                             " is not a positive multiple of norm_num_groups (" +
+                                             std::to_string(c.norm_num_groups) + ")");
+    if (c.attention_heads[i] <= 0 || ch % c.attention_heads[i] != 0)
+      config_error(
+          heads != json.end() && !heads->is_null() ? "num_attention_heads" : "attention_head_dim",
+          "gives " + std::to_string(c.attention_heads[i]) + " heads for block " +
+              std::to_string(i) + " of " + std::to_string(ch) +
+              " channels; the head count must divide the width");
+  }
+  return c;
+}
+
+at::Tensor broadcast_timesteps(const at::Tensor& timestep, int64_t batch, const std::string& what) {
+  if (!timestep.defined()) fail(what, "no timestep given");
+  if (timestep.scalar_type() == at::kBool || timestep.is_complex())
+    fail(what, "timestep must be an integer or float tensor");
+  auto t = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
+  if (t.dim() != 1 || (t.size(0) != 1 && t.size(0) != batch))
+    fail(what, "timestep has shape " + shape_of(timestep) + "; expected [], [1] or [" +
+                   std::to_string(batch) + "]");
+  return t.expand({batch});
+}
+
+UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& config)
+    : config_(config) {
+  const auto& c = config_;
+  const size_t n = c.block_out_channels.size();
+  const int64_t c0 = c.block_out_channels[0];
+  conv_in = register_module(
+      "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, c.conv_in_kernel)
+                                       .padding((c.conv_in_kernel - 1) / 2)));
+  time_embedding_ = register_module("time_embedding", blocks::make_unet_time_embedding(c).ptr());
+  down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+  for (size_t i = 0; i < n; ++i) down_blocks->push_back(blocks::make_unet_down_block(c, i));
+  if (!c.mid_block_type.empty())
+    mid_block_ = register_module("mid_block", blocks::make_unet_mid_block(c).ptr());
+  up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+  for (size_t i = 0; i < n; ++i) up_blocks->push_back(blocks::make_unet_up_block(c, i));
+  conv_norm_out = register_module(
+      "conv_norm_out",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, c0).eps(c.norm_eps)));
+  conv_out = register_module(
+      "conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(c0, c.out_channels, c.conv_out_kernel)
+                                        .padding((c.conv_out_kernel - 1) / 2)));
+}
+
+at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
+                                             const at::Tensor& encoder_hidden_states,
+                                             const UNetResiduals* residuals) {
+  const auto& c = config_;
+  const char* what = "UNet2DConditionModel";
+  if (sample.dim() != 4 || sample.size(1) != c.in_channels)
+    fail(what, "sample has shape " + shape_of(sample) + "; expected [B, " +
+                   std::to_string(c.in_channels) + ", H, W]");
+  const int64_t batch = sample.size(0);
+  const auto& context = encoder_hidden_states;
+  const bool one_cross_dim = std::all_of(c.cross_attention_dim.begin(), c.cross_attention_dim.end(),
+                                         [&](int64_t d) { return d == c.cross_attention_dim[0]; });
+  if (context.dim() != 3 || context.size(0) != batch ||
+      (one_cross_dim && context.size(2) != c.cross_attention_dim[0]))
+    fail(what, "encoder_hidden_states has shape " + shape_of(context) + "; expected [" +
+                   std::to_string(batch) + ", L, " + std::to_string(c.cross_attention_dim[0]) +
+                   "]");
+
+  const auto dtype = conv_in->weight.scalar_type();
+  auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());
+  auto emb = blocks::timestep_sinusoids(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
+                 .to(dtype);
+  emb = time_embedding_->forward(emb);
+
+  auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
+  h = conv_in(h);
+  std::vector<at::Tensor> skips{h};
+  for (const auto& block : *down_blocks)
+    h = block->as<blocks::DownBlock>()->forward(h, emb, context, &skips);
+
+  if (residuals) {
+    if (residuals->down.size() != skips.size())
+      fail(what, "got " + std::to_string(residuals->down.size()) +
+                     " down-block residuals; expected one per skip tensor (" +
+                     std::to_string(skips.size()) + ")");
+    for (size_t i = 0; i < skips.size(); ++i) {
+      if (residuals->down[i].sizes() != skips[i].sizes())
+        fail(what, "down-block residual " + std::to_string(i) + " has shape " +
+                       shape_of(residuals->down[i]) + "; expected " + shape_of(skips[i]));
+      skips[i] = skips[i] + residuals->down[i];
+    }
+  }
+
+  if (mid_block_) h = mid_block_->forward(h, emb, context);
+  if (residuals && residuals->mid.defined()) {
+    if (residuals->mid.sizes() != h.sizes())
+      fail(what, "mid-block residual has shape " + shape_of(residuals->mid) + "; expected " +
+                     shape_of(h));
+    h = h + residuals->mid;
+  }
+
+  for (size_t i = 0; i < up_blocks->size(); ++i) {
+    auto* block = up_blocks[i]->as<blocks::UpBlock>();
+    std::optional<std::vector<int64_t>> size;
+    if (i + 1 < up_blocks->size()) {
+      const auto& next = skips[skips.size() - block->size() - 1];
+      size = std::vector<int64_t>{next.size(2), next.size(3)};
+    }
+    h = block->forward(h, emb, context, &skips, size);
+  }
+
+  h = blocks::activate(conv_norm_out(h), blocks::parse_activation(c.act_fn, "act_fn"), true);
+  return conv_out(h);
+}
+
+}  // namespace kosmosg::models
