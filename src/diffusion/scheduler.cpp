@@ -1,0 +1,63 @@
+// The Scheduler base class and the factory.
+#include "kosmosg/diffusion/scheduler.h"
+
+#include <torch/torch.h>
+
+#include "diffusion/internal.h"
+#include "kosmosg/error.h"
+
+namespace kosmosg::diffusion {
+
+Scheduler::Scheduler(std::string name, std::string class_name, io::Json config)
+    : name_(std::move(name)), class_name_(std::move(class_name)), config_(std::move(config)) {}
+
+at::Tensor Scheduler::scale_model_input(const at::Tensor& sample, size_t step_index) const {
+  timestep_at(step_index, "scale_model_input");
+  return sample;
+}
+
+double Scheduler::timestep_at(size_t step_index, const char* op) const {
+  if (num_inference_steps_ == 0) fail_here(std::string(op) + " was called before set_timesteps");
+  if (step_index >= timesteps_.size())
+    fail_here(std::string(op) + ": step index " + std::to_string(step_index) + " is out of range (" +
+              std::to_string(timesteps_.size()) + " timesteps)");
+  return timesteps_[step_index];
+}
+
+void Scheduler::check_steps(int64_t steps) const {
+  const int64_t n = schedule_.num_train_timesteps;
+  if (steps < 1 || steps > n)
+    fail_here("the number of inference steps is " + std::to_string(steps) + "; it must lie in [1, " +
+              std::to_string(n) + "] (num_train_timesteps)");
+}
+
+void Scheduler::fail_here(const std::string& what) const {
+  fail("scheduler", name_ + " (" + class_name_ + "): " + what);
+}
+
+std::vector<std::string> scheduler_kinds() {
+  return {"ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler", "euler-a", "pndm"};
+}
+
+std::unique_ptr<Scheduler> make_scheduler(const std::string& kind, const io::Json& scheduler_config) {
+  if (kind == "ddim") return detail::make_ddim(kind, scheduler_config);
+  if (kind == "dpmpp-2m") return detail::make_dpm_solver(kind, scheduler_config, false);
+  if (kind == "dpmpp-2m-karras") return detail::make_dpm_solver(kind, scheduler_config, true);
+  if (kind == "euler") return detail::make_euler(kind, scheduler_config, false);
+  if (kind == "euler-a") return detail::make_euler(kind, scheduler_config, true);
+  if (kind == "pndm") return detail::make_pndm(kind, scheduler_config);
+  std::string valid;
+  for (const auto& k : scheduler_kinds()) valid += (valid.empty() ? "" : ", ") + k;
+  fail("scheduler", "unknown sampler '" + kind + "' (valid: " + valid + ")");
+}
+
+std::string scheduler_kind_for_class(const std::string& class_name) {
+  if (class_name == "DDIMScheduler") return "ddim";
+  if (class_name == "DPMSolverMultistepScheduler") return "dpmpp-2m";
+  if (class_name == "EulerDiscreteScheduler") return "euler";
+  if (class_name == "EulerAncestralDiscreteScheduler") return "euler-a";
+  if (class_name == "PNDMScheduler") return "pndm";
+  return "";
+}
+
+}  // namespace kosmosg::diffusion
