@@ -1,5 +1,7 @@
 #include "kosmosg/text/prompt_layout.h"
 
+#include <algorithm>
+
 #include "kosmosg/error.h"
 
 namespace kosmosg::text {

@@ -1,7 +1,6 @@
 #include "text/spm_library.h"
 
 #include <dlfcn.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
