@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <unordered_set>
 
 #include "kosmosg/error.h"
@@ -272,7 +273,11 @@ PickleValue PickleValue::object(std::shared_ptr<PickleObject> o) {
   return p;
 }
 
-PickleValue::Kind PickleValue::kind() const { return static_cast<Kind>(v_.index()); }
+// The variant's alternatives are declared in the order of Kind.
+PickleValue::Kind PickleValue::kind() const {
+  static_assert(std::variant_size_v<decltype(v_)> == static_cast<size_t>(Kind::Object) + 1);
+  return static_cast<Kind>(v_.index());
+}
 
 std::string PickleValue::describe() const {
   if (kind() == Kind::Object) return "object " + as_object().class_name;
