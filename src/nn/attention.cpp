@@ -27,7 +27,9 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   }
   auto scores = at::matmul(q * scale, k.transpose(-2, -1));
   if (bias.defined()) scores = scores + bias;
-  return at::matmul(at::softmax(scores, -1), v);
+  auto weights = at::softmax(scores, -1);
+  if (options.dropout > 0) weights = at::dropout(weights, options.dropout, /*train=*/true);
+  return at::matmul(weights, v);
 }
 
 at::Tensor split_heads(const at::Tensor& x, int64_t heads) {

@@ -10,6 +10,7 @@ struct AttentionOptions {
   bool causal = false;                   // key position > query position is excluded
   std::optional<at::Tensor> mask;        // additive float mask or bool keep-mask, broadcast to [B,H,Lq,Lk]
   std::optional<double> scale;           // default 1/sqrt(head_dim)
+  double dropout = 0;                    // drop probability on the attention weights (pass 0 in eval)
 };
 
 // q: [B, H, Lq, D], k/v: [B, H, Lk, D] -> [B, H, Lq, D]. Uses the fused kernel where LibTorch
