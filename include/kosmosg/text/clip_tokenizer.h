@@ -29,6 +29,7 @@ class CLIPTokenizer {
   size_t vocab_size() const;
 
  private:
+  CLIPTokenizer() = default;
   struct Impl;
   std::shared_ptr<Impl> impl_;
 };
