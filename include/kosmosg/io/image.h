@@ -1,0 +1,52 @@
+#pragma once
+// Images as uint8 [H, W, 3] RGB tensors: reading (OpenCV decoders), Pillow 9.4's exact resampling,
+// the Kosmos-G / DreamBench preprocessing transforms, and PNG writing with text chunks.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+namespace kosmosg::io {
+
+// Pillow's decompression-bomb limit (2 x 89478485 pixels), above which it refuses to open.
+constexpr int64_t kMaxImagePixels = 178956970;
+
+// Decodes an image file into uint8 [H, W, 3] RGB: 16-bit samples are divided by 257 (rounded),
+// grey is replicated, alpha is composited onto white. Throws kosmosg::Error naming the file when it
+// is missing, unreadable or corrupt, or when width * height exceeds `max_pixels`.
+at::Tensor read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
+
+// Pillow's resampling filters.
+enum class Resample { Bilinear, Bicubic };
+
+// Pillow 9.4 Image.resize of a uint8 [H, W, C] image to width x height: separable fixed-point
+// convolution, horizontal pass first into a uint8 intermediate, antialiased when downscaling.
+at::Tensor resize(const at::Tensor& hwc_u8, int64_t width, int64_t height, Resample filter);
+// torchvision Resize(target) on a PIL image: the shorter side becomes `target`, the longer
+// int(target * long / short).
+at::Tensor resize_shorter_side(const at::Tensor& hwc_u8, int64_t target, Resample filter);
+// torchvision CenterCrop(size): offsets round((H - size) / 2), round((W - size) / 2), half to even.
+at::Tensor center_crop(const at::Tensor& hwc_u8, int64_t size);
+
+// Kosmos-G's "gpt" transform (CLIP ViT input): bicubic 224, crop 224, (x/255 - mean) / std with
+// CLIP's mean/std in float64; float32 [3, 224, 224].
+at::Tensor clip_pixel_values(const at::Tensor& hwc_u8);
+// Kosmos-G's "diff" transform (VAE input): bilinear `size`, crop `size`, x/127.5 - 1; float32
+// [3, size, size].
+at::Tensor vae_pixel_values(const at::Tensor& hwc_u8, int64_t size = 512);
+// DreamBench DINO transform: bicubic 256, crop 224, ToTensor + Normalize(ImageNet) in float32.
+at::Tensor dino_pixel_values(const at::Tensor& hwc_u8);
+
+// Writes a uint8 [H, W, 3] RGB (or [H, W, 1] grey, [H, W, 4] RGBA) image as PNG, atomically, with
+// one text chunk per entry right after IHDR: tEXt when the value is Latin-1, iTXt (UTF-8,
+// uncompressed) otherwise. Keywords must be 1-79 printable Latin-1 characters without leading,
+// trailing or double spaces.
+void write_png(const std::string& path, const at::Tensor& hwc_u8,
+               const std::map<std::string, std::string>& text = {});
+
+// The tEXt and uncompressed iTXt chunks of a PNG file, as UTF-8 keyword -> value (compressed
+// zTXt/iTXt chunks are skipped). Throws naming the file when it is not a valid PNG.
+std::map<std::string, std::string> read_png_text(const std::string& path);
+
+}  // namespace kosmosg::io

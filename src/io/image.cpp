@@ -1,0 +1,399 @@
+#include "kosmosg/io/image.h"
+
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <optional>
+#include <sstream>
+
+#include "kosmosg/error.h"
+#include "kosmosg/io/safetensors.h"
+#include "text/unicode.h"
+
+// The resampling weights must be computed exactly as Pillow's C code does, without fused
+// multiply-adds, for the fixed-point results to match bit for bit.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace kosmosg::io {
+namespace {
+
+constexpr const char* kRead = "image";
+constexpr const char* kResize = "resize";
+constexpr const char* kPng = "png";
+
+std::string dims(int64_t w, int64_t h) { return std::to_string(w) + "x" + std::to_string(h); }
+
+std::string read_bytes(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) fail(kRead, path + ": no such file");
+  if (std::filesystem::is_directory(path, ec)) fail(kRead, path + ": is a folder, expected an image file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(kRead, path + ": cannot be opened for reading");
+  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail(kRead, path + ": read error");
+  return data;
+}
+
+uint32_t be32(const unsigned char* p) {
+  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3];
+}
+
+// Width and height from a PNG or JPEG header, so that oversized images are refused before
+// they are decoded; {0, 0} for other formats (checked after decoding).
+std::pair<int64_t, int64_t> header_size(const std::string& data) {
+  const auto* b = reinterpret_cast<const unsigned char*>(data.data());
+  const size_t n = data.size();
+  if (n >= 24 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(b + 12, "IHDR", 4) == 0)
+    return {be32(b + 16), be32(b + 20)};
+  if (n >= 4 && b[0] == 0xFF && b[1] == 0xD8) {
+    for (size_t i = 2; i + 9 < n;) {
+      if (b[i] != 0xFF) break;
+      const unsigned char marker = b[i + 1];
+      if (marker == 0xFF) {
+        ++i;
+        continue;
+      }
+      const size_t len = (size_t(b[i + 2]) << 8) | b[i + 3];
+      const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+      if (sof) return {(int64_t(b[i + 7]) << 8) | b[i + 8], (int64_t(b[i + 5]) << 8) | b[i + 6]};
+      i += 2 + len;
+    }
+  }
+  return {0, 0};
+}
+
+void check_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
+  if (w > 0 && h > max_pixels / w)
+    fail(kRead, path + ": image is " + dims(w, h) + " = " +
+                    std::to_string(static_cast<unsigned long long>(w) * static_cast<unsigned long long>(h)) +
+                    " pixels, above the limit of " + std::to_string(max_pixels) +
+                    " (a decompression bomb guard)");
+}
+
+void check_image(const at::Tensor& img, const char* op) {
+  if (img.scalar_type() != at::kByte || img.dim() != 3 || img.size(2) < 1 || img.size(2) > 4 ||
+      img.size(0) < 1 || img.size(1) < 1) {
+    std::ostringstream os;
+    os << "expected a uint8 [H, W, C] image with 1 to 4 channels, got " << img.scalar_type() << " "
+       << img.sizes();
+    fail(op, os.str());
+  }
+}
+
+// ---- Pillow resampling --------------------------------------------------------------------------
+
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+double bilinear_filter(double x) {
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return 1.0 - x;
+  return 0.0;
+}
+
+double bicubic_filter(double x) {
+  constexpr double a = -0.5;
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+// Fixed-point weights of one pass: output index i reads inputs first[i] .. first[i]+count[i]-1.
+struct Coefficients {
+  int64_t ksize = 0;
+  std::vector<int64_t> first, count;
+  std::vector<int32_t> k;  // [out_size, ksize]
+};
+
+Coefficients precompute(int64_t in_size, int64_t out_size, Resample filter) {
+  const double support_base = filter == Resample::Bicubic ? 2.0 : 1.0;
+  const auto kernel = filter == Resample::Bicubic ? bicubic_filter : bilinear_filter;
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+  const double filterscale = scale < 1.0 ? 1.0 : scale;
+  const double support = support_base * filterscale;
+  Coefficients c;
+  c.ksize = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
+  c.first.resize(out_size);
+  c.count.resize(out_size);
+  c.k.assign(out_size * c.ksize, 0);
+  std::vector<double> w(c.ksize);
+  for (int64_t xx = 0; xx < out_size; ++xx) {
+    const double center = (xx + 0.5) * scale;
+    const double ss = 1.0 / filterscale;
+    int64_t xmin = static_cast<int64_t>(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int64_t xmax = static_cast<int64_t>(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    double ww = 0.0;
+    for (int64_t x = 0; x < xmax; ++x) {
+      w[x] = kernel((static_cast<double>(x + xmin) - center + 0.5) * ss);
+      ww += w[x];
+    }
+    for (int64_t x = 0; x < xmax; ++x) {
+      const double v = ww != 0.0 ? w[x] / ww : w[x];
+      c.k[xx * c.ksize + x] = static_cast<int32_t>(v < 0 ? -0.5 + v * (1 << kPrecisionBits)
+                                                         : 0.5 + v * (1 << kPrecisionBits));
+    }
+    c.first[xx] = xmin;
+    c.count[xx] = xmax;
+  }
+  return c;
+}
+
+inline uint8_t clip8(int64_t acc) {
+  const int64_t v = acc >> kPrecisionBits;
+  return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+// One pass along `axis` (1: width, 0: height) of a contiguous uint8 [H, W, C] image.
+at::Tensor resample_pass(const at::Tensor& in, int64_t out_size, int axis, Resample filter) {
+  const int64_t H = in.size(0), W = in.size(1), C = in.size(2);
+  const Coefficients co = precompute(axis == 1 ? W : H, out_size, filter);
+  at::Tensor out = at::empty(axis == 1 ? std::vector<int64_t>{H, out_size, C} : std::vector<int64_t>{out_size, W, C},
+                             in.options());
+  const uint8_t* src = in.data_ptr<uint8_t>();
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const int64_t out_rows = axis == 1 ? H : out_size;
+  const int64_t out_cols = axis == 1 ? out_size : W;
+  at::parallel_for(0, out_rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t y = begin; y < end; ++y) {
+      for (int64_t x = 0; x < out_cols; ++x) {
+        const int64_t i = axis == 1 ? x : y;  // index into the coefficients
+        const int32_t* k = &co.k[i * co.ksize];
+        for (int64_t ch = 0; ch < C; ++ch) {
+          int64_t acc = int64_t(1) << (kPrecisionBits - 1);
+          for (int64_t j = 0; j < co.count[i]; ++j) {
+            const int64_t sy = axis == 1 ? y : co.first[i] + j;
+            const int64_t sx = axis == 1 ? co.first[i] + j : x;
+            acc += int64_t(src[(sy * W + sx) * C + ch]) * k[j];
+          }
+          dst[(y * out_cols + x) * C + ch] = clip8(acc);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// ---- PNG chunks ---------------------------------------------------------------------------------
+
+uint32_t crc32(const std::string& bytes, uint32_t crc = 0) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t n = 0; n < 256; ++n) {
+      uint32_t c = n;
+      for (int k = 0; k < 8; ++k) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[n] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (unsigned char b : bytes) crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+void put_be32(std::string& out, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<char>((v >> s) & 0xFF));
+}
+
+std::string chunk(const std::string& type, const std::string& data) {
+  std::string out;
+  put_be32(out, static_cast<uint32_t>(data.size()));
+  const std::string body = type + data;
+  out += body;
+  put_be32(out, crc32(body));
+  return out;
+}
+
+// Latin-1 bytes of UTF-8 `s`, or nullopt when it has characters beyond U+00FF.
+std::optional<std::string> to_latin1(const std::string& s) {
+  std::string out;
+  for (char32_t c : text::unicode::decode_utf8(s)) {
+    if (c > 0xFF) return std::nullopt;
+    out.push_back(static_cast<char>(c));
+  }
+  return out;
+}
+
+std::string latin1_to_utf8(const std::string& s) {
+  std::u32string u;
+  for (unsigned char c : s) u.push_back(c);
+  return text::unicode::encode_utf8(u);
+}
+
+std::string text_chunk(const std::string& path, const std::string& keyword, const std::string& value) {
+  const auto key = to_latin1(keyword);
+  bool ok = key && !key->empty() && key->size() <= 79 && key->front() != ' ' && key->back() != ' ' &&
+            key->find("  ") == std::string::npos;
+  for (unsigned char c : key.value_or("")) ok &= (c >= 32 && c <= 126) || c >= 161;
+  if (!ok)
+    fail(kPng, path + ": text keyword '" + keyword +
+                   "' must be 1-79 printable Latin-1 characters without leading, trailing or double spaces");
+  if (value.find('\0') != std::string::npos) fail(kPng, path + ": text value of '" + keyword + "' contains a NUL");
+  if (const auto latin1 = to_latin1(value)) return chunk("tEXt", *key + '\0' + *latin1);
+  // iTXt: keyword, NUL, compression flag and method (0, 0), empty language tag and translated
+  // keyword (each NUL-terminated), then the UTF-8 text.
+  return chunk("iTXt", *key + std::string("\0\0\0\0\0", 5) + value);
+}
+
+}  // namespace
+
+at::Tensor read_image(const std::string& path, int64_t max_pixels) {
+  const std::string data = read_bytes(path);
+  const auto [hw, hh] = header_size(data);
+  check_pixels(path, hw, hh, max_pixels);
+  cv::Mat mat;
+  try {
+    mat = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8U, const_cast<char*>(data.data())),
+                       cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    fail(kRead, path + ": cannot be decoded (" + e.msg + ")");
+  }
+  if (mat.empty() || mat.dims != 2)
+    fail(kRead, path + ": not a decodable image (corrupt, truncated or of an unsupported format)");
+  check_pixels(path, mat.cols, mat.rows, max_pixels);
+  if (mat.depth() != CV_8U && mat.depth() != CV_16U)
+    fail(kRead, path + ": unsupported sample type (OpenCV depth " + std::to_string(mat.depth()) +
+                    "), expected 8- or 16-bit samples");
+  const int64_t H = mat.rows, W = mat.cols, C = mat.channels();
+  if (C < 1 || C > 4) fail(kRead, path + ": " + std::to_string(C) + " channels, expected 1 to 4");
+  at::Tensor out = at::empty({H, W, 3}, at::kByte);
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  const bool wide = mat.depth() == CV_16U;
+  for (int64_t y = 0; y < H; ++y) {
+    for (int64_t x = 0; x < W; ++x) {
+      uint32_t v[4];
+      for (int64_t c = 0; c < C; ++c) {
+        const uint32_t s = wide ? mat.ptr<uint16_t>(static_cast<int>(y))[x * C + c]
+                                : mat.ptr<uint8_t>(static_cast<int>(y))[x * C + c];
+        v[c] = wide ? (s + 128) / 257 : s;
+      }
+      // OpenCV's channel order is grey[, alpha] or BGR[A].
+      uint32_t rgb[3], alpha = 255;
+      if (C <= 2) {
+        rgb[0] = rgb[1] = rgb[2] = v[0];
+        if (C == 2) alpha = v[1];
+      } else {
+        rgb[0] = v[2], rgb[1] = v[1], rgb[2] = v[0];
+        if (C == 4) alpha = v[3];
+      }
+      uint8_t* p = dst + (y * W + x) * 3;
+      for (int c = 0; c < 3; ++c)
+        p[c] = static_cast<uint8_t>((rgb[c] * alpha + 255 * (255 - alpha) + 127) / 255);
+    }
+  }
+  return out;
+}
+
+at::Tensor resize(const at::Tensor& hwc_u8, int64_t width, int64_t height, Resample filter) {
+  check_image(hwc_u8, kResize);
+  if (width < 1 || height < 1) fail(kResize, "target size " + dims(width, height) + " must be positive");
+  at::Tensor img = hwc_u8.cpu().contiguous();
+  if (img.size(1) != width) img = resample_pass(img, width, 1, filter);
+  if (img.size(0) != height) img = resample_pass(img, height, 0, filter);
+  return img.data_ptr() == hwc_u8.data_ptr() ? img.clone() : img;
+}
+
+at::Tensor resize_shorter_side(const at::Tensor& hwc_u8, int64_t target, Resample filter) {
+  check_image(hwc_u8, kResize);
+  if (target < 1) fail(kResize, "target size " + std::to_string(target) + " must be positive");
+  const int64_t h = hwc_u8.size(0), w = hwc_u8.size(1);
+  const int64_t shorter = std::min(w, h), longer = std::max(w, h);
+  const auto other = static_cast<int64_t>(static_cast<double>(target * longer) / static_cast<double>(shorter));
+  return w <= h ? resize(hwc_u8, target, other, filter) : resize(hwc_u8, other, target, filter);
+}
+
+at::Tensor center_crop(const at::Tensor& hwc_u8, int64_t size) {
+  check_image(hwc_u8, "center crop");
+  const int64_t h = hwc_u8.size(0), w = hwc_u8.size(1);
+  if (size < 1 || size > h || size > w)
+    fail("center crop", "cannot crop " + dims(size, size) + " out of a " + dims(w, h) + " image");
+  // Python's round: half to even, which is nearbyint under the default rounding mode.
+  const auto top = static_cast<int64_t>(std::nearbyint((h - size) / 2.0));
+  const auto left = static_cast<int64_t>(std::nearbyint((w - size) / 2.0));
+  return hwc_u8.slice(0, top, top + size).slice(1, left, left + size).contiguous();
+}
+
+at::Tensor clip_pixel_values(const at::Tensor& hwc_u8) {
+  const at::Tensor img = center_crop(resize_shorter_side(hwc_u8, 224, Resample::Bicubic), 224);
+  const auto mean = at::tensor({0.48145466, 0.4578275, 0.40821073}, at::kDouble).view({3, 1, 1});
+  const auto std = at::tensor({0.26862954, 0.26130258, 0.27577711}, at::kDouble).view({3, 1, 1});
+  return ((img.permute({2, 0, 1}).to(at::kDouble) / 255.0 - mean) / std).to(at::kFloat).contiguous();
+}
+
+at::Tensor vae_pixel_values(const at::Tensor& hwc_u8, int64_t size) {
+  const at::Tensor img = center_crop(resize_shorter_side(hwc_u8, size, Resample::Bilinear), size);
+  return ((img.permute({2, 0, 1}).to(at::kDouble) / 255.0 - 0.5) / 0.5).to(at::kFloat).contiguous();
+}
+
+at::Tensor dino_pixel_values(const at::Tensor& hwc_u8) {
+  const at::Tensor img = center_crop(resize_shorter_side(hwc_u8, 256, Resample::Bicubic), 224);
+  const auto mean = at::tensor({0.485f, 0.456f, 0.406f}, at::kFloat).view({3, 1, 1});
+  const auto std = at::tensor({0.229f, 0.224f, 0.225f}, at::kFloat).view({3, 1, 1});
+  return ((img.permute({2, 0, 1}).to(at::kFloat) / 255.0f - mean) / std).contiguous();
+}
+
+void write_png(const std::string& path, const at::Tensor& hwc_u8, const std::map<std::string, std::string>& text) {
+  check_image(hwc_u8, kPng);
+  if (hwc_u8.size(2) == 2) fail(kPng, path + ": 2-channel images cannot be written, expected 1, 3 or 4 channels");
+  const at::Tensor img = hwc_u8.cpu().contiguous();
+  const int channels = static_cast<int>(img.size(2));
+  cv::Mat rgb(static_cast<int>(img.size(0)), static_cast<int>(img.size(1)), CV_8UC(channels), img.data_ptr<uint8_t>());
+  cv::Mat bgr;
+  if (channels == 3) cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  else if (channels == 4) cv::cvtColor(rgb, bgr, cv::COLOR_RGBA2BGRA);
+  else bgr = rgb;
+  std::vector<uchar> encoded;
+  if (!cv::imencode(".png", bgr, encoded)) fail(kPng, path + ": OpenCV could not encode the image");
+  std::string png(encoded.begin(), encoded.end());
+  if (png.size() < 33 || png.compare(12, 4, "IHDR") != 0) fail(kPng, path + ": encoder output has no IHDR chunk");
+  const size_t after_ihdr = 8 + 12 + be32(reinterpret_cast<const unsigned char*>(png.data()) + 8);
+  std::string chunks;
+  for (const auto& [key, value] : text) chunks += text_chunk(path, key, value);
+  png.insert(after_ihdr, chunks);
+  write_file_atomically(path, [&](std::FILE* f) {
+    if (std::fwrite(png.data(), 1, png.size(), f) != png.size()) fail(kPng, "cannot write " + path);
+  });
+}
+
+std::map<std::string, std::string> read_png_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(kPng, path + ": cannot be opened for reading");
+  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (data.size() < 8 || data.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) fail(kPng, path + ": not a PNG file");
+  std::map<std::string, std::string> out;
+  for (size_t pos = 8;;) {
+    if (pos + 12 > data.size()) fail(kPng, path + ": truncated (no IEND chunk)");
+    const size_t len = be32(reinterpret_cast<const unsigned char*>(data.data()) + pos);
+    if (pos + 12 + len > data.size()) fail(kPng, path + ": truncated chunk at byte " + std::to_string(pos));
+    const std::string type = data.substr(pos + 4, 4);
+    const std::string body = data.substr(pos + 8, len);
+    if (crc32(type + body) != be32(reinterpret_cast<const unsigned char*>(data.data()) + pos + 8 + len))
+      fail(kPng, path + ": CRC mismatch in the " + type + " chunk at byte " + std::to_string(pos));
+    if (type == "IEND") break;
+    const size_t nul = body.find('\0');
+    if (type == "tEXt" && nul != std::string::npos) {
+      out[latin1_to_utf8(body.substr(0, nul))] = latin1_to_utf8(body.substr(nul + 1));
+    } else if (type == "iTXt" && nul != std::string::npos && nul + 2 < body.size() && body[nul + 1] == 0) {
+      const size_t lang_end = body.find('\0', nul + 3);
+      const size_t key_end = lang_end == std::string::npos ? lang_end : body.find('\0', lang_end + 1);
+      if (key_end != std::string::npos) out[latin1_to_utf8(body.substr(0, nul))] = body.substr(key_end + 1);
+    }
+    pos += 12 + len;
+  }
+  return out;
+}
+
+}  // namespace kosmosg::io
