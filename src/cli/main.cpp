@@ -5,8 +5,10 @@
 
 #include "cli/commands.h"
 #include "kosmosg/error.h"
+#include "kosmosg/runtime.h"
 
 int main(int argc, char** argv) {
+  kosmosg::ensure_passive_omp_wait(argv);
   CLI::App app{"kosmosg: Kosmos-G and Stable Diffusion 1.5 on LibTorch — generation, training, conversion"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kosmosg 0.1.0");

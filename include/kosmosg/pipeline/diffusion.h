@@ -1,0 +1,71 @@
+#pragma once
+// The frozen image decoder shared by every pipeline: SD1.5 UNet + VAE + a sampler loop with
+// classifier-free guidance. Conditions come from the CLIP text encoder or from Kosmos-G.
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <string>
+
+#include "kosmosg/io/config.h"
+#include "kosmosg/models/unet.h"
+#include "kosmosg/models/vae.h"
+
+namespace kosmosg::pipeline {
+
+struct SamplingOptions {
+  std::string sampler = "dpmpp-2m";  // a kind from diffusion::scheduler_kinds()
+  int64_t steps = 25;
+  double guidance = 7.5;             // <= 1 disables classifier-free guidance
+  bool show_progress = false;
+};
+
+// What one sampler step saw and produced (for tests and callers that track the loop).
+struct StepInfo {
+  size_t index;
+  double timestep;
+  const at::Tensor& model_input;  // the scaled [uncond; cond] batch given to the UNet
+  const at::Tensor& noise_pred;   // after guidance
+  const at::Tensor& latents;      // after the scheduler step
+};
+
+using StepCallback = std::function<void(const StepInfo&)>;
+
+class DiffusionDecoder {
+ public:
+  DiffusionDecoder(models::UNet2DConditionModel unet, models::AutoencoderKL vae,
+                   io::Json scheduler_config);
+
+  // Loads unet/, vae/ and scheduler/ of a diffusers model folder.
+  static DiffusionDecoder from_folder(const std::string& dir);
+
+  // Runs the sampler from `latents` (B×4×h×w, unscaled noise: init_noise_sigma is applied here).
+  // `condition` is [2B, L, D] ordered [unconditional × B; conditional × B] when guidance > 1,
+  // else [B, L, D]. `generator` draws the noise ancestral samplers need.
+  at::Tensor sample(const at::Tensor& condition, const at::Tensor& latents,
+                    const SamplingOptions& options, at::Generator generator,
+                    const StepCallback& on_step = {});
+
+  // Latents → images in [-1, 1] (divides by the VAE's scaling factor first).
+  at::Tensor decode(const at::Tensor& latents);
+
+  // Initial noise for `count` images of `height`×`width` pixels, drawn on the CPU so a seed
+  // gives the same image on every device.
+  at::Tensor initial_latents(int64_t count, int64_t height, int64_t width, at::Generator generator) const;
+
+  void to(const c10::Device& device, c10::ScalarType dtype);
+  models::UNet2DConditionModel& unet() { return unet_; }
+  models::AutoencoderKL& vae() { return vae_; }
+  const io::Json& scheduler_config() const { return scheduler_config_; }
+  int64_t vae_scale() const;  // pixels per latent cell (8 for SD)
+
+ private:
+  models::UNet2DConditionModel unet_;
+  models::AutoencoderKL vae_;
+  io::Json scheduler_config_;
+};
+
+// Images in [-1, 1] (N×3×H×W) → uint8 N×H×W×3, as diffusers' numpy_to_pil rounds them.
+at::Tensor to_uint8_images(const at::Tensor& images);
+
+}  // namespace kosmosg::pipeline

@@ -1,0 +1,25 @@
+#pragma once
+// Process-wide runtime settings: threads, device and dtype selection.
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <string>
+
+namespace kosmosg {
+
+// Sets LibTorch's intra-op thread count (0 = every core) and returns the count in use.
+// Debian's LibTorch starts with one thread, so every entry point calls this.
+int configure_threads(int threads);
+
+// "cpu", "cuda" or "cuda:N"; an error when LibTorch was built without that device.
+c10::Device parse_device(const std::string& name);
+
+// "float32", "float16", "bfloat16" or "auto" (float16 on CUDA, float32 on CPU). float16 on CPU is
+// refused: LibTorch's CPU kernels lack half-precision convolutions.
+c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
+
+// Re-executes the current program with OMP_WAIT_POLICY=PASSIVE when it is unset: the OpenMP
+// runtime reads it only at start, and spin-waiting threads fight OpenBLAS's for the cores.
+void ensure_passive_omp_wait(char** argv);
+
+}  // namespace kosmosg

@@ -1,0 +1,46 @@
+#pragma once
+// Kosmos-G's score-distillation loss (the official Diffusionmodel.forward): the frozen UNet's
+// denoising error on noised target latents, with the condition replaced by the null embedding
+// for a random 10 % of the samples (classifier-free guidance training).
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+
+#include "kosmosg/diffusion/scheduler.h"
+#include "kosmosg/models/unet.h"
+
+namespace kosmosg::train {
+
+// The forward's random draws, separate so a caller (or a test) can supply them.
+struct DiffusionLossDraws {
+  at::Tensor noise;      // like the latents
+  at::Tensor timesteps;  // int64 [B] in [0, N)
+  at::Tensor random_p;   // float [B] in [0, 1): rows below the drop rate use the null condition
+};
+
+struct DiffusionLossOutput {
+  at::Tensor loss;            // scalar: Σ over the batch of each sample's mean squared error
+  at::Tensor noisy_latents;   // [B, 4, h, w]
+  at::Tensor unet_condition;  // [B, L, D] after the null replacement
+  at::Tensor model_pred;      // [B, 4, h, w]
+};
+
+class DiffusionLoss {
+ public:
+  DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
+                double condition_drop_rate = 0.1);
+
+  // Draws noise, timesteps and drop probabilities for `latents` from `generator` (on the CPU,
+  // so a seed reproduces on every device).
+  DiffusionLossDraws draw(const at::Tensor& latents, at::Generator generator) const;
+
+  // latents: VAE latents already scaled by 0.18215; condition [B, L, D]; null_condition [1, L, D].
+  DiffusionLossOutput forward(const at::Tensor& latents, const at::Tensor& condition,
+                              const at::Tensor& null_condition, const DiffusionLossDraws& draws);
+
+ private:
+  models::UNet2DConditionModel unet_;
+  diffusion::DDPMTraining noise_;
+  double drop_rate_;
+};
+
+}  // namespace kosmosg::train

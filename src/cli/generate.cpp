@@ -1,0 +1,138 @@
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <random>
+
+#include "cli/commands.h"
+#include "kosmosg/diffusion/scheduler.h"
+#include "kosmosg/error.h"
+#include "kosmosg/io/image.h"
+#include "kosmosg/pipeline/stable_diffusion.h"
+#include "kosmosg/runtime.h"
+
+namespace kosmosg::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct GenerateArgs {
+  std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
+  std::string device = "cpu", dtype = "auto";
+  int64_t steps = 25, num_images = 1;
+  double guidance = 7.5;
+  std::optional<uint64_t> seed;
+  int threads = 0;
+  bool quiet = false;
+};
+
+std::pair<int64_t, int64_t> parse_size(const std::string& text) {
+  const auto x = text.find_first_of("xX");
+  try {
+    if (x != std::string::npos) {
+      size_t used_w = 0, used_h = 0;
+      const int64_t w = std::stoll(text.substr(0, x), &used_w);
+      const int64_t h = std::stoll(text.substr(x + 1), &used_h);
+      if (used_w == x && used_h == text.size() - x - 1) return {w, h};
+    }
+  } catch (const std::exception&) {
+  }
+  fail("size", "--size '" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
+}
+
+// Numbered names for several images: out.png → out_0.png, out_1.png, ...
+std::string output_path(const std::string& out, int64_t index, int64_t count) {
+  if (count == 1) return out;
+  fs::path p(out);
+  return (p.parent_path() / (p.stem().string() + "_" + std::to_string(index) + p.extension().string())).string();
+}
+
+void check_output(const std::string& out) {
+  fs::path p(out);
+  if (p.extension() != ".png") fail("out", "--out " + out + " must end in .png");
+  fs::path dir = p.parent_path().empty() ? fs::path(".") : p.parent_path();
+  if (!fs::is_directory(dir)) fail("out", "the folder of --out " + out + " does not exist");
+  if (::access(dir.c_str(), W_OK) != 0) fail("out", "the folder of --out " + out + " is not writable");
+}
+
+int run_generate(const GenerateArgs& a) {
+  if (a.steps < 1) fail("steps", "--steps must be at least 1, got " + std::to_string(a.steps));
+  if (a.num_images < 1) fail("num-images", "--num-images must be at least 1, got " + std::to_string(a.num_images));
+  const auto kinds = diffusion::scheduler_kinds();
+  if (std::find(kinds.begin(), kinds.end(), a.sampler) == kinds.end()) {
+    std::string valid;
+    for (const auto& k : kinds) valid += (valid.empty() ? "" : ", ") + k;
+    fail("sampler", "unknown sampler '" + a.sampler + "' (expected one of " + valid + ")");
+  }
+  std::optional<std::pair<int64_t, int64_t>> size;
+  if (!a.size.empty()) size = parse_size(a.size);
+  check_output(a.out);
+  const auto device = parse_device(a.device);
+  const auto dtype = parse_dtype(a.dtype, device);
+  const int threads = configure_threads(a.threads);
+  const uint64_t seed = a.seed ? *a.seed : std::random_device{}();
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto pipe = pipeline::StableDiffusionPipeline::from_folder(a.model);
+  pipe.to(device, dtype);
+  const int64_t scale = pipe.decoder().vae_scale();
+  const int64_t default_side = pipe.decoder().unet()->config().sample_size * scale;
+  const auto [width, height] = size ? *size : std::pair<int64_t, int64_t>{default_side, default_side};
+  pipeline::check_image_size(width, height, scale);
+  spdlog::info("loaded {} in {:.1f} s; {} threads, device {}, {}", a.model,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), threads,
+               device.str(), c10::toString(dtype));
+
+  for (int64_t i = 0; i < a.num_images; ++i) {
+    pipeline::TextToImageOptions opt;
+    opt.prompt = a.prompt;
+    opt.negative = a.negative;
+    opt.sampling = {a.sampler, a.steps, a.guidance, !a.quiet};
+    opt.width = width;
+    opt.height = height;
+    opt.seed = seed + static_cast<uint64_t>(i);
+    auto [latents, image] = pipe.generate(opt);
+    const std::string path = output_path(a.out, i, a.num_images);
+    char guidance[32];
+    std::snprintf(guidance, sizeof guidance, "%g", a.guidance);
+    io::write_png(path, pipeline::to_uint8_images(image)[0],
+                  {{"prompt", a.prompt},
+                   {"negative_prompt", a.negative},
+                   {"seed", std::to_string(opt.seed)},
+                   {"steps", std::to_string(a.steps)},
+                   {"guidance", guidance},
+                   {"sampler", a.sampler},
+                   {"size", std::to_string(width) + "x" + std::to_string(height)},
+                   {"model", fs::path(a.model).lexically_normal().string()},
+                   {"software", "kosmosg"}});
+    std::printf("%s\n", path.c_str());
+    spdlog::info("wrote {} (seed {})", path, opt.seed);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  auto* sub = app.add_subcommand("generate", "Generate images from a prompt with a Stable Diffusion folder");
+  sub->add_option("--model", a->model, "Model folder (diffusers Stable Diffusion 1.x layout)")->required();
+  sub->add_option("--prompt", a->prompt, "What to draw")->required();
+  sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch)");
+  sub->add_option("--steps", a->steps, "Sampler steps")->capture_default_str();
+  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale (<= 1 disables it)")->capture_default_str();
+  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, euler, euler-a or pndm")->capture_default_str();
+  sub->add_option("--seed", a->seed, "Seed of the initial noise; image i uses seed+i (default: random)");
+  sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model's native size)");
+  sub->add_option("--num-images", a->num_images, "How many images")->capture_default_str();
+  sub->add_option("--out", a->out, "Output PNG; several images get _0, _1, ... before .png")->capture_default_str();
+  sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_option("--dtype", a->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
+  sub->add_flag("--quiet", a->quiet, "No progress output");
+  return {sub, [a] { return run_generate(*a); }};
+}
+
+}  // namespace kosmosg::cli

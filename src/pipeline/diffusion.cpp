@@ -1,0 +1,108 @@
+#include "kosmosg/pipeline/diffusion.h"
+
+#include <filesystem>
+
+#include "kosmosg/diffusion/scheduler.h"
+#include "kosmosg/error.h"
+#include "kosmosg/io/weights.h"
+#include "kosmosg/util/progress.h"
+
+namespace kosmosg::pipeline {
+
+namespace fs = std::filesystem;
+
+DiffusionDecoder::DiffusionDecoder(models::UNet2DConditionModel unet, models::AutoencoderKL vae,
+                                   io::Json scheduler_config)
+    : unet_(std::move(unet)), vae_(std::move(vae)), scheduler_config_(std::move(scheduler_config)) {
+  unet_->eval();
+  vae_->eval();
+}
+
+DiffusionDecoder DiffusionDecoder::from_folder(const std::string& dir) {
+  const fs::path root(dir);
+  auto unet_config = models::UNet2DConditionConfig::from_json(io::read_json((root / "unet" / "config.json").string()));
+  models::UNet2DConditionModel unet(unet_config);
+  io::LoadOptions unet_load;
+  unet_load.source_name = (root / "unet").string();
+  io::load_weights(*unet, io::read_component_weights((root / "unet").string(), {"diffusion_pytorch_model"}), unet_load);
+
+  auto vae_config = models::AutoencoderKLConfig::from_json(io::read_json((root / "vae" / "config.json").string()));
+  models::AutoencoderKL vae(vae_config);
+  io::LoadOptions vae_load;
+  vae_load.source_name = (root / "vae").string();
+  io::load_weights(*vae, io::read_component_weights((root / "vae").string(), {"diffusion_pytorch_model"}), vae_load);
+
+  auto scheduler = io::read_json((root / "scheduler" / "scheduler_config.json").string());
+  return DiffusionDecoder(std::move(unet), std::move(vae), std::move(scheduler));
+}
+
+int64_t DiffusionDecoder::vae_scale() const {
+  return int64_t{1} << (vae_->config().block_out_channels.size() - 1);
+}
+
+void DiffusionDecoder::to(const c10::Device& device, c10::ScalarType dtype) {
+  unet_->to(device, dtype);
+  vae_->to(device, dtype);
+}
+
+at::Tensor DiffusionDecoder::initial_latents(int64_t count, int64_t height, int64_t width,
+                                             at::Generator generator) const {
+  const int64_t scale = vae_scale();
+  return at::randn({count, unet_->config().in_channels, height / scale, width / scale}, generator,
+                   at::TensorOptions().dtype(at::kFloat));
+}
+
+at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tensor& latents,
+                                    const SamplingOptions& options, at::Generator generator,
+                                    const StepCallback& on_step) {
+  torch::NoGradGuard no_grad;
+  auto scheduler = diffusion::make_scheduler(options.sampler, scheduler_config_);
+  scheduler->set_timesteps(options.steps);
+  const bool guided = options.guidance > 1.0;
+  const int64_t batch = latents.size(0);
+  const int64_t expected_rows = guided ? 2 * batch : batch;
+  if (condition.size(0) != expected_rows)
+    fail("sample", "the condition has " + std::to_string(condition.size(0)) + " rows but " +
+                       std::to_string(batch) + " latents need " + std::to_string(expected_rows) +
+                       (guided ? " (unconditional and conditional)" : ""));
+  const auto param = unet_->parameters().front();
+  const auto options_model = param.options();
+  at::Tensor context = condition.to(options_model);
+  at::Tensor x = (latents * scheduler->init_noise_sigma()).to(param.device(), at::kFloat);
+  const auto& timesteps = scheduler->timesteps();
+  Progress progress("sampling", static_cast<int64_t>(timesteps.size()), !options.show_progress);
+  for (size_t i = 0; i < timesteps.size(); ++i) {
+    at::Tensor input = scheduler->scale_model_input(guided ? at::cat({x, x}) : x, i);
+    at::Tensor t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble));
+    at::Tensor eps = unet_->forward(input.to(options_model), t, context).to(at::kFloat);
+    if (guided) {
+      auto halves = eps.chunk(2);
+      eps = halves[0] + options.guidance * (halves[1] - halves[0]);
+    }
+    at::Tensor noise;
+    if (scheduler->needs_noise())
+      noise = at::randn(x.sizes(), generator, at::TensorOptions().dtype(at::kFloat)).to(x.device());
+    x = scheduler->step(eps, i, x, noise);
+    if (on_step) on_step({i, timesteps[i], input, eps, x});
+    progress.tick();
+  }
+  return x;
+}
+
+at::Tensor DiffusionDecoder::decode(const at::Tensor& latents) {
+  torch::NoGradGuard no_grad;
+  const auto param = vae_->parameters().front();
+  return vae_->decode((latents / vae_->config().scaling_factor).to(param.options())).to(at::kFloat);
+}
+
+at::Tensor to_uint8_images(const at::Tensor& images) {
+  return (images.to(at::kCPU, at::kFloat) / 2 + 0.5)
+      .clamp(0, 1)
+      .mul(255)
+      .round()
+      .to(at::kByte)
+      .permute({0, 2, 3, 1})
+      .contiguous();
+}
+
+}  // namespace kosmosg::pipeline

@@ -1,0 +1,38 @@
+#include "kosmosg/train/diffusion_loss.h"
+
+#include "kosmosg/error.h"
+
+namespace kosmosg::train {
+
+DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
+                             double condition_drop_rate)
+    : unet_(std::move(unet)), noise_(std::move(noise)), drop_rate_(condition_drop_rate) {}
+
+DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator generator) const {
+  const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
+  DiffusionLossDraws d;
+  d.noise = at::randn(latents.sizes(), generator, cpu_float).to(latents.options());
+  d.timesteps = noise_.random_timesteps(latents.size(0), latents.device(), generator);
+  d.random_p = at::rand({latents.size(0)}, generator, cpu_float).to(latents.device());
+  return d;
+}
+
+DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::Tensor& condition,
+                                           const at::Tensor& null_condition,
+                                           const DiffusionLossDraws& draws) {
+  if (condition.size(0) != latents.size(0))
+    fail("diffusion_loss", "condition has " + std::to_string(condition.size(0)) + " rows for " +
+                               std::to_string(latents.size(0)) + " latents");
+  DiffusionLossOutput out;
+  out.noisy_latents = noise_.add_noise(latents, draws.noise, draws.timesteps);
+  const at::Tensor dropped = (draws.random_p < drop_rate_).view({-1, 1, 1});
+  out.unet_condition = at::where(dropped, null_condition[0].unsqueeze(0).to(condition.dtype()), condition);
+  out.model_pred = unet_->forward(out.noisy_latents, draws.timesteps, out.unet_condition);
+  const at::Tensor target = noise_.target(latents, draws.noise, draws.timesteps);
+  const at::Tensor per_sample =
+      (out.model_pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);
+  out.loss = per_sample.sum();
+  return out;
+}
+
+}  // namespace kosmosg::train

@@ -1,0 +1,70 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "kosmosg/io/safetensors.h"
+#include "kosmosg/pipeline/stable_diffusion.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shared_dir() {
+  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
+  return KOSMOSG_DEFAULT_SHARED_DIR;
+}
+
+double rel_l2(const at::Tensor& a, const at::Tensor& b) {
+  auto d = a.to(at::kDouble) - b.to(at::kDouble);
+  return (d.norm() / b.to(at::kDouble).norm()).item<double>();
+}
+
+}  // namespace
+
+// The diffusers folder generates exactly what diffusers computes from it.
+TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
+  const std::string dir = shared_dir() + "/fixtures/tiny-sd15";
+  auto expected = kosmosg::io::SafeTensors::open(dir + "/expected.safetensors");
+  auto pipe = kosmosg::pipeline::StableDiffusionPipeline::from_folder(dir);
+
+  const auto& meta = expected.metadata();
+  auto prompt = pipe.encode_prompt(meta.at("prompt"));
+  auto negative = pipe.encode_prompt(meta.at("negative_prompt"));
+  EXPECT_LT(rel_l2(prompt, expected.get("output.prompt_hidden_states")), 1e-4);
+  EXPECT_LT(rel_l2(negative, expected.get("output.negative_hidden_states")), 1e-4);
+
+  kosmosg::pipeline::TextToImageOptions options;
+  options.prompt = meta.at("prompt");
+  options.negative = meta.at("negative_prompt");
+  options.sampling.sampler = "dpmpp-2m";
+  options.sampling.steps = std::stoll(meta.at("num_inference_steps"));
+  options.sampling.guidance = std::stod(meta.at("guidance_scale"));
+  options.width = std::stoll(meta.at("width"));
+  options.height = std::stoll(meta.at("height"));
+  options.initial_latents = expected.get("input.initial_latents");
+  std::vector<int64_t> timesteps;
+  auto [latents, image] = pipe.generate(options, [&](const kosmosg::pipeline::StepInfo& s) {
+    timesteps.push_back(static_cast<int64_t>(s.timestep));
+  });
+  EXPECT_TRUE(torch::equal(at::tensor(timesteps), expected.get("output.timesteps")));
+  EXPECT_LT(rel_l2(latents, expected.get("output.final_latents")), 1e-3);
+  EXPECT_LT(rel_l2(image, expected.get("output.image")), 1e-3);
+  EXPECT_LT(rel_l2((image / 2 + 0.5).clamp(0, 1), expected.get("output.image_01")), 1e-3);
+}
+
+TEST(StableDiffusionPipeline, SameSeedSameImage) {
+  auto pipe = kosmosg::pipeline::StableDiffusionPipeline::from_folder(shared_dir() + "/fixtures/tiny-sd15");
+  kosmosg::pipeline::TextToImageOptions options;
+  options.prompt = "a red cube";
+  options.sampling.steps = 3;
+  options.width = options.height = 64;
+  options.seed = 42;
+  auto a = pipe.generate(options).second;
+  auto b = pipe.generate(options).second;
+  options.seed = 43;
+  auto c = pipe.generate(options).second;
+  EXPECT_TRUE(torch::equal(a, b));
+  EXPECT_FALSE(torch::equal(a, c));
+}
