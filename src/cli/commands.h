@@ -12,11 +12,12 @@ struct Command {
   std::function<int()> run;
 };
 
+Command add_convert(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_inspect(CLI::App& app);
 
 inline std::vector<Command> register_commands(CLI::App& app) {
-  return {add_generate(app), add_inspect(app)};
+  return {add_generate(app), add_convert(app), add_inspect(app)};
 }
 
 }  // namespace kosmosg::cli

@@ -10,6 +10,7 @@
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
 #include "kosmosg/io/image.h"
+#include "kosmosg/pipeline/kosmosg.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
 #include "kosmosg/runtime.h"
 
@@ -20,6 +21,7 @@ namespace fs = std::filesystem;
 
 struct GenerateArgs {
   std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
+  std::vector<std::string> images;
   std::string device = "cpu", dtype = "auto";
   int64_t steps = 25, num_images = 1;
   double guidance = 7.5;
@@ -74,41 +76,69 @@ int run_generate(const GenerateArgs& a) {
   const int threads = configure_threads(a.threads);
   const uint64_t seed = a.seed ? *a.seed : std::random_device{}();
 
+  // Images are read before the model loads, so a bad file fails fast.
+  std::vector<at::Tensor> images;
+  for (const auto& path : a.images) images.push_back(io::read_image(path));
+  const bool kosmosg = pipeline::KosmosGPipeline::is_kosmosg_folder(a.model);
+  if (!kosmosg && !images.empty())
+    fail("image", "--image needs a Kosmos-G model folder (with kosmosg/); " + a.model +
+                      " is a plain Stable Diffusion folder");
+
   auto t0 = std::chrono::steady_clock::now();
-  auto pipe = pipeline::StableDiffusionPipeline::from_folder(a.model);
-  pipe.to(device, dtype);
-  const int64_t scale = pipe.decoder().vae_scale();
-  const int64_t default_side = pipe.decoder().unet()->config().sample_size * scale;
+  std::optional<pipeline::KosmosGPipeline> kosmosg_pipe;
+  std::optional<pipeline::StableDiffusionPipeline> sd_pipe;
+  pipeline::DiffusionDecoder* decoder = nullptr;
+  if (kosmosg) {
+    kosmosg_pipe = pipeline::KosmosGPipeline::from_folder(a.model);
+    kosmosg_pipe->to(device, dtype);
+    decoder = &kosmosg_pipe->decoder();
+  } else {
+    sd_pipe = pipeline::StableDiffusionPipeline::from_folder(a.model);
+    sd_pipe->to(device, dtype);
+    decoder = &sd_pipe->decoder();
+  }
+  const int64_t scale = decoder->vae_scale();
+  const int64_t default_side = decoder->unet()->config().sample_size * scale;
   const auto [width, height] = size ? *size : std::pair<int64_t, int64_t>{default_side, default_side};
   pipeline::check_image_size(width, height, scale);
-  spdlog::info("loaded {} in {:.1f} s; {} threads, device {}, {}", a.model,
+  spdlog::info("loaded {} ({}) in {:.1f} s; {} threads, device {}, {}", a.model,
+               kosmosg ? "Kosmos-G" : "Stable Diffusion",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), threads,
                device.str(), c10::toString(dtype));
-
-  for (int64_t i = 0; i < a.num_images; ++i) {
-    pipeline::TextToImageOptions opt;
+  const pipeline::SamplingOptions sampling{a.sampler, a.steps, a.guidance, !a.quiet};
+  auto generate_one = [&](uint64_t seed) {
+    pipeline::GenerateOptions opt;
     opt.prompt = a.prompt;
+    opt.images = images;
     opt.negative = a.negative;
-    opt.sampling = {a.sampler, a.steps, a.guidance, !a.quiet};
+    opt.sampling = sampling;
     opt.width = width;
     opt.height = height;
-    opt.seed = seed + static_cast<uint64_t>(i);
-    auto [latents, image] = pipe.generate(opt);
+    opt.seed = seed;
+    return kosmosg ? kosmosg_pipe->generate(opt) : sd_pipe->generate(opt);
+  };
+  std::string image_list;
+  for (const auto& path : a.images) image_list += (image_list.empty() ? "" : "; ") + path;
+
+  for (int64_t i = 0; i < a.num_images; ++i) {
+    const uint64_t image_seed = seed + static_cast<uint64_t>(i);
+    auto [latents, image] = generate_one(image_seed);
     const std::string path = output_path(a.out, i, a.num_images);
     char guidance[32];
     std::snprintf(guidance, sizeof guidance, "%g", a.guidance);
-    io::write_png(path, pipeline::to_uint8_images(image)[0],
-                  {{"prompt", a.prompt},
+    std::map<std::string, std::string> text{{"prompt", a.prompt},
                    {"negative_prompt", a.negative},
-                   {"seed", std::to_string(opt.seed)},
+                   {"seed", std::to_string(image_seed)},
                    {"steps", std::to_string(a.steps)},
                    {"guidance", guidance},
                    {"sampler", a.sampler},
                    {"size", std::to_string(width) + "x" + std::to_string(height)},
                    {"model", fs::path(a.model).lexically_normal().string()},
-                   {"software", "kosmosg"}});
+                   {"software", "kosmosg"}};
+    if (!image_list.empty()) text["images"] = image_list;
+    io::write_png(path, pipeline::to_uint8_images(image)[0], text);
     std::printf("%s\n", path.c_str());
-    spdlog::info("wrote {} (seed {})", path, opt.seed);
+    spdlog::info("wrote {} (seed {})", path, image_seed);
   }
   return 0;
 }
@@ -117,9 +147,11 @@ int run_generate(const GenerateArgs& a) {
 
 Command add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  auto* sub = app.add_subcommand("generate", "Generate images from a prompt with a Stable Diffusion folder");
-  sub->add_option("--model", a->model, "Model folder (diffusers Stable Diffusion 1.x layout)")->required();
-  sub->add_option("--prompt", a->prompt, "What to draw")->required();
+  auto* sub = app.add_subcommand(
+      "generate", "Generate images from a prompt, with a Kosmos-G folder (text and <i> images) or a Stable Diffusion folder");
+  sub->add_option("--model", a->model, "Model folder: Kosmos-G (kosmosg convert) or diffusers Stable Diffusion 1.x")->required();
+  sub->add_option("--prompt", a->prompt, "What to draw; with Kosmos-G each <i> stands for the next --image")->required();
+  sub->add_option("--image", a->images, "An input image for the next <i> of the prompt (repeat in order; Kosmos-G only)");
   sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch)");
   sub->add_option("--steps", a->steps, "Sampler steps")->capture_default_str();
   sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale (<= 1 disables it)")->capture_default_str();

@@ -326,8 +326,8 @@ at::Tensor center_crop(const at::Tensor& hwc_u8, int64_t size) {
   return hwc_u8.slice(0, top, top + size).slice(1, left, left + size).contiguous();
 }
 
-at::Tensor clip_pixel_values(const at::Tensor& hwc_u8) {
-  const at::Tensor img = center_crop(resize_shorter_side(hwc_u8, 224, Resample::Bicubic), 224);
+at::Tensor clip_pixel_values(const at::Tensor& hwc_u8, int64_t size) {
+  const at::Tensor img = center_crop(resize_shorter_side(hwc_u8, size, Resample::Bicubic), size);
   const auto mean = at::tensor({0.48145466, 0.4578275, 0.40821073}, at::kDouble).view({3, 1, 1});
   const auto std = at::tensor({0.26862954, 0.26130258, 0.27577711}, at::kDouble).view({3, 1, 1});
   return ((img.permute({2, 0, 1}).to(at::kDouble) / 255.0 - mean) / std).to(at::kFloat).contiguous();

@@ -89,6 +89,36 @@ at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tenso
   return x;
 }
 
+void check_image_size(int64_t width, int64_t height, int64_t scale) {
+  constexpr int64_t kMaxSide = 4096;
+  for (auto [name, v] : {std::pair<const char*, int64_t>{"width", width}, {"height", height}}) {
+    if (v <= 0 || v % scale != 0)
+      fail("size", std::string(name) + " " + std::to_string(v) + " must be a positive multiple of " +
+                       std::to_string(scale));
+    if (v > kMaxSide)
+      fail("size", std::string(name) + " " + std::to_string(v) + " is larger than the " +
+                       std::to_string(kMaxSide) + " pixels this tool accepts");
+  }
+}
+
+void DiffusionDecoder::check(const GenerateOptions& options) const {
+  check_image_size(options.width, options.height, vae_scale());
+  if (options.sampling.steps < 1)
+    fail("steps", "--steps must be at least 1, got " + std::to_string(options.sampling.steps));
+}
+
+std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& condition,
+                                                             const GenerateOptions& options,
+                                                             const StepCallback& on_step) {
+  check(options);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+  const at::Tensor latents = options.initial_latents
+                                 ? *options.initial_latents
+                                 : initial_latents(1, options.height, options.width, generator);
+  at::Tensor final_latents = sample(condition, latents, options.sampling, generator, on_step);
+  return {final_latents, decode(final_latents)};
+}
+
 at::Tensor DiffusionDecoder::decode(const at::Tensor& latents) {
   torch::NoGradGuard no_grad;
   const auto param = vae_->parameters().front();

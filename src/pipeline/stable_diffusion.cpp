@@ -9,18 +9,6 @@ namespace kosmosg::pipeline {
 
 namespace fs = std::filesystem;
 
-void check_image_size(int64_t width, int64_t height, int64_t scale) {
-  constexpr int64_t kMaxSide = 4096;
-  for (auto [name, v] : {std::pair<const char*, int64_t>{"width", width}, {"height", height}}) {
-    if (v <= 0 || v % scale != 0)
-      fail("size", std::string(name) + " " + std::to_string(v) + " must be a positive multiple of " +
-                       std::to_string(scale));
-    if (v > kMaxSide)
-      fail("size", std::string(name) + " " + std::to_string(v) + " is larger than the " +
-                       std::to_string(kMaxSide) + " pixels this tool accepts");
-  }
-}
-
 StableDiffusionPipeline StableDiffusionPipeline::from_folder(const std::string& dir) {
   if (!fs::is_directory(dir)) fail("model", dir + " is not a folder (expected a diffusers model folder)");
   const fs::path root(dir);
@@ -51,20 +39,14 @@ at::Tensor StableDiffusionPipeline::encode_prompt(const std::string& text) {
   return text_encoder_->forward(input).last_hidden_state;
 }
 
-std::pair<at::Tensor, at::Tensor> StableDiffusionPipeline::generate(const TextToImageOptions& options,
+std::pair<at::Tensor, at::Tensor> StableDiffusionPipeline::generate(const GenerateOptions& options,
                                                                     const StepCallback& on_step) {
-  const int64_t scale = decoder_->vae_scale();
-  check_image_size(options.width, options.height, scale);
-  if (options.sampling.steps < 1)
-    fail("steps", "--steps must be at least 1, got " + std::to_string(options.sampling.steps));
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-  at::Tensor latents = options.initial_latents
-                           ? *options.initial_latents
-                           : decoder_->initial_latents(1, options.height, options.width, generator);
+  if (!options.images.empty())
+    fail("image", "a Stable Diffusion folder takes no input images (they need a Kosmos-G model)");
+  decoder_->check(options);
   at::Tensor condition = encode_prompt(options.prompt);
   if (options.sampling.guidance > 1.0) condition = at::cat({encode_prompt(options.negative), condition});
-  at::Tensor final_latents = decoder_->sample(condition, latents, options.sampling, generator, on_step);
-  return {final_latents, decoder_->decode(final_latents)};
+  return decoder_->generate(condition, options, on_step);
 }
 
 }  // namespace kosmosg::pipeline

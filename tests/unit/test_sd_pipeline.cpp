@@ -35,7 +35,7 @@ TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
   EXPECT_LT(rel_l2(prompt, expected.get("output.prompt_hidden_states")), 1e-4);
   EXPECT_LT(rel_l2(negative, expected.get("output.negative_hidden_states")), 1e-4);
 
-  kosmosg::pipeline::TextToImageOptions options;
+  kosmosg::pipeline::GenerateOptions options;
   options.prompt = meta.at("prompt");
   options.negative = meta.at("negative_prompt");
   options.sampling.sampler = "dpmpp-2m";
@@ -56,7 +56,7 @@ TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
 
 TEST(StableDiffusionPipeline, SameSeedSameImage) {
   auto pipe = kosmosg::pipeline::StableDiffusionPipeline::from_folder(shared_dir() + "/fixtures/tiny-sd15");
-  kosmosg::pipeline::TextToImageOptions options;
+  kosmosg::pipeline::GenerateOptions options;
   options.prompt = "a red cube";
   options.sampling.steps = 3;
   options.width = options.height = 64;

@@ -29,9 +29,9 @@ at::Tensor resize_shorter_side(const at::Tensor& hwc_u8, int64_t target, Resampl
 // torchvision CenterCrop(size): offsets round((H - size) / 2), round((W - size) / 2), half to even.
 at::Tensor center_crop(const at::Tensor& hwc_u8, int64_t size);
 
-// Kosmos-G's "gpt" transform (CLIP ViT input): bicubic 224, crop 224, (x/255 - mean) / std with
-// CLIP's mean/std in float64; float32 [3, 224, 224].
-at::Tensor clip_pixel_values(const at::Tensor& hwc_u8);
+// Kosmos-G's "gpt" transform (CLIP ViT input): bicubic `size` (the ViT's image size, 224 for
+// ViT-L/14), centre crop, (x/255 - mean) / std with CLIP's mean/std in float64; float32 [3, size, size].
+at::Tensor clip_pixel_values(const at::Tensor& hwc_u8, int64_t size = 224);
 // Kosmos-G's "diff" transform (VAE input): bilinear `size`, crop `size`, x/127.5 - 1; float32
 // [3, size, size].
 at::Tensor vae_pixel_values(const at::Tensor& hwc_u8, int64_t size = 512);

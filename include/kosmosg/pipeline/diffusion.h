@@ -5,7 +5,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/unet.h"
@@ -31,6 +33,17 @@ struct StepInfo {
 
 using StepCallback = std::function<void(const StepInfo&)>;
 
+// One image to generate, whichever pipeline encodes the prompt.
+struct GenerateOptions {
+  std::string prompt;               // with Kosmos-G each "<i>" takes the next image
+  std::vector<at::Tensor> images;   // uint8 H×W×3 RGB, in prompt order (Kosmos-G only)
+  std::string negative;
+  SamplingOptions sampling;
+  int64_t width = 512, height = 512;
+  uint64_t seed = 0;
+  std::optional<at::Tensor> initial_latents;  // 1×4×h×w; replaces the seeded noise
+};
+
 class DiffusionDecoder {
  public:
   DiffusionDecoder(models::UNet2DConditionModel unet, models::AutoencoderKL vae,
@@ -45,6 +58,14 @@ class DiffusionDecoder {
   at::Tensor sample(const at::Tensor& condition, const at::Tensor& latents,
                     const SamplingOptions& options, at::Generator generator,
                     const StepCallback& on_step = {});
+
+  // Checks the size and step count of `options` (before any expensive work).
+  void check(const GenerateOptions& options) const;
+
+  // Samples from the seeded noise (or options.initial_latents) with `condition` and decodes:
+  // final latents (1×4×h×w) and the image in [-1, 1] (1×3×H×W).
+  std::pair<at::Tensor, at::Tensor> generate(const at::Tensor& condition, const GenerateOptions& options,
+                                             const StepCallback& on_step = {});
 
   // Latents → images in [-1, 1] (divides by the VAE's scaling factor first).
   at::Tensor decode(const at::Tensor& latents);
@@ -64,6 +85,10 @@ class DiffusionDecoder {
   models::AutoencoderKL vae_;
   io::Json scheduler_config_;
 };
+
+// Checks `width`×`height` for a model whose latents are `scale`× smaller: positive multiples of
+// `scale` no larger than 4096 per side. Errors name the offending value.
+void check_image_size(int64_t width, int64_t height, int64_t scale);
 
 // Images in [-1, 1] (N×3×H×W) → uint8 N×H×W×3, as diffusers' numpy_to_pil rounds them.
 at::Tensor to_uint8_images(const at::Tensor& images);

@@ -4,7 +4,6 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
-#include <optional>
 #include <string>
 
 #include "kosmosg/models/clip.h"
@@ -13,15 +12,6 @@
 
 namespace kosmosg::pipeline {
 
-struct TextToImageOptions {
-  std::string prompt;
-  std::string negative;
-  SamplingOptions sampling;
-  int64_t width = 512, height = 512;
-  uint64_t seed = 0;
-  std::optional<at::Tensor> initial_latents;  // 1×4×h×w; replaces the seeded noise
-};
-
 class StableDiffusionPipeline {
  public:
   // Reads model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/ of `dir`.
@@ -29,9 +19,9 @@ class StableDiffusionPipeline {
 
   // The text encoder's last hidden state for `text` (1×77×D).
   at::Tensor encode_prompt(const std::string& text);
-  // One image: latents after sampling (1×4×h×w) and the decoded image in [-1, 1] (1×3×H×W).
-  std::pair<at::Tensor, at::Tensor> generate(const TextToImageOptions& options,
-                                             const StepCallback& on_step = {});
+  // One image from a text prompt (options.images must be empty): final latents (1×4×h×w) and
+  // the decoded image in [-1, 1] (1×3×H×W).
+  std::pair<at::Tensor, at::Tensor> generate(const GenerateOptions& options, const StepCallback& on_step = {});
 
   void to(const c10::Device& device, c10::ScalarType dtype);
   DiffusionDecoder& decoder() { return *decoder_; }
@@ -41,9 +31,5 @@ class StableDiffusionPipeline {
   models::CLIPTextModel text_encoder_{nullptr};
   std::unique_ptr<text::CLIPTokenizer> tokenizer_;
 };
-
-// Checks `width`×`height` for a model whose latents are `scale`× smaller: positive multiples of
-// `scale` no larger than 4096 per side. Errors name the offending value.
-void check_image_size(int64_t width, int64_t height, int64_t scale);
 
 }  // namespace kosmosg::pipeline
