@@ -1,0 +1,128 @@
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "kosmosg/io/image.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shared_dir() {
+  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
+  return KOSMOSG_DEFAULT_SHARED_DIR;
+}
+
+fs::path fixture() { return fs::path(shared_dir()) / "fixtures" / "kosmosg-official-tiny"; }
+
+struct Result {
+  int status;
+  std::string output;
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(KOSMOSG_CLI_PATH) + " " + args + " 2>&1";
+  Result r{-1, ""};
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
+  const int raw = pclose(pipe);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return r;
+}
+
+// One converted copy of the official tiny checkpoint for the whole suite.
+class CliKosmosG : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    work_ = fs::temp_directory_path() / ("kosmosg_cli_kg_" + std::to_string(::getpid()));
+    fs::remove_all(work_);
+    fs::create_directories(work_);
+    convert_ = run("convert " + (fixture() / "checkpoint_tiny.pt").string() + " " + model() + " --sizes " +
+                   (fixture() / "sizes.json").string());
+  }
+  static void TearDownTestSuite() { fs::remove_all(work_); }
+  static std::string model() { return (work_ / "model").string(); }
+  static std::string image(const char* name) { return (fixture() / name).string(); }
+  static std::string generate(const std::string& prompt, const std::string& extra, const std::string& out) {
+    return "generate --model " + model() + " --prompt '" + prompt + "' --steps 2 --seed 3 --quiet --out " + out + " " + extra;
+  }
+  void expect_error(const Result& r, const std::string& needle, const fs::path& must_not_exist) {
+    EXPECT_NE(r.status, 0) << r.output;
+    EXPECT_NE(r.output.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.output;
+    EXPECT_FALSE(fs::exists(must_not_exist)) << must_not_exist;
+  }
+
+  static fs::path work_;
+  static Result convert_;
+};
+
+fs::path CliKosmosG::work_;
+Result CliKosmosG::convert_;
+
+}  // namespace
+
+TEST_F(CliKosmosG, ConvertsAndGeneratesWithOneAndTwoImages) {
+  ASSERT_EQ(convert_.status, 0) << convert_.output;
+  const auto one = (work_ / "jungle.png").string();
+  auto r = run(generate("<i> in the jungle", "--image " + image("image_0_0.png"), one));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto text = kosmosg::io::read_png_text(one);
+  EXPECT_EQ(text.at("prompt"), "<i> in the jungle");
+  EXPECT_EQ(text.at("images"), image("image_0_0.png"));
+
+  const auto two = (work_ / "painting.png").string();
+  r = run(generate("<i> as an oil painting in the style of <i>",
+                   "--image " + image("image_1_0.png") + " --image " + image("image_1_1.png") +
+                       " --negative 'blurry, low quality'",
+                   two));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(kosmosg::io::read_image(two).sizes(), (std::vector<int64_t>{64, 64, 3}));
+
+  const auto text_only = (work_ / "text.png").string();
+  r = run(generate("a red apple", "", text_only));
+  ASSERT_EQ(r.status, 0) << r.output;
+}
+
+TEST_F(CliKosmosG, PlaceholderCountMismatch) {
+  expect_error(run(generate("<i> next to <i>", "--image " + image("image_0_0.png"), (work_ / "x.png").string())),
+               "2 <i> placeholders but 1 image", work_ / "x.png");
+}
+
+TEST_F(CliKosmosG, CorruptImage) {
+  const auto bad = work_ / "broken.png";
+  std::ofstream(bad, std::ios::binary) << "\x89PNG\r\n\x1a\n not really";
+  expect_error(run(generate("<i> in the snow", "--image " + bad.string(), (work_ / "y.png").string())),
+               bad.string(), work_ / "y.png");
+}
+
+TEST_F(CliKosmosG, MissingImage) {
+  expect_error(run(generate("<i> in the snow", "--image /nonexistent/dog.jpg", (work_ / "z.png").string())),
+               "/nonexistent/dog.jpg", work_ / "z.png");
+}
+
+TEST_F(CliKosmosG, ImagesNeedAKosmosGFolder) {
+  expect_error(run("generate --model " + shared_dir() + "/fixtures/tiny-sd15 --prompt '<i>' --image " +
+                   image("image_0_0.png") + " --out " + (work_ / "w.png").string()),
+               "Kosmos-G", work_ / "w.png");
+}
+
+TEST_F(CliKosmosG, ConvertRefusesWhatIsNotAFairseqCheckpoint) {
+  const auto out = work_ / "from_safetensors";
+  expect_error(run("convert " + (fixture() / "expected.safetensors").string() + " " + out.string() + " --tokenizer " +
+                   fixture().string()),
+               "expected.safetensors", out);
+}
+
+TEST_F(CliKosmosG, ConvertNeedsTheTokenizerFiles) {
+  const auto out = work_ / "no_tokenizer";
+  expect_error(run("convert " + (fixture() / "checkpoint_tiny.pt").string() + " " + out.string() + " --tokenizer " +
+                   work_.string()),
+               "sentencepiece.bpe.model", out);
+}
