@@ -10,18 +10,22 @@
 #include <functional>
 #include <set>
 
+#include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/clip.h"
 #include "kosmosg/models/unet.h"
+#include "kosmosg/models/kosmosg.h"
 #include "kosmosg/models/vae.h"
+#include "kosmosg/pipeline/diffusion.h"
 #include "kosmosg/runtime.h"
 
 namespace {
 
 using namespace kosmosg;
 
-void report(const std::string& name, int runs, int threads, const std::function<void()>& body) {
-  body();  // warm-up: first-touch allocations and one-time kernel selection
+void report(const std::string& name, int runs, int threads, const std::function<void()>& body,
+            bool warm_up = true) {
+  if (warm_up) body();  // first-touch allocations and one-time kernel selection
   std::vector<double> times;
   for (int i = 0; i < runs; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -43,7 +47,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   int runs = 3, threads = 0;
   app.add_option("--configs", configs, "Folder with unet.json, vae.json, text_encoder.json")->capture_default_str();
-  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, vae_decode, text_encoder");
+  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, vae_decode, text_encoder, encode_condition, generate_512");
   app.add_option("--runs", runs, "Timed runs per figure (after one warm-up)")->capture_default_str();
   app.add_option("--threads", threads, "Threads (0 = all cores)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -78,6 +82,41 @@ int main(int argc, char** argv) {
       te->eval();
       auto ids = torch::randint(0, 49407, {1, 77}, torch::kLong);
       report("text_encoder", runs, used, [&] { te->forward(ids); });
+    }
+    if (selected("encode_condition") || selected("generate_512")) {
+      // Full-size Kosmos-G conditioning (MLLM 24×2048, ViT-L/14, XConnector, AlignerNet M) over a
+      // prompt with two images: <s> <image>×65 </image> text <image>×65 </image> text.
+      models::KosmosGModel kg(models::KosmosGConfig::from_json(io::builtin_config("kosmosg/full.json")));
+      kg->eval();
+      const auto& config = kg->config();
+      const int64_t slots = config.connector.latent_query_num;
+      std::vector<int64_t> tokens{0}, mask{0};
+      for (int image = 0; image < 2; ++image) {
+        tokens.push_back(64003);
+        mask.push_back(0);
+        for (int64_t i = 0; i < slots; ++i) tokens.push_back(64003), mask.push_back(1);
+        tokens.push_back(64004);
+        mask.push_back(0);
+        for (int64_t word : {20, 5, 2711, 1679}) tokens.push_back(word), mask.push_back(0);
+      }
+      auto src = torch::tensor(tokens).unsqueeze(0);
+      auto image_mask = torch::tensor(mask).unsqueeze(0).to(torch::kBool);
+      auto pixels = torch::randn({2, 3, config.vision.image_size, config.vision.image_size});
+      auto negative = torch::zeros({1, 1}, torch::kLong);
+      if (selected("encode_condition")) {
+        std::printf("encode_condition prompt: %zu tokens, 2 images\n", tokens.size());
+        report("encode_condition", runs, used, [&] { kg->encode_condition(src, pixels, image_mask, negative, 1); });
+      }
+      if (selected("generate_512")) {
+        models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
+        models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(io::read_json(configs + "/vae.json")));
+        pipeline::DiffusionDecoder decoder(unet, vae, io::read_json(configs + "/scheduler.json"));
+        pipeline::GenerateOptions options;
+        options.sampling.steps = 25;
+        report("generate_512", runs, used, [&] {
+          decoder.generate(kg->encode_condition(src, pixels, image_mask, negative, 1), options);
+        }, /*warm_up=*/false);  // minutes per run; the first of 25 steps warms up
+      }
     }
     struct rusage usage {};
     getrusage(RUSAGE_SELF, &usage);
