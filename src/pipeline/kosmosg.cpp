@@ -49,6 +49,11 @@ at::Tensor KosmosGPipeline::encode_condition(const std::string& prompt, const st
     fail("prompt", "the prompt has " + std::to_string(layout.num_images) + " <i> placeholder" +
                        (layout.num_images == 1 ? "" : "s") + " but " + std::to_string(images.size()) +
                        " image" + (images.size() == 1 ? " was" : "s were") + " given");
+  const int64_t max_length = config.aligner.max_condition_length();
+  if (static_cast<int64_t>(layout.tokens.size()) > max_length)
+    fail("prompt", "the prompt takes " + std::to_string(layout.tokens.size()) + " tokens (images count " +
+                       std::to_string(config.connector.latent_query_num + 2) + " each) but the model's positions allow " +
+                       std::to_string(max_length));
   const auto param = model_->parameters().front();
   const auto device = param.device();
   const auto batch = text::batch_prompts({layout});

@@ -95,6 +95,13 @@ TEST_F(CliKosmosG, PlaceholderCountMismatch) {
                "2 <i> placeholders but 1 image", work_ / "x.png");
 }
 
+TEST_F(CliKosmosG, PromptLongerThanThePositions) {
+  std::string prompt = "<i>";
+  for (int i = 0; i < 200; ++i) prompt += " word";
+  expect_error(run(generate(prompt, "--image " + image("image_0_0.png"), (work_ / "long.png").string())),
+               "positions allow", work_ / "long.png");
+}
+
 TEST_F(CliKosmosG, CorruptImage) {
   const auto bad = work_ / "broken.png";
   std::ofstream(bad, std::ios::binary) << "\x89PNG\r\n\x1a\n not really";
