@@ -1,6 +1,7 @@
 #include "kosmosg/models/aligner.h"
 
 #include <cmath>
+#include <sstream>
 
 #include "models/config_checks.h"
 

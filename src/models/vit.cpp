@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <regex>
+#include <sstream>
 
 #include "models/config_checks.h"
 
@@ -129,7 +130,10 @@ at::Tensor ClipVisualOnlyImpl::forward(const at::Tensor& pixel_values) {
 
 void ClipVisualOnlyImpl::load(const io::TensorMap& weights, const io::LoadOptions& options,
                               bool ignore_unused_attn) {
-  if (!ignore_unused_attn) return io::load_weights(*this, weights, options);
+  if (!ignore_unused_attn) {
+    io::load_weights(*this, weights, options);
+    return;
+  }
   static const std::regex unused(
       R"(^visual\.transformer\.resblocks\.\d+\.attn\.(in_proj_weight|in_proj_bias|out_proj\.weight|out_proj\.bias)$)");
   io::TensorMap kept;

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "kosmosg/error.h"
+#include "support.h"
 #include "kosmosg/io/config.h"
 
 namespace kosmosg::golden {
@@ -159,10 +160,7 @@ bool register_json(const std::string& file_name, JsonRunner runner) {
   return true;
 }
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+std::string shared_dir() { return test::shared_dir(); }
 
 }  // namespace kosmosg::golden
 

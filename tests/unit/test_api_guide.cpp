@@ -1,6 +1,8 @@
 // The code of docs/API.md: every ```cpp block of the guide must appear verbatim in this file,
 // which compiles and runs them on the tiny fixtures, so the guide stays true.
 #include <gtest/gtest.h>
+
+#include "support.h"
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -23,10 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+using kosmosg::test::shared_dir;
 
 // [guide:build-and-load]
 // Any module is built from its upstream config and loaded strictly by upstream names.

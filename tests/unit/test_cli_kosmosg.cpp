@@ -1,8 +1,8 @@
 #include <gtest/gtest.h>
-#include <sys/wait.h>
+
+#include "support.h"
 #include <unistd.h>
 
-#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -14,28 +14,13 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+using kosmosg::test::shared_dir;
 
 fs::path fixture() { return fs::path(shared_dir()) / "fixtures" / "kosmosg-official-tiny"; }
 
-struct Result {
-  int status;
-  std::string output;
-};
+using Result = kosmosg::test::CliResult;
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(KOSMOSG_CLI_PATH) + " " + args + " 2>&1";
-  Result r{-1, ""};
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
-  const int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+Result run(const std::string& args) { return kosmosg::test::run_cli(args); }
 
 // One converted copy of the official tiny checkpoint for the whole suite.
 class CliKosmosG : public ::testing::Test {

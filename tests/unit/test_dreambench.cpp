@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
-#include <sys/wait.h>
+
+#include "support.h"
 #include <torch/torch.h>
 #include <unistd.h>
 
-#include <array>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -19,25 +19,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+using kosmosg::test::shared_dir;
 
-struct Result {
-  int status;
-  std::string output;
-};
+using Result = kosmosg::test::CliResult;
 
-Result run(const std::string& args) {
-  Result r{-1, ""};
-  FILE* pipe = popen((std::string(KOSMOSG_CLI_PATH) + " " + args + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
-  const int raw = pclose(pipe);
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  return r;
-}
+Result run(const std::string& args) { return kosmosg::test::run_cli(args); }
 
 void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 

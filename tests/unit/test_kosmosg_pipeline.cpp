@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include "support.h"
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -17,10 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+using kosmosg::test::shared_dir;
 
 fs::path fixture() { return fs::path(shared_dir()) / "fixtures" / "kosmosg-official-tiny"; }
 

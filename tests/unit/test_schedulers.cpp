@@ -1,6 +1,8 @@
 // Schedulers and DDPM training noise: timesteps from real config files, class defaults, errors,
 // and exactness of every sampler on a "perfect" model (one that returns the true ε, v or x0).
 #include <gtest/gtest.h>
+
+#include "support.h"
 #include <torch/torch.h>
 
 #include <cmath>
@@ -16,10 +18,7 @@ using kosmosg::io::Json;
 
 namespace {
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+using kosmosg::test::shared_dir;
 
 // The SD1.5 scheduler file as it ships: a PNDMScheduler config lacking most keys.
 Json sd15_config() {

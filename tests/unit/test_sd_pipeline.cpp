@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include "support.h"
 #include <torch/torch.h>
 
 #include <cstdlib>
@@ -11,10 +13,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
+using kosmosg::test::shared_dir;
 
 double rel_l2(const at::Tensor& a, const at::Tensor& b) {
   auto d = a.to(at::kDouble) - b.to(at::kDouble);

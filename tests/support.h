@@ -1,0 +1,34 @@
+#pragma once
+// What every test needs from its surroundings: the shared test data and the CLI binary.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace kosmosg::test {
+
+// The project's shared/ folder (fixtures, golden data): $KOSMOSG_SHARED_DIR or the build default.
+inline std::string shared_dir() {
+  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
+  return KOSMOSG_DEFAULT_SHARED_DIR;
+}
+
+struct CliResult {
+  int status;          // exit code, -1 when killed
+  std::string output;  // stdout and stderr together
+};
+
+// Runs the kosmosg binary with `args` (shell words) and captures what it prints.
+inline CliResult run_cli(const std::string& args) {
+  CliResult r{-1, ""};
+  FILE* pipe = popen((std::string(KOSMOSG_CLI_PATH) + " " + args + " 2>&1").c_str(), "r");
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
+  const int raw = pclose(pipe);
+  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
+  return r;
+}
+
+}  // namespace kosmosg::test
