@@ -7,12 +7,22 @@
 #include <cstdlib>
 #include <string>
 
+#include "kosmosg/io/safetensors.h"
+
 namespace kosmosg::test {
 
 // The project's shared/ folder (fixtures, golden data): $KOSMOSG_SHARED_DIR or the build default.
 inline std::string shared_dir() {
   if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
   return KOSMOSG_DEFAULT_SHARED_DIR;
+}
+
+// Writes the LoRA of golden case `name` (e.g. "lora_kohya_unet_sd15_tiny", its lora.* tensors
+// without the prefix) as a standalone LoRA file at `path`, as users have them.
+inline std::string write_golden_lora(const std::string& name, const std::string& path) {
+  const auto golden = io::SafeTensors::open(shared_dir() + "/golden/diffusers/" + name + ".safetensors");
+  io::save_safetensors(path, golden.tensors("lora."));
+  return path;
 }
 
 struct CliResult {

@@ -55,8 +55,13 @@ tnn::LayerNorm layer_norm(int64_t dim, double eps) {
   return tnn::LayerNorm(tnn::LayerNormOptions({dim}).eps(eps));
 }
 
-tnn::Linear linear(int64_t in, int64_t out, bool bias = true) {
-  return tnn::Linear(tnn::LinearOptions(in, out).bias(bias));
+// LoRA-compatible, as the text encoder's projections are what lora_te_* files adapt.
+nn::LoRACompatibleLinear linear(int64_t in, int64_t out) {
+  return nn::LoRACompatibleLinear(tnn::LinearOptions(in, out));
+}
+
+tnn::Linear projection(int64_t in, int64_t out) {
+  return tnn::Linear(tnn::LinearOptions(in, out).bias(false));
 }
 
 }  // namespace
@@ -235,7 +240,7 @@ CLIPTextOutput CLIPTextModelImpl::forward(const at::Tensor& input_ids,
 CLIPTextModelWithProjectionImpl::CLIPTextModelWithProjectionImpl(const CLIPTextConfig& config) {
   text_model = register_module("text_model", CLIPTextTransformer(config));
   text_projection = register_module(
-      "text_projection", linear(config.encoder.hidden_size, config.projection_dim, false));
+      "text_projection", projection(config.encoder.hidden_size, config.projection_dim));
 }
 
 CLIPTextProjectionOutput CLIPTextModelWithProjectionImpl::forward(
@@ -290,7 +295,7 @@ CLIPVisionModelWithProjectionImpl::CLIPVisionModelWithProjectionImpl(
     const CLIPVisionConfig& config) {
   vision_model = register_module("vision_model", CLIPVisionTransformer(config));
   visual_projection = register_module(
-      "visual_projection", linear(config.encoder.hidden_size, config.projection_dim, false));
+      "visual_projection", projection(config.encoder.hidden_size, config.projection_dim));
 }
 
 CLIPVisionProjectionOutput CLIPVisionModelWithProjectionImpl::forward(
@@ -303,9 +308,9 @@ CLIPModelImpl::CLIPModelImpl(const CLIPConfig& config) {
   text_model = register_module("text_model", CLIPTextTransformer(config.text));
   vision_model = register_module("vision_model", CLIPVisionTransformer(config.vision));
   visual_projection = register_module(
-      "visual_projection", linear(config.vision.encoder.hidden_size, config.projection_dim, false));
+      "visual_projection", projection(config.vision.encoder.hidden_size, config.projection_dim));
   text_projection = register_module(
-      "text_projection", linear(config.text.encoder.hidden_size, config.projection_dim, false));
+      "text_projection", projection(config.text.encoder.hidden_size, config.projection_dim));
   logit_scale = register_parameter("logit_scale",
                                    torch::tensor(config.logit_scale_init_value, torch::kFloat));
 }

@@ -196,7 +196,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   const size_t n = c.block_out_channels.size();
   const int64_t c0 = c.block_out_channels[0];
   conv_in = register_module(
-      "conv_in", torch::nn::Conv2d(torch::nn::Conv2dOptions(c.in_channels, c0, c.conv_in_kernel)
+      "conv_in", nn::LoRACompatibleConv(torch::nn::Conv2dOptions(c.in_channels, c0, c.conv_in_kernel)
                                        .padding((c.conv_in_kernel - 1) / 2)));
   time_embedding_ = register_module("time_embedding", blocks::make_unet_time_embedding(c).ptr());
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
@@ -209,7 +209,7 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
       "conv_norm_out",
       torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, c0).eps(c.norm_eps)));
   conv_out = register_module(
-      "conv_out", torch::nn::Conv2d(torch::nn::Conv2dOptions(c0, c.out_channels, c.conv_out_kernel)
+      "conv_out", nn::LoRACompatibleConv(torch::nn::Conv2dOptions(c0, c.out_channels, c.conv_out_kernel)
                                         .padding((c.conv_out_kernel - 1) / 2)));
 }
 

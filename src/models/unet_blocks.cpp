@@ -16,10 +16,10 @@ namespace F = torch::nn::functional;
 // nn.ModuleList give them where only some indices hold parameters (to_out.0, ff.net.2).
 std::shared_ptr<torch::nn::Module> container() { return std::make_shared<torch::nn::Module>(); }
 
-torch::nn::Conv2d conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1,
-                       int64_t padding = -1) {
+nn::LoRACompatibleConv conv(int64_t in, int64_t out, int64_t kernel, int64_t stride = 1,
+                            int64_t padding = -1) {
   if (padding < 0) padding = kernel / 2;
-  return torch::nn::Conv2d(
+  return nn::LoRACompatibleConv(
       torch::nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding));
 }
 
@@ -31,10 +31,9 @@ torch::nn::GroupNorm group_norm(int64_t groups, int64_t channels, double eps) {
 }
 
 // A pointwise projection over channels-last tokens: a Linear, or the equivalent 1×1 conv.
-at::Tensor pointwise(const at::Tensor& tokens, const torch::nn::Conv2d& conv,
-                     const torch::nn::Linear& linear) {
-  if (linear) return at::linear(tokens, linear->weight, linear->bias);
-  return at::linear(tokens, conv->weight.flatten(1), conv->bias);
+at::Tensor pointwise(const at::Tensor& tokens, nn::LoRACompatibleConv& conv,
+                     nn::LoRACompatibleLinear& linear) {
+  return linear ? linear(tokens) : conv->forward_tokens(tokens);
 }
 
 }  // namespace
@@ -81,8 +80,8 @@ at::Tensor timestep_sinusoids(const at::Tensor& timesteps, int64_t dim, bool fli
 TimestepEmbeddingImpl::TimestepEmbeddingImpl(int64_t in_dim, int64_t dim, Activation act,
                                              std::optional<Activation> post_act)
     : act_(act), post_act_(post_act) {
-  linear_1 = register_module("linear_1", torch::nn::Linear(in_dim, dim));
-  linear_2 = register_module("linear_2", torch::nn::Linear(dim, dim));
+  linear_1 = register_module("linear_1", nn::LoRACompatibleLinear(in_dim, dim));
+  linear_2 = register_module("linear_2", nn::LoRACompatibleLinear(dim, dim));
 }
 
 at::Tensor TimestepEmbeddingImpl::forward(const at::Tensor& features) {
@@ -100,7 +99,7 @@ AttentionImpl::AttentionImpl(const AttentionConfig& config) : config_(config) {
     group_norm = register_module(
         "group_norm", blocks::group_norm(config.norm_groups, config.query_dim, config.norm_eps));
   auto linear = [](int64_t in, int64_t out, bool bias) {
-    return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
+    return nn::LoRACompatibleLinear(torch::nn::LinearOptions(in, out).bias(bias));
   };
   to_q = register_module("to_q", linear(config.query_dim, inner, config.qkv_bias));
   to_k = register_module("to_k", linear(kv_dim, inner, config.qkv_bias));
@@ -138,9 +137,9 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {
   const int64_t inner = dim * mult;
   auto net = container();
   auto geglu = container();
-  proj = geglu->register_module("proj", torch::nn::Linear(dim, 2 * inner));
+  proj = geglu->register_module("proj", nn::LoRACompatibleLinear(dim, 2 * inner));
   net->register_module("0", geglu);
-  out = net->register_module("2", torch::nn::Linear(inner, dim));
+  out = net->register_module("2", nn::LoRACompatibleLinear(inner, dim));
   register_module("net", net);
 }
 
@@ -189,7 +188,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const TransformerConfig& config) 
                      std::to_string(config.heads) + " attention heads");
   norm = register_module("norm", group_norm(config.norm_groups, c, 1e-6));
   if (config.use_linear_projection) {
-    proj_in_linear = register_module("proj_in", torch::nn::Linear(c, c));
+    proj_in_linear = register_module("proj_in", nn::LoRACompatibleLinear(c, c));
   } else {
     proj_in_conv = register_module("proj_in", conv(c, c, 1));
   }
@@ -199,7 +198,7 @@ Transformer2DModelImpl::Transformer2DModelImpl(const TransformerConfig& config) 
         BasicTransformerBlock(c, config.heads, c / config.heads, config.cross_attention_dim,
                               config.only_cross_attention, config.upcast));
   if (config.use_linear_projection) {
-    proj_out_linear = register_module("proj_out", torch::nn::Linear(c, c));
+    proj_out_linear = register_module("proj_out", nn::LoRACompatibleLinear(c, c));
   } else {
     proj_out_conv = register_module("proj_out", conv(c, c, 1));
   }
@@ -223,7 +222,7 @@ ResnetBlock2DImpl::ResnetBlock2DImpl(const ResnetConfig& config) : config_(confi
   conv1 = register_module("conv1", conv(config.in_channels, config.out_channels, 3));
   if (config.temb_channels > 0)
     time_emb_proj = register_module("time_emb_proj",
-                                    torch::nn::Linear(config.temb_channels, config.out_channels));
+                                    nn::LoRACompatibleLinear(config.temb_channels, config.out_channels));
   norm2 = register_module("norm2", group_norm(config.groups, config.out_channels, config.eps));
   conv2 = register_module("conv2", conv(config.out_channels, config.out_channels, 3));
   if (config.in_channels != config.out_channels)

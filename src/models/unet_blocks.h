@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kosmosg/models/unet.h"
+#include "kosmosg/nn/lora.h"
 
 namespace kosmosg::models::blocks {
 
@@ -39,7 +40,7 @@ class TimestepEmbeddingImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& features);
 
  private:
-  torch::nn::Linear linear_1{nullptr}, linear_2{nullptr};
+  nn::LoRACompatibleLinear linear_1{nullptr}, linear_2{nullptr};
   Activation act_;
   std::optional<Activation> post_act_;
 };
@@ -69,7 +70,7 @@ class AttentionImpl : public torch::nn::Module {
  private:
   AttentionConfig config_;
   torch::nn::GroupNorm group_norm{nullptr};
-  torch::nn::Linear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out_0{nullptr};
+  nn::LoRACompatibleLinear to_q{nullptr}, to_k{nullptr}, to_v{nullptr}, to_out_0{nullptr};
 };
 TORCH_MODULE(Attention);
 
@@ -80,7 +81,7 @@ class FeedForwardImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
 
  private:
-  torch::nn::Linear proj{nullptr}, out{nullptr};
+  nn::LoRACompatibleLinear proj{nullptr}, out{nullptr};
 };
 TORCH_MODULE(FeedForward);
 
@@ -123,8 +124,8 @@ class Transformer2DModelImpl : public torch::nn::Module {
   TransformerConfig config_;
   torch::nn::GroupNorm norm{nullptr};
   // Exactly one pair is set, registered as proj_in/proj_out.
-  torch::nn::Conv2d proj_in_conv{nullptr}, proj_out_conv{nullptr};
-  torch::nn::Linear proj_in_linear{nullptr}, proj_out_linear{nullptr};
+  nn::LoRACompatibleConv proj_in_conv{nullptr}, proj_out_conv{nullptr};
+  nn::LoRACompatibleLinear proj_in_linear{nullptr}, proj_out_linear{nullptr};
   torch::nn::ModuleList transformer_blocks{nullptr};
 };
 TORCH_MODULE(Transformer2DModel);
@@ -149,8 +150,8 @@ class ResnetBlock2DImpl : public torch::nn::Module {
  private:
   ResnetConfig config_;
   torch::nn::GroupNorm norm1{nullptr}, norm2{nullptr};
-  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
-  torch::nn::Linear time_emb_proj{nullptr};
+  nn::LoRACompatibleConv conv1{nullptr}, conv2{nullptr}, conv_shortcut{nullptr};
+  nn::LoRACompatibleLinear time_emb_proj{nullptr};
 };
 TORCH_MODULE(ResnetBlock2D);
 
@@ -162,7 +163,7 @@ class Downsample2DImpl : public torch::nn::Module {
 
  private:
   int64_t padding_;
-  torch::nn::Conv2d conv{nullptr};
+  nn::LoRACompatibleConv conv{nullptr};
 };
 TORCH_MODULE(Downsample2D);
 
@@ -173,7 +174,7 @@ class Upsample2DImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x, std::optional<std::vector<int64_t>> size = std::nullopt);
 
  private:
-  torch::nn::Conv2d conv{nullptr};
+  nn::LoRACompatibleConv conv{nullptr};
 };
 TORCH_MODULE(Upsample2D);
 

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/nn/lora.h"
 
 namespace kosmosg::models {
 
@@ -71,7 +72,7 @@ class CLIPAttentionImpl : public torch::nn::Module {
   // broadcastable to [B, H, L, L].
   at::Tensor forward(const at::Tensor& x, bool causal, const std::optional<at::Tensor>& mask);
 
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
+  nn::LoRACompatibleLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, out_proj{nullptr};
 
  private:
   int64_t heads_;
@@ -84,7 +85,7 @@ class CLIPMLPImpl : public torch::nn::Module {
   explicit CLIPMLPImpl(const CLIPEncoderConfig& config);
   at::Tensor forward(const at::Tensor& x);
 
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  nn::LoRACompatibleLinear fc1{nullptr}, fc2{nullptr};
 
  private:
   bool quick_gelu_;

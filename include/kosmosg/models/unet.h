@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/nn/lora.h"
 
 namespace kosmosg::models {
 
@@ -82,7 +83,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
  private:
   UNet2DConditionConfig config_;
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
+  nn::LoRACompatibleConv conv_in{nullptr}, conv_out{nullptr};
   std::shared_ptr<blocks::TimestepEmbeddingImpl> time_embedding_;
   torch::nn::ModuleList down_blocks{nullptr}, up_blocks{nullptr};
   std::shared_ptr<blocks::MidBlockImpl> mid_block_;  // null when mid_block_type is null
