@@ -10,6 +10,7 @@
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
 #include "kosmosg/io/image.h"
+#include "kosmosg/models/lora.h"
 #include "kosmosg/pipeline/kosmosg.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
 #include "kosmosg/runtime.h"
@@ -21,7 +22,10 @@ namespace fs = std::filesystem;
 
 struct GenerateArgs {
   std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
-  std::vector<std::string> images;
+  std::vector<std::string> images, loras;
+  bool lora_merge = false;
+  std::string init_image;
+  double strength = 0.8;
   std::string device = "cpu", dtype = "auto";
   int64_t steps = 25, num_images = 1;
   double guidance = 7.5;
@@ -42,6 +46,30 @@ std::pair<int64_t, int64_t> parse_size(const std::string& text) {
   } catch (const std::exception&) {
   }
   fail("size", "--size '" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
+}
+
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
+}
+
+struct LoraArg {
+  std::string path;
+  double scale = 1.0;
+};
+
+// FILE[:SCALE]; a suffix after the last ':' that is not a number belongs to the file name.
+LoraArg parse_lora_arg(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon != std::string::npos && colon + 1 < text.size()) {
+    const std::string tail = text.substr(colon + 1);
+    char* end = nullptr;
+    const double scale = std::strtod(tail.c_str(), &end);
+    if (end && *end == '\0' && std::isfinite(scale)) return {text.substr(0, colon), scale};
+  }
+  if (text.empty()) fail("lora", "--lora needs a file (FILE or FILE:SCALE)");
+  return {text, 1.0};
 }
 
 // Numbered names for several images: out.png → out_0.png, out_1.png, ...
@@ -76,9 +104,20 @@ int run_generate(const GenerateArgs& a) {
   const int threads = configure_threads(a.threads);
   const uint64_t seed = a.seed ? *a.seed : std::random_device{}();
 
-  // Images are read before the model loads, so a bad file fails fast.
+  // Inputs are read before the model loads, so a bad file fails fast.
   std::vector<at::Tensor> images;
   for (const auto& path : a.images) images.push_back(io::read_image(path));
+  std::optional<at::Tensor> init_image;
+  if (!a.init_image.empty()) {
+    if (!(a.strength > 0.0 && a.strength <= 1.0))
+      fail("strength", "--strength " + format_number(a.strength) + " must be in (0, 1]");
+    init_image = io::read_image(a.init_image);
+  }
+  std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
+  for (const auto& text : a.loras) {
+    auto arg = parse_lora_arg(text);
+    loras.emplace_back(arg, models::read_lora(arg.path));
+  }
   const bool kosmosg = pipeline::KosmosGPipeline::is_kosmosg_folder(a.model);
   if (!kosmosg && !images.empty())
     fail("image", "--image needs a Kosmos-G model folder (with kosmosg/); " + a.model +
@@ -97,9 +136,27 @@ int run_generate(const GenerateArgs& a) {
     sd_pipe->to(device, dtype);
     decoder = &sd_pipe->decoder();
   }
+  for (const auto& [arg, weights] : loras) {
+    size_t skipped = 0;
+    torch::nn::Module* text_encoder = sd_pipe ? sd_pipe->text_encoder().ptr().get() : nullptr;
+    models::attach_lora(weights, *decoder->unet(), text_encoder, arg.scale, &skipped);
+    spdlog::info("LoRA {} at scale {} ({} UNet{} layers)", arg.path, arg.scale, weights.unet.size(),
+                 text_encoder ? " + " + std::to_string(weights.text_encoder.size()) + " text-encoder" : "");
+    if (skipped > 0)
+      spdlog::warn("{}: {} text-encoder layers skipped: a Kosmos-G model has no CLIP text encoder "
+                   "(its conditions come from the MLLM)", arg.path, skipped);
+  }
+  if (a.lora_merge) {
+    models::merge_lora(*decoder->unet());
+    if (sd_pipe) models::merge_lora(*sd_pipe->text_encoder());
+  }
   const int64_t scale = decoder->vae_scale();
   const int64_t default_side = decoder->unet()->config().sample_size * scale;
-  const auto [width, height] = size ? *size : std::pair<int64_t, int64_t>{default_side, default_side};
+  std::pair<int64_t, int64_t> default_size{default_side, default_side};
+  // As diffusers' img2img: the initial image's own size, rounded down to the latent grid.
+  if (init_image)
+    default_size = {init_image->size(1) / scale * scale, init_image->size(0) / scale * scale};
+  const auto [width, height] = size ? *size : default_size;
   pipeline::check_image_size(width, height, scale);
   spdlog::info("loaded {} ({}) in {:.1f} s; {} threads, device {}, {}", a.model,
                kosmosg ? "Kosmos-G" : "Stable Diffusion",
@@ -115,6 +172,8 @@ int run_generate(const GenerateArgs& a) {
     opt.width = width;
     opt.height = height;
     opt.seed = seed;
+    opt.init_image = init_image;
+    opt.strength = a.strength;
     return kosmosg ? kosmosg_pipe->generate(opt) : sd_pipe->generate(opt);
   };
   std::string image_list;
@@ -124,18 +183,23 @@ int run_generate(const GenerateArgs& a) {
     const uint64_t image_seed = seed + static_cast<uint64_t>(i);
     auto [latents, image] = generate_one(image_seed);
     const std::string path = output_path(a.out, i, a.num_images);
-    char guidance[32];
-    std::snprintf(guidance, sizeof guidance, "%g", a.guidance);
     std::map<std::string, std::string> text{{"prompt", a.prompt},
                    {"negative_prompt", a.negative},
                    {"seed", std::to_string(image_seed)},
                    {"steps", std::to_string(a.steps)},
-                   {"guidance", guidance},
+                   {"guidance", format_number(a.guidance)},
                    {"sampler", a.sampler},
                    {"size", std::to_string(width) + "x" + std::to_string(height)},
                    {"model", fs::path(a.model).lexically_normal().string()},
                    {"software", "kosmosg"}};
     if (!image_list.empty()) text["images"] = image_list;
+    for (size_t k = 0; k < loras.size(); ++k)
+      text["lora" + (k ? std::to_string(k) : std::string())] =
+          loras[k].first.path + ":" + format_number(loras[k].first.scale);
+    if (init_image) {
+      text["init_image"] = a.init_image;
+      text["strength"] = format_number(a.strength);
+    }
     io::write_png(path, pipeline::to_uint8_images(image)[0], text);
     std::printf("%s\n", path.c_str());
     spdlog::info("wrote {} (seed {})", path, image_seed);
@@ -163,6 +227,10 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--dtype", a->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
+  auto* lora = sub->add_option("--lora", a->loras, "A LoRA .safetensors file (Kohya/A1111 or diffusers) with an optional strength, FILE[:SCALE] (default 1); repeat for several")->type_name("FILE[:SCALE]");
+  sub->add_flag("--lora-merge", a->lora_merge, "Add the LoRA weights into the model once (faster sampling) instead of applying them alongside")->needs(lora);
+  auto* init = sub->add_option("--init-image", a->init_image, "Image-to-image: start from this picture (default size: its own, rounded down to a multiple of 8)");
+  sub->add_option("--strength", a->strength, "Image-to-image: share of the schedule to run, in (0, 1]; 1 ignores the picture's content")->capture_default_str()->needs(init);
   sub->add_flag("--quiet", a->quiet, "No progress output");
   return {sub, [a] { return run_generate(*a); }};
 }

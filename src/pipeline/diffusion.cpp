@@ -4,12 +4,23 @@
 
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/image.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/util/progress.h"
 
 namespace kosmosg::pipeline {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+std::string format_number(double value) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g", value);
+  return text;
+}
+
+}  // namespace
 
 DiffusionDecoder::DiffusionDecoder(models::UNet2DConditionModel unet, models::AutoencoderKL vae,
                                    io::Json scheduler_config)
@@ -55,11 +66,19 @@ at::Tensor DiffusionDecoder::initial_latents(int64_t count, int64_t height, int6
 at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tensor& latents,
                                     const SamplingOptions& options, at::Generator generator,
                                     const StepCallback& on_step) {
-  torch::NoGradGuard no_grad;
   auto scheduler = diffusion::make_scheduler(options.sampler, scheduler_config_);
   scheduler->set_timesteps(options.steps);
+  return denoise(*scheduler, latents * scheduler->init_noise_sigma(), 0, condition, options,
+                 generator, on_step);
+}
+
+at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor x,
+                                     size_t first_step, const at::Tensor& condition,
+                                     const SamplingOptions& options, at::Generator generator,
+                                     const StepCallback& on_step) {
+  torch::NoGradGuard no_grad;
   const bool guided = options.guidance > 1.0;
-  const int64_t batch = latents.size(0);
+  const int64_t batch = x.size(0);
   const int64_t expected_rows = guided ? 2 * batch : batch;
   if (condition.size(0) != expected_rows)
     fail("sample", "the condition has " + std::to_string(condition.size(0)) + " rows but " +
@@ -68,11 +87,12 @@ at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tenso
   const auto param = unet_->parameters().front();
   const auto options_model = param.options();
   at::Tensor context = condition.to(options_model);
-  at::Tensor x = (latents * scheduler->init_noise_sigma()).to(param.device(), at::kFloat);
-  const auto& timesteps = scheduler->timesteps();
-  Progress progress("sampling", static_cast<int64_t>(timesteps.size()), !options.show_progress);
-  for (size_t i = 0; i < timesteps.size(); ++i) {
-    at::Tensor input = scheduler->scale_model_input(guided ? at::cat({x, x}) : x, i);
+  x = x.to(param.device(), at::kFloat);
+  const auto& timesteps = scheduler.timesteps();
+  Progress progress("sampling", static_cast<int64_t>(timesteps.size() - first_step),
+                    !options.show_progress);
+  for (size_t i = first_step; i < timesteps.size(); ++i) {
+    at::Tensor input = scheduler.scale_model_input(guided ? at::cat({x, x}) : x, i);
     at::Tensor t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble));
     at::Tensor eps = unet_->forward(input.to(options_model), t, context).to(at::kFloat);
     if (guided) {
@@ -80,9 +100,9 @@ at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tenso
       eps = halves[0] + options.guidance * (halves[1] - halves[0]);
     }
     at::Tensor noise;
-    if (scheduler->needs_noise())
+    if (scheduler.needs_noise())
       noise = at::randn(x.sizes(), generator, at::TensorOptions().dtype(at::kFloat)).to(x.device());
-    x = scheduler->step(eps, i, x, noise);
+    x = scheduler.step(eps, i, x, noise);
     if (on_step) on_step({i, timesteps[i], input, eps, x});
     progress.tick();
   }
@@ -105,6 +125,15 @@ void DiffusionDecoder::check(const GenerateOptions& options) const {
   check_image_size(options.width, options.height, vae_scale());
   if (options.sampling.steps < 1)
     fail("steps", "--steps must be at least 1, got " + std::to_string(options.sampling.steps));
+  if (options.init_image) {
+    if (!(options.strength > 0.0 && options.strength <= 1.0))
+      fail("strength", "--strength " + format_number(options.strength) +
+                           " must be in (0, 1] (the share of the schedule image-to-image runs)");
+    const auto& image = *options.init_image;
+    if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
+      fail("init-image", "the initial image must be uint8 H×W×3 RGB, got " +
+                             c10::str(image.sizes()) + " " + c10::toString(image.scalar_type()));
+  }
 }
 
 std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& condition,
@@ -112,11 +141,41 @@ std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& c
                                                              const StepCallback& on_step) {
   check(options);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-  const at::Tensor latents = options.initial_latents
-                                 ? *options.initial_latents
-                                 : initial_latents(1, options.height, options.width, generator);
-  at::Tensor final_latents = sample(condition, latents, options.sampling, generator, on_step);
+  const at::Tensor noise = options.initial_latents
+                               ? *options.initial_latents
+                               : initial_latents(1, options.height, options.width, generator);
+  auto scheduler = diffusion::make_scheduler(options.sampling.sampler, scheduler_config_);
+  scheduler->set_timesteps(options.sampling.steps);
+  at::Tensor x = noise * scheduler->init_noise_sigma();
+  size_t first_step = 0;
+  if (options.init_image && options.strength < 1.0) {
+    // diffusers' img2img: int(steps · strength) steps remain, counted from the schedule's end.
+    const int64_t steps = options.sampling.steps;
+    const int64_t kept = std::min(static_cast<int64_t>(steps * options.strength), steps);
+    first_step = static_cast<size_t>(steps - kept);
+    if (first_step >= scheduler->timesteps().size())
+      fail("strength", "--strength " + format_number(options.strength) + " leaves no step of " +
+                           std::to_string(steps) + " to run; raise --strength or --steps");
+    const auto pixels = io::resize(*options.init_image, options.width, options.height,
+                                   io::Resample::Bicubic)
+                            .permute({2, 0, 1})
+                            .unsqueeze(0)
+                            .to(at::kFloat)
+                            .div(127.5)
+                            .sub(1.0);
+    x = scheduler->add_noise(encode(pixels, generator), noise, first_step);
+  }
+  at::Tensor final_latents =
+      denoise(*scheduler, x, first_step, condition, options.sampling, generator, on_step);
   return {final_latents, decode(final_latents)};
+}
+
+at::Tensor DiffusionDecoder::encode(const at::Tensor& images, at::Generator generator) {
+  torch::NoGradGuard no_grad;
+  const auto param = vae_->parameters().front();
+  auto posterior = vae_->encode(images.to(param.options()));
+  auto noise = at::randn(posterior.mean.sizes(), generator, at::TensorOptions().dtype(at::kFloat));
+  return posterior.sample(noise.to(param.options())).to(at::kFloat) * vae_->config().scaling_factor;
 }
 
 at::Tensor DiffusionDecoder::decode(const at::Tensor& latents) {

@@ -13,6 +13,10 @@
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/vae.h"
 
+namespace kosmosg::diffusion {
+class Scheduler;
+}
+
 namespace kosmosg::pipeline {
 
 struct SamplingOptions {
@@ -42,6 +46,11 @@ struct GenerateOptions {
   int64_t width = 512, height = 512;
   uint64_t seed = 0;
   std::optional<at::Tensor> initial_latents;  // 1×4×h×w; replaces the seeded noise
+  // Image-to-image: start from this uint8 H×W×3 RGB image (resized to width×height), noised to
+  // the step where `strength` of the schedule remains. Strength 1 starts from pure noise, as
+  // text-to-image does.
+  std::optional<at::Tensor> init_image;
+  double strength = 0.8;
 };
 
 class DiffusionDecoder {
@@ -62,13 +71,18 @@ class DiffusionDecoder {
   // Checks the size and step count of `options` (before any expensive work).
   void check(const GenerateOptions& options) const;
 
-  // Samples from the seeded noise (or options.initial_latents) with `condition` and decodes:
-  // final latents (1×4×h×w) and the image in [-1, 1] (1×3×H×W).
+  // Samples from the seeded noise (or options.initial_latents; with options.init_image from that
+  // image, noised) with `condition` and decodes: final latents (1×4×h×w) and the image in
+  // [-1, 1] (1×3×H×W).
   std::pair<at::Tensor, at::Tensor> generate(const at::Tensor& condition, const GenerateOptions& options,
                                              const StepCallback& on_step = {});
 
   // Latents → images in [-1, 1] (divides by the VAE's scaling factor first).
   at::Tensor decode(const at::Tensor& latents);
+
+  // Images in [-1, 1] (N×3×H×W) → latents, scaled by the VAE's scaling factor; the posterior is
+  // sampled with noise from `generator`.
+  at::Tensor encode(const at::Tensor& images, at::Generator generator);
 
   // Initial noise for `count` images of `height`×`width` pixels, drawn on the CPU so a seed
   // gives the same image on every device.
@@ -81,6 +95,11 @@ class DiffusionDecoder {
   int64_t vae_scale() const;  // pixels per latent cell (8 for SD)
 
  private:
+  // The sampler loop from timesteps()[first_step] on, with `x` already at that noise level.
+  at::Tensor denoise(diffusion::Scheduler& scheduler, at::Tensor x, size_t first_step,
+                     const at::Tensor& condition, const SamplingOptions& options,
+                     at::Generator generator, const StepCallback& on_step);
+
   models::UNet2DConditionModel unet_;
   models::AutoencoderKL vae_;
   io::Json scheduler_config_;

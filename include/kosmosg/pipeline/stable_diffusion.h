@@ -25,6 +25,7 @@ class StableDiffusionPipeline {
 
   void to(const c10::Device& device, c10::ScalarType dtype);
   DiffusionDecoder& decoder() { return *decoder_; }
+  models::CLIPTextModel& text_encoder() { return text_encoder_; }
 
  private:
   std::unique_ptr<DiffusionDecoder> decoder_;
