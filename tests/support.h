@@ -7,6 +7,10 @@
 #include <cstdlib>
 #include <string>
 
+#include <filesystem>
+#include <fstream>
+
+#include "kosmosg/io/config.h"
 #include "kosmosg/io/safetensors.h"
 
 namespace kosmosg::test {
@@ -23,6 +27,23 @@ inline std::string write_golden_lora(const std::string& name, const std::string&
   const auto golden = io::SafeTensors::open(shared_dir() + "/golden/diffusers/" + name + ".safetensors");
   io::save_safetensors(path, golden.tensors("lora."));
   return path;
+}
+
+// Writes the ControlNet of the golden case controlnet_sd15_tiny as a diffusers ControlNetModel
+// folder at `dir` (it fits the tiny-sd15 and Kosmos-G tiny UNets) and returns `dir`. Its random
+// weights make it nearly blind to the control image; `cond_gain` > 1 multiplies the control-image
+// embedding's parameters so that the image matters.
+inline std::string write_tiny_controlnet(const std::string& dir, double cond_gain = 1.0) {
+  const auto golden = io::SafeTensors::open(shared_dir() + "/golden/diffusers/controlnet_sd15_tiny.safetensors");
+  auto config = io::parse_json(golden.metadata().at("config"), "golden config").at("controlnet");
+  config["_class_name"] = "ControlNetModel";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << config.dump(2);
+  auto weights = golden.tensors("param.controlnet.");
+  for (auto& [name, tensor] : weights)
+    if (name.rfind("controlnet_cond_embedding.", 0) == 0) tensor = tensor * cond_gain;
+  io::save_safetensors(dir + "/diffusion_pytorch_model.safetensors", weights);
+  return dir;
 }
 
 struct CliResult {

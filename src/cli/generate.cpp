@@ -9,7 +9,9 @@
 #include "cli/commands.h"
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
+#include "kosmosg/models/controlnet.h"
 #include "kosmosg/models/lora.h"
 #include "kosmosg/pipeline/kosmosg.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
@@ -26,6 +28,8 @@ struct GenerateArgs {
   bool lora_merge = false;
   std::string init_image;
   double strength = 0.8;
+  std::vector<std::string> controlnets, control_images, control_preprocess;
+  std::vector<double> control_scales, control_starts, control_ends;
   std::string device = "cpu", dtype = "auto";
   int64_t steps = 25, num_images = 1;
   double guidance = 7.5;
@@ -72,6 +76,19 @@ LoraArg parse_lora_arg(const std::string& text) {
   return {text, 1.0};
 }
 
+// One value per ControlNet from a repeated option: none (the default for all), one (for all) or
+// one each.
+template <typename T>
+std::vector<T> per_controlnet(const std::vector<T>& given, size_t count, const T& fallback,
+                              const std::string& option) {
+  if (given.empty()) return std::vector<T>(count, fallback);
+  if (given.size() == 1) return std::vector<T>(count, given[0]);
+  if (given.size() != count)
+    fail(option, "--" + option + " is given " + std::to_string(given.size()) + " times for " +
+                     std::to_string(count) + " --controlnet; give it once (for all) or once per ControlNet");
+  return given;
+}
+
 // Numbered names for several images: out.png → out_0.png, out_1.png, ...
 std::string output_path(const std::string& out, int64_t index, int64_t count) {
   if (count == 1) return out;
@@ -113,10 +130,32 @@ int run_generate(const GenerateArgs& a) {
       fail("strength", "--strength " + format_number(a.strength) + " must be in (0, 1]");
     init_image = io::read_image(a.init_image);
   }
+  const size_t n_control = a.controlnets.size();
+  if (a.control_images.size() != n_control)
+    fail("control-image", "got " + std::to_string(a.control_images.size()) + " --control-image for " +
+                              std::to_string(n_control) + " --controlnet; give one control image per ControlNet");
+  std::vector<io::ControlPreprocess> preprocess;
+  for (const auto& text : per_controlnet<std::string>(a.control_preprocess, n_control, "none", "control-preprocess"))
+    preprocess.push_back(io::ControlPreprocess::parse(text));
+  const auto control_scales = per_controlnet(a.control_scales, n_control, 1.0, "control-scale");
+  const auto control_starts = per_controlnet(a.control_starts, n_control, 0.0, "control-start");
+  const auto control_ends = per_controlnet(a.control_ends, n_control, 1.0, "control-end");
+  std::vector<at::Tensor> control_images;
+  for (const auto& path : a.control_images) control_images.push_back(io::read_image(path));
   std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
   for (const auto& text : a.loras) {
     auto arg = parse_lora_arg(text);
     loras.emplace_back(arg, models::read_lora(arg.path));
+  }
+  std::vector<pipeline::ControlNetGuide> guides;
+  for (size_t k = 0; k < n_control; ++k) {
+    pipeline::ControlNetGuide guide;
+    guide.model = models::load_controlnet(a.controlnets[k]);
+    guide.scale = control_scales[k];
+    guide.start = control_starts[k];
+    guide.end = control_ends[k];
+    guide.name = a.controlnets[k];
+    guides.push_back(std::move(guide));
   }
   const bool kosmosg = pipeline::KosmosGPipeline::is_kosmosg_folder(a.model);
   if (!kosmosg && !images.empty())
@@ -153,11 +192,20 @@ int run_generate(const GenerateArgs& a) {
   const int64_t scale = decoder->vae_scale();
   const int64_t default_side = decoder->unet()->config().sample_size * scale;
   std::pair<int64_t, int64_t> default_size{default_side, default_side};
-  // As diffusers' img2img: the initial image's own size, rounded down to the latent grid.
-  if (init_image)
-    default_size = {init_image->size(1) / scale * scale, init_image->size(0) / scale * scale};
+  // As diffusers' img2img and ControlNet pipelines: the input picture's own size, rounded down to
+  // the latent grid.
+  const at::Tensor* sized_by = init_image ? &*init_image : control_images.empty() ? nullptr : &control_images[0];
+  if (sized_by) default_size = {sized_by->size(1) / scale * scale, sized_by->size(0) / scale * scale};
   const auto [width, height] = size ? *size : default_size;
   pipeline::check_image_size(width, height, scale);
+  for (size_t k = 0; k < n_control; ++k) {
+    auto& guide = guides[k];
+    guide.model->to(device, dtype);
+    models::check_controlnet_fits(guide.model->config(), decoder->unet()->config(), guide.name);
+    // The control map is made at the output size, so edges keep their width.
+    guide.image = io::preprocess_control_image(
+        io::resize(control_images[k], width, height, io::Resample::Lanczos), preprocess[k]);
+  }
   spdlog::info("loaded {} ({}) in {:.1f} s; {} threads, device {}, {}", a.model,
                kosmosg ? "Kosmos-G" : "Stable Diffusion",
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), threads,
@@ -174,6 +222,7 @@ int run_generate(const GenerateArgs& a) {
     opt.seed = seed;
     opt.init_image = init_image;
     opt.strength = a.strength;
+    opt.controlnets = guides;
     return kosmosg ? kosmosg_pipe->generate(opt) : sd_pipe->generate(opt);
   };
   std::string image_list;
@@ -200,6 +249,11 @@ int run_generate(const GenerateArgs& a) {
       text["init_image"] = a.init_image;
       text["strength"] = format_number(a.strength);
     }
+    for (size_t k = 0; k < n_control; ++k)
+      text["controlnet" + (k ? std::to_string(k) : std::string())] =
+          a.controlnets[k] + " image=" + a.control_images[k] + " preprocess=" + preprocess[k].name +
+          " scale=" + format_number(control_scales[k]) + " window=" + format_number(control_starts[k]) +
+          "-" + format_number(control_ends[k]);
     io::write_png(path, pipeline::to_uint8_images(image)[0], text);
     std::printf("%s\n", path.c_str());
     spdlog::info("wrote {} (seed {})", path, image_seed);
@@ -231,6 +285,12 @@ Command add_generate(CLI::App& app) {
   sub->add_flag("--lora-merge", a->lora_merge, "Add the LoRA weights into the model once (faster sampling) instead of applying them alongside")->needs(lora);
   auto* init = sub->add_option("--init-image", a->init_image, "Image-to-image: start from this picture (default size: its own, rounded down to a multiple of 8)");
   sub->add_option("--strength", a->strength, "Image-to-image: share of the schedule to run, in (0, 1]; 1 ignores the picture's content")->capture_default_str()->needs(init);
+  auto* controlnet = sub->add_option("--controlnet", a->controlnets, "A diffusers ControlNetModel folder; repeat for several (they add up)")->type_name("DIR");
+  sub->add_option("--control-image", a->control_images, "The control image of each --controlnet, in order (default size: the first one's, rounded down to a multiple of 8)")->needs(controlnet)->type_name("IMG");
+  sub->add_option("--control-preprocess", a->control_preprocess, "Make the control map from the picture first: none, canny[:LOW:HIGH] (default 100:200), scribble[:THRESHOLD] (default 32) or lineart; once for all or once per ControlNet")->needs(controlnet)->type_name("NAME");
+  sub->add_option("--control-scale", a->control_scales, "ControlNet conditioning scale (default 1); once for all or once per ControlNet")->needs(controlnet)->type_name("S");
+  sub->add_option("--control-start", a->control_starts, "Share of the steps after which a ControlNet starts acting (default 0)")->needs(controlnet)->type_name("A");
+  sub->add_option("--control-end", a->control_ends, "Share of the steps after which it stops (default 1)")->needs(controlnet)->type_name("B");
   sub->add_flag("--quiet", a->quiet, "No progress output");
   return {sub, [a] { return run_generate(*a); }};
 }

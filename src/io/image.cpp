@@ -109,6 +109,35 @@ double bicubic_filter(double x) {
   return 0.0;
 }
 
+double sinc(double x) {
+  if (x == 0.0) return 1.0;
+  x *= M_PI;
+  return std::sin(x) / x;
+}
+
+// Pillow's Lanczos: sinc windowed by sinc(x/3), support 3.
+double lanczos_filter(double x) {
+  if (-3.0 <= x && x < 3.0) return sinc(x) * sinc(x / 3.0);
+  return 0.0;
+}
+
+struct Filter {
+  double support;
+  double (*kernel)(double);
+};
+
+Filter filter_of(Resample filter) {
+  switch (filter) {
+    case Resample::Bilinear:
+      return {1.0, bilinear_filter};
+    case Resample::Bicubic:
+      return {2.0, bicubic_filter};
+    case Resample::Lanczos:
+      return {3.0, lanczos_filter};
+  }
+  return {1.0, bilinear_filter};
+}
+
 // Fixed-point weights of one pass: output index i reads inputs first[i] .. first[i]+count[i]-1.
 struct Coefficients {
   int64_t ksize = 0;
@@ -117,8 +146,7 @@ struct Coefficients {
 };
 
 Coefficients precompute(int64_t in_size, int64_t out_size, Resample filter) {
-  const double support_base = filter == Resample::Bicubic ? 2.0 : 1.0;
-  const auto kernel = filter == Resample::Bicubic ? bicubic_filter : bilinear_filter;
+  const auto [support_base, kernel] = filter_of(filter);
   const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
   const double filterscale = scale < 1.0 ? 1.0 : scale;
   const double support = support_base * filterscale;

@@ -4,6 +4,7 @@
 
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/util/progress.h"
@@ -21,6 +22,20 @@ std::string format_number(double value) {
 }
 
 }  // namespace
+
+void DiffusionDecoder::check_controlnet(const ControlNetGuide& guide) const {
+  const std::string name = guide.name.empty() ? std::string("a ControlNet") : guide.name;
+  if (!guide.model) fail("controlnet", name + ": no model given");
+  models::check_controlnet_fits(guide.model->config(), unet_->config(), name);
+  if (!(0.0 <= guide.start && guide.start < guide.end && guide.end <= 1.0))
+    fail("controlnet", name + ": the guidance window " + format_number(guide.start) + " to " +
+                           format_number(guide.end) + " must satisfy 0 <= start < end <= 1");
+  if (!std::isfinite(guide.scale))
+    fail("controlnet", name + ": the conditioning scale must be a finite number");
+  const auto& image = guide.image;
+  if (!image.defined() || image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
+    fail("controlnet", name + ": the control image must be uint8 H×W×3 RGB");
+}
 
 DiffusionDecoder::DiffusionDecoder(models::UNet2DConditionModel unet, models::AutoencoderKL vae,
                                    io::Json scheduler_config)
@@ -65,17 +80,19 @@ at::Tensor DiffusionDecoder::initial_latents(int64_t count, int64_t height, int6
 
 at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tensor& latents,
                                     const SamplingOptions& options, at::Generator generator,
-                                    const StepCallback& on_step) {
+                                    const StepCallback& on_step,
+                                    const std::vector<ControlNetGuide>& controlnets) {
   auto scheduler = diffusion::make_scheduler(options.sampler, scheduler_config_);
   scheduler->set_timesteps(options.steps);
   return denoise(*scheduler, latents * scheduler->init_noise_sigma(), 0, condition, options,
-                 generator, on_step);
+                 generator, on_step, controlnets);
 }
 
 at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor x,
                                      size_t first_step, const at::Tensor& condition,
                                      const SamplingOptions& options, at::Generator generator,
-                                     const StepCallback& on_step) {
+                                     const StepCallback& on_step,
+                                     const std::vector<ControlNetGuide>& controlnets) {
   torch::NoGradGuard no_grad;
   const bool guided = options.guidance > 1.0;
   const int64_t batch = x.size(0);
@@ -89,12 +106,39 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
   at::Tensor context = condition.to(options_model);
   x = x.to(param.device(), at::kFloat);
   const auto& timesteps = scheduler.timesteps();
+  // Each control image once at the pixel size of the latents, repeated for every UNet row.
+  std::vector<at::Tensor> control_images;
+  for (const auto& guide : controlnets) {
+    check_controlnet(guide);
+    const int64_t s = guide.model->config().cond_scale();
+    control_images.push_back(io::control_pixel_values(guide.image, s * x.size(3), s * x.size(2))
+                                 .repeat({expected_rows, 1, 1, 1})
+                                 .to(options_model));
+  }
+  const double run_steps = static_cast<double>(timesteps.size() - first_step);
   Progress progress("sampling", static_cast<int64_t>(timesteps.size() - first_step),
                     !options.show_progress);
   for (size_t i = first_step; i < timesteps.size(); ++i) {
     at::Tensor input = scheduler.scale_model_input(guided ? at::cat({x, x}) : x, i);
     at::Tensor t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble));
-    at::Tensor eps = unet_->forward(input.to(options_model), t, context).to(at::kFloat);
+    input = input.to(options_model);
+    std::optional<models::UNetResiduals> residuals;
+    for (size_t c = 0; c < controlnets.size(); ++c) {
+      // diffusers' guidance window: active while step k of n has k/n >= start and (k+1)/n <= end.
+      const auto& guide = controlnets[c];
+      const double k = static_cast<double>(i - first_step);
+      if (k / run_steps < guide.start || (k + 1) / run_steps > guide.end) continue;
+      models::ControlNetModel model = guide.model;  // a handle: forward is not const
+      auto r = model->forward(input, t, context, control_images[c], guide.scale);
+      if (!residuals) {
+        residuals = std::move(r);
+        continue;
+      }
+      for (size_t j = 0; j < r.down.size(); ++j) residuals->down[j] += r.down[j];
+      residuals->mid += r.mid;
+    }
+    at::Tensor eps =
+        unet_->forward(input, t, context, residuals ? &*residuals : nullptr).to(at::kFloat);
     if (guided) {
       auto halves = eps.chunk(2);
       eps = halves[0] + options.guidance * (halves[1] - halves[0]);
@@ -134,6 +178,7 @@ void DiffusionDecoder::check(const GenerateOptions& options) const {
       fail("init-image", "the initial image must be uint8 H×W×3 RGB, got " +
                              c10::str(image.sizes()) + " " + c10::toString(image.scalar_type()));
   }
+  for (const auto& guide : options.controlnets) check_controlnet(guide);
 }
 
 std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& condition,
@@ -156,17 +201,13 @@ std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& c
     if (first_step >= scheduler->timesteps().size())
       fail("strength", "--strength " + format_number(options.strength) + " leaves no step of " +
                            std::to_string(steps) + " to run; raise --strength or --steps");
-    const auto pixels = io::resize(*options.init_image, options.width, options.height,
-                                   io::Resample::Bicubic)
-                            .permute({2, 0, 1})
-                            .unsqueeze(0)
-                            .to(at::kFloat)
-                            .div(127.5)
-                            .sub(1.0);
+    const auto pixels =
+        io::control_pixel_values(*options.init_image, options.width, options.height) * 2.0 - 1.0;
     x = scheduler->add_noise(encode(pixels, generator), noise, first_step);
   }
   at::Tensor final_latents =
-      denoise(*scheduler, x, first_step, condition, options.sampling, generator, on_step);
+      denoise(*scheduler, x, first_step, condition, options.sampling, generator, on_step,
+              options.controlnets);
   return {final_latents, decode(final_latents)};
 }
 

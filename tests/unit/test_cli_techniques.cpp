@@ -28,10 +28,16 @@ class CliTechniques : public ::testing::TestWithParam<std::string> {
     convert_ = run_cli("convert " + (kg / "checkpoint_tiny.pt").string() + " " + (work_ / "kosmosg").string() +
                        " --sizes " + (kg / "sizes.json").string());
     kosmosg::test::write_golden_lora("lora_kohya_unet_sd15_tiny", lora());
+    kosmosg::test::write_tiny_controlnet(controlnet());
+    kosmosg::test::write_tiny_controlnet((work_ / "seeing_controlnet").string(), 3.0);
   }
   static void TearDownTestSuite() { fs::remove_all(work_); }
 
   static std::string lora() { return (work_ / "kohya.safetensors").string(); }
+  static std::string controlnet() { return (work_ / "controlnet").string(); }
+  static std::string control(const std::string& extra = "") {
+    return "--controlnet " + controlnet() + " --control-image " + picture() + " " + extra;
+  }
   static std::string picture() { return (fixtures() / "kosmosg-official-tiny" / "image_1_0.png").string(); }
   bool kosmosg() const { return GetParam() == "kosmosg"; }
   std::string model() const {
@@ -123,6 +129,46 @@ TEST_P(CliTechniques, BadInputsAreClearErrors) {
   // A model checkpoint is not a LoRA.
   fails("--lora " + (fixtures() / "tiny-sd15" / "unet" / "diffusion_pytorch_model.safetensors").string(),
         "not LoRA weights");
+}
+
+TEST_P(CliTechniques, ControlNetScalesWindowsPreprocessesAndAddsUp) {
+  const auto base = generate("base", "");
+  const auto zero = generate("cn0", control("--control-scale 0"));
+  const auto full = generate("cn1", control());
+  // The golden ControlNet barely looks at its image; this copy does.
+  const std::string seeing = "--controlnet " + (work_ / "seeing_controlnet").string() + " --control-image " + picture();
+  const auto plain_map = generate("cn_seeing", seeing);
+  const auto canny = generate("cn_canny", seeing + " --control-preprocess canny:50:100");
+  const auto early = generate("cn_early", control("--control-end 0.5"));
+  const auto halves = generate("cn_halves", control() + control() + "--control-scale 0.5");
+  ASSERT_TRUE(base.defined() && zero.defined() && full.defined() && plain_map.defined() && canny.defined() &&
+              early.defined() && halves.defined());
+  EXPECT_TRUE(torch::equal(zero, base)) << "a ControlNet at scale 0 must equal none";
+  EXPECT_GT(max_difference(full, base), 8);
+  EXPECT_GT(max_difference(canny, plain_map), 8) << "the preprocessor does not reach the ControlNet";
+  EXPECT_GT(max_difference(early, full), 0) << "the guidance window has no effect";
+  EXPECT_GT(max_difference(early, base), 0);
+  EXPECT_LE(max_difference(halves, full), 1) << "two ControlNets at 0.5 must add up to one at 1";
+  EXPECT_TRUE(torch::equal(generate("cn1_again", control()), full)) << "not reproducible";
+}
+
+TEST_P(CliTechniques, EverythingAtOnce) {
+  const std::string i2i_lora = "--init-image " + picture() + " --strength 0.7 --lora " + lora();
+  const auto without = generate("all_but_cn", i2i_lora);
+  const auto all = generate("all", i2i_lora + " " + control("--control-preprocess scribble"));
+  ASSERT_TRUE(without.defined() && all.defined());
+  EXPECT_GT(max_difference(all, without), 8);
+  EXPECT_TRUE(torch::equal(generate("all_again", i2i_lora + " " + control("--control-preprocess scribble")), all));
+}
+
+TEST_P(CliTechniques, ControlNetErrors) {
+  const auto unet = (fixtures() / "tiny-sd15" / "unet").string();
+  fails("--controlnet " + unet + " --control-image " + picture(), "not a ControlNetModel");
+  fails("--controlnet " + controlnet(), "one control image per ControlNet");
+  fails(control("--control-preprocess depth"), "unknown preprocessor 'depth'");
+  fails(control("--control-end 1.5"), "0 <= start < end <= 1");
+  fails(control() + control() + control() + "--control-scale 1 --control-scale 2", "once per ControlNet");
+  fails("--controlnet " + controlnet() + " --control-image " + (work_ / "nope.png").string(), "nope.png");
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CliTechniques, ::testing::Values("sd15", "kosmosg"),

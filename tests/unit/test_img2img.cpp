@@ -3,6 +3,7 @@
 
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
 #include "support.h"
@@ -67,7 +68,7 @@ TEST_F(ImageToImage, LowerStrengthStaysCloserToThePicture) {
   auto o = options("ddim");
   o.init_image = *picture_;
   torch::NoGradGuard no_grad;
-  auto pixels = io::resize(*picture_, 64, 64, io::Resample::Bicubic).permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 127.5 - 1;
+  auto pixels = io::control_pixel_values(*picture_, 64, 64) * 2 - 1;
   const auto mean = pipe_->decoder().vae()->encode(pixels).mean * pipe_->decoder().vae()->config().scaling_factor;
   double previous = 0;
   for (double strength : {0.2, 0.5, 0.9}) {

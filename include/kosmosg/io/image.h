@@ -18,7 +18,7 @@ constexpr int64_t kMaxImagePixels = 178956970;
 at::Tensor read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
 
 // Pillow's resampling filters.
-enum class Resample { Bilinear, Bicubic };
+enum class Resample { Bilinear, Bicubic, Lanczos };
 
 // Pillow 9.4 Image.resize of a uint8 [H, W, C] image to width x height: separable fixed-point
 // convolution, horizontal pass first into a uint8 intermediate, antialiased when downscaling.

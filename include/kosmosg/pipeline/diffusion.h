@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/models/controlnet.h"
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/vae.h"
 
@@ -37,6 +38,15 @@ struct StepInfo {
 
 using StepCallback = std::function<void(const StepInfo&)>;
 
+// A ControlNet steering the UNet with a control image (several add up).
+struct ControlNetGuide {
+  models::ControlNetModel model{nullptr};
+  at::Tensor image;          // uint8 H×W×3 RGB, already preprocessed; resized to the output size
+  double scale = 1.0;        // conditioning scale of its residuals
+  double start = 0.0, end = 1.0;  // the share of the steps in which it acts, 0 <= start < end <= 1
+  std::string name;          // for messages (its folder)
+};
+
 // One image to generate, whichever pipeline encodes the prompt.
 struct GenerateOptions {
   std::string prompt;               // with Kosmos-G each "<i>" takes the next image
@@ -51,6 +61,7 @@ struct GenerateOptions {
   // text-to-image does.
   std::optional<at::Tensor> init_image;
   double strength = 0.8;
+  std::vector<ControlNetGuide> controlnets;
 };
 
 class DiffusionDecoder {
@@ -66,9 +77,11 @@ class DiffusionDecoder {
   // else [B, L, D]. `generator` draws the noise ancestral samplers need.
   at::Tensor sample(const at::Tensor& condition, const at::Tensor& latents,
                     const SamplingOptions& options, at::Generator generator,
-                    const StepCallback& on_step = {});
+                    const StepCallback& on_step = {},
+                    const std::vector<ControlNetGuide>& controlnets = {});
 
-  // Checks the size and step count of `options` (before any expensive work).
+  // Checks the size, step count, image-to-image and ControlNet settings of `options` (before any
+  // expensive work).
   void check(const GenerateOptions& options) const;
 
   // Samples from the seeded noise (or options.initial_latents; with options.init_image from that
@@ -98,7 +111,10 @@ class DiffusionDecoder {
   // The sampler loop from timesteps()[first_step] on, with `x` already at that noise level.
   at::Tensor denoise(diffusion::Scheduler& scheduler, at::Tensor x, size_t first_step,
                      const at::Tensor& condition, const SamplingOptions& options,
-                     at::Generator generator, const StepCallback& on_step);
+                     at::Generator generator, const StepCallback& on_step,
+                     const std::vector<ControlNetGuide>& controlnets);
+  // Checks that `guide` fits the UNet and its settings are valid.
+  void check_controlnet(const ControlNetGuide& guide) const;
 
   models::UNet2DConditionModel unet_;
   models::AutoencoderKL vae_;
