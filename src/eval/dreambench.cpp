@@ -220,7 +220,15 @@ DreamBenchScorer::DreamBenchScorer(const std::string& clip_dir, const std::strin
   impl_->dino = models::DinoViT(dino);
   io::LoadOptions dino_options;
   dino_options.source_name = dino_weights;
-  io::load_weights(*impl_->dino, io::SafeTensors::open(dino_weights).tensors(), dino_options);
+  const auto weights = io::SafeTensors::open(dino_weights);
+  // The official file carries no config: name the likely cause before load_weights lists every key.
+  if (weights.contains("cls_token") && !weights.info("cls_token").shape.empty() &&
+      weights.info("cls_token").shape.back() != dino.embed_dim)
+    fail(kScorer, dino_weights + " holds a DINO ViT with embed_dim " +
+                      std::to_string(weights.info("cls_token").shape.back()) + ", but the config (" +
+                      (dino_config.empty() ? "the ViT-S/16 default" : dino_config) + ") says " +
+                      std::to_string(dino.embed_dim) + ": give the matching DINO config JSON");
+  io::load_weights(*impl_->dino, weights.tensors(), dino_options);
   impl_->dino->eval();
 }
 
