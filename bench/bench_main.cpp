@@ -13,6 +13,8 @@
 #include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/clip.h"
+#include "kosmosg/models/controlnet.h"
+#include "kosmosg/models/lora.h"
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/kosmosg.h"
 #include "kosmosg/models/vae.h"
@@ -47,7 +49,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   int runs = 3, threads = 0;
   app.add_option("--configs", configs, "Folder with unet.json, vae.json, text_encoder.json")->capture_default_str();
-  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, vae_decode, text_encoder, encode_condition, generate_512");
+  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, unet_b2_lora, unet_b2_lora_merged, controlnet_b2, vae_decode, text_encoder, encode_condition, generate_512");
   app.add_option("--runs", runs, "Timed runs per figure (after one warm-up)")->capture_default_str();
   app.add_option("--threads", threads, "Threads (0 = all cores)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -70,6 +72,49 @@ int main(int argc, char** argv) {
         auto ctx = torch::randn({batch, 77, 768});
         report(name, runs, used, [&] { unet->forward(x, t, ctx); });
       }
+    }
+    if (selected("unet_b2_lora") || selected("unet_b2_lora_merged")) {
+      // A typical style LoRA: rank 64 on every linear and 1×1 layer of the transformers (what
+      // Kohya's default network adapts), applied beside the weights, then merged into them.
+      models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
+      unet->eval();
+      models::LoraWeights lora;
+      lora.source = "random rank-64 LoRA";
+      for (const auto& item : unet->named_modules()) {
+        if (item.key().find("attentions") == std::string::npos || !dynamic_cast<nn::LoraLayer*>(item.value().get())) continue;
+        const auto params = item.value()->named_parameters(false);
+        const auto& w = params["weight"];
+        if (w.dim() == 4 && w.size(2) != 1) continue;
+        nn::LoraUpdate u;
+        u.down = torch::randn(w.dim() == 4 ? std::vector<int64_t>{64, w.size(1), 1, 1} : std::vector<int64_t>{64, w.size(1)}) * 0.01;
+        u.up = torch::randn(w.dim() == 4 ? std::vector<int64_t>{w.size(0), 64, 1, 1} : std::vector<int64_t>{w.size(0), 64}) * 0.01;
+        u.alpha = 32;
+        lora.unet.emplace(item.key(), u);
+      }
+      std::printf("unet_b2_lora: %zu adapted layers\n", lora.unet.size());
+      models::attach_lora(lora, *unet, nullptr, 0.8);
+      auto x = torch::randn({2, 4, 64, 64});
+      auto t = torch::full({1}, 500, torch::kLong);
+      auto ctx = torch::randn({2, 77, 768});
+      if (selected("unet_b2_lora")) report("unet_b2_lora", runs, used, [&] { unet->forward(x, t, ctx); });
+      models::merge_lora(*unet);
+      if (selected("unet_b2_lora_merged")) report("unet_b2_lora_merged", runs, used, [&] { unet->forward(x, t, ctx); });
+    }
+    if (selected("controlnet_b2")) {
+      // One guided step with a ControlNet: its encoder copy, then the UNet with the residuals.
+      const auto json = io::read_json(configs + "/unet.json");
+      models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(json));
+      models::ControlNetModel controlnet(models::ControlNetConfig::from_json(json));
+      unet->eval();
+      controlnet->eval();
+      auto x = torch::randn({2, 4, 64, 64});
+      auto t = torch::full({1}, 500, torch::kLong);
+      auto ctx = torch::randn({2, 77, 768});
+      auto cond = torch::rand({2, 3, 512, 512});
+      report("controlnet_b2", runs, used, [&] {
+        const auto residuals = controlnet->forward(x, t, ctx, cond);
+        unet->forward(x, t, ctx, &residuals);
+      });
     }
     if (selected("vae_decode")) {
       models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(io::read_json(configs + "/vae.json")));
