@@ -41,7 +41,7 @@ inline std::string write_tiny_controlnet(const std::string& dir, double cond_gai
   std::ofstream(dir + "/config.json") << config.dump(2);
   auto weights = golden.tensors("param.controlnet.");
   for (auto& [name, tensor] : weights)
-    if (name.rfind("controlnet_cond_embedding.", 0) == 0) tensor = tensor * cond_gain;
+    if (name.rfind("controlnet_cond_embedding.", 0) == 0) tensor = tensor.mul(cond_gain);
   io::save_safetensors(dir + "/diffusion_pytorch_model.safetensors", weights);
   return dir;
 }

@@ -16,10 +16,24 @@ namespace {
 // whole score matrix, which makes the softmax memory-bound.
 constexpr int64_t kScoreBlockElements = int64_t{1} << 22;
 
+// torch.finfo(dtype).min: float's lowest overflows half and bfloat16.
+double lowest_finite(at::ScalarType type) {
+  switch (type) {
+    case at::kHalf:
+      return static_cast<float>(std::numeric_limits<c10::Half>::lowest());
+    case at::kBFloat16:
+      return static_cast<float>(std::numeric_limits<c10::BFloat16>::lowest());
+    case at::kDouble:
+      return std::numeric_limits<double>::lowest();
+    default:
+      return std::numeric_limits<float>::lowest();
+  }
+}
+
 at::Tensor as_additive(const at::Tensor& mask, const at::Tensor& like) {
   if (mask.scalar_type() != at::kBool) return mask.to(like.scalar_type());
   // The lowest finite value, not -inf, so a fully masked row stays finite (uniform), as in HF.
-  auto neg = at::full({}, std::numeric_limits<float>::lowest(), like.options());
+  auto neg = at::full({}, lowest_finite(like.scalar_type()), like.options());
   return at::where(mask, at::zeros({}, like.options()), neg);
 }
 

@@ -51,3 +51,16 @@ TEST(Attention, GradientsFlowWhenInputsRequireThem) {
   torch::NoGradGuard no_grad;
   EXPECT_LT(rel(out.detach(), reference(q.detach(), k, v, {})), 1e-5);
 }
+
+TEST(Attention, MasksFitHalfPrecisionTypes) {
+  // The masked-out bias is the dtype's own lowest value: float's would overflow bfloat16 and half.
+  torch::manual_seed(0);
+  auto q = torch::randn({1, 2, 5, 8}), k = torch::randn({1, 2, 5, 8}), v = torch::randn({1, 2, 5, 8});
+  kosmosg::nn::AttentionOptions options;
+  options.causal = true;
+  options.mask = torch::tensor({true, true, true, false, true}, torch::kBool).view({1, 1, 1, 5});
+  const auto reference = kosmosg::nn::attention(q, k, v, options);
+  const auto low = kosmosg::nn::attention(q.to(torch::kBFloat16), k.to(torch::kBFloat16), v.to(torch::kBFloat16), options);
+  ASSERT_TRUE(torch::isfinite(low).all().item<bool>());
+  EXPECT_TRUE(torch::allclose(low.to(torch::kFloat), reference, 0.05, 0.05));
+}
