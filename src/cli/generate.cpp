@@ -25,7 +25,7 @@ namespace fs = std::filesystem;
 struct GenerateArgs {
   std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
   std::vector<std::string> images, loras;
-  bool lora_merge = false;
+  bool lora_merge = false, save_control_maps = false;
   std::string init_image;
   double strength = 0.8;
   std::vector<std::string> controlnets, control_images, control_preprocess;
@@ -134,9 +134,10 @@ int run_generate(const GenerateArgs& a) {
   if (a.control_images.size() != n_control)
     fail("control-image", "got " + std::to_string(a.control_images.size()) + " --control-image for " +
                               std::to_string(n_control) + " --controlnet; give one control image per ControlNet");
+  const auto preprocess_specs =
+      per_controlnet<std::string>(a.control_preprocess, n_control, "none", "control-preprocess");
   std::vector<io::ControlPreprocess> preprocess;
-  for (const auto& text : per_controlnet<std::string>(a.control_preprocess, n_control, "none", "control-preprocess"))
-    preprocess.push_back(io::ControlPreprocess::parse(text));
+  for (const auto& text : preprocess_specs) preprocess.push_back(io::ControlPreprocess::parse(text));
   const auto control_scales = per_controlnet(a.control_scales, n_control, 1.0, "control-scale");
   const auto control_starts = per_controlnet(a.control_starts, n_control, 0.0, "control-start");
   const auto control_ends = per_controlnet(a.control_ends, n_control, 1.0, "control-end");
@@ -205,6 +206,14 @@ int run_generate(const GenerateArgs& a) {
     // The control map is made at the output size, so edges keep their width.
     guide.image = io::preprocess_control_image(
         io::resize(control_images[k], width, height, io::Resample::Lanczos), preprocess[k]);
+    if (a.save_control_maps) {
+      fs::path out(a.out);
+      const auto path = (out.parent_path() / (out.stem().string() + "_control" + std::to_string(k) + ".png")).string();
+      io::write_png(path, guide.image, {{"controlnet", guide.name}, {"control_image", a.control_images[k]},
+                                        {"preprocess", preprocess_specs[k]},
+                                        {"software", "kosmosg"}});
+      spdlog::info("wrote the control map {}", path);
+    }
   }
   spdlog::info("loaded {} ({}) in {:.1f} s; {} threads, device {}, {}", a.model,
                kosmosg ? "Kosmos-G" : "Stable Diffusion",
@@ -251,7 +260,7 @@ int run_generate(const GenerateArgs& a) {
     }
     for (size_t k = 0; k < n_control; ++k)
       text["controlnet" + (k ? std::to_string(k) : std::string())] =
-          a.controlnets[k] + " image=" + a.control_images[k] + " preprocess=" + preprocess[k].name +
+          a.controlnets[k] + " image=" + a.control_images[k] + " preprocess=" + preprocess_specs[k] +
           " scale=" + format_number(control_scales[k]) + " window=" + format_number(control_starts[k]) +
           "-" + format_number(control_ends[k]);
     io::write_png(path, pipeline::to_uint8_images(image)[0], text);
@@ -288,6 +297,7 @@ Command add_generate(CLI::App& app) {
   auto* controlnet = sub->add_option("--controlnet", a->controlnets, "A diffusers ControlNetModel folder; repeat for several (they add up)")->type_name("DIR");
   sub->add_option("--control-image", a->control_images, "The control image of each --controlnet, in order (default size: the first one's, rounded down to a multiple of 8)")->needs(controlnet)->type_name("IMG");
   sub->add_option("--control-preprocess", a->control_preprocess, "Make the control map from the picture first: none, canny[:LOW:HIGH] (default 100:200), scribble[:THRESHOLD] (default 32) or lineart; once for all or once per ControlNet")->needs(controlnet)->type_name("NAME");
+  sub->add_flag("--save-control-map", a->save_control_maps, "Also write each ControlNet's control map (after preprocessing, at the output size) as <out>_control<K>.png")->needs(controlnet);
   sub->add_option("--control-scale", a->control_scales, "ControlNet conditioning scale (default 1); once for all or once per ControlNet")->needs(controlnet)->type_name("S");
   sub->add_option("--control-start", a->control_starts, "Share of the steps after which a ControlNet starts acting (default 0)")->needs(controlnet)->type_name("A");
   sub->add_option("--control-end", a->control_ends, "Share of the steps after which it stops (default 1)")->needs(controlnet)->type_name("B");

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 
+#include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
 #include "support.h"
 
@@ -150,6 +151,14 @@ TEST_P(CliTechniques, ControlNetScalesWindowsPreprocessesAndAddsUp) {
   EXPECT_GT(max_difference(early, base), 0);
   EXPECT_LE(max_difference(halves, full), 1) << "two ControlNets at 0.5 must add up to one at 1";
   EXPECT_TRUE(torch::equal(generate("cn1_again", control()), full)) << "not reproducible";
+
+  // --save-control-map writes the preprocessed map, at the output size.
+  generate("cn_map", control("--control-preprocess canny --save-control-map"));
+  const auto map = kosmosg::io::read_image((work_ / (GetParam() + "_cn_map_control0.png")).string());
+  EXPECT_EQ(map.size(0), 64);
+  EXPECT_EQ(map.size(1), 64);
+  EXPECT_TRUE(torch::equal(map, kosmosg::io::canny_edges(kosmosg::io::resize(kosmosg::io::read_image(picture()), 64, 64,
+                                                                             kosmosg::io::Resample::Lanczos))));
 }
 
 TEST_P(CliTechniques, EverythingAtOnce) {
