@@ -128,6 +128,7 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
       const auto& guide = controlnets[c];
       const double k = static_cast<double>(i - first_step);
       if (k / run_steps < guide.start || (k + 1) / run_steps > guide.end) continue;
+      if (guide.scale == 0) continue;  // its residuals would all be zero
       models::ControlNetModel model = guide.model;  // a handle: forward is not const
       auto r = model->forward(input, t, context, control_images[c], guide.scale);
       if (!residuals) {
