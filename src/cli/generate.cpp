@@ -52,11 +52,6 @@ std::pair<int64_t, int64_t> parse_size(const std::string& text) {
   fail("size", "--size '" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
 }
 
-std::string format_number(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%g", value);
-  return text;
-}
 
 struct LoraArg {
   std::string path;
@@ -127,7 +122,7 @@ int run_generate(const GenerateArgs& a) {
   std::optional<at::Tensor> init_image;
   if (!a.init_image.empty()) {
     if (!(a.strength > 0.0 && a.strength <= 1.0))
-      fail("strength", "--strength " + format_number(a.strength) + " must be in (0, 1]");
+      fail("strength", "--strength " + c10::str(a.strength) + " must be in (0, 1]");
     init_image = io::read_image(a.init_image);
   }
   const size_t n_control = a.controlnets.size();
@@ -245,7 +240,7 @@ int run_generate(const GenerateArgs& a) {
                    {"negative_prompt", a.negative},
                    {"seed", std::to_string(image_seed)},
                    {"steps", std::to_string(a.steps)},
-                   {"guidance", format_number(a.guidance)},
+                   {"guidance", c10::str(a.guidance)},
                    {"sampler", a.sampler},
                    {"size", std::to_string(width) + "x" + std::to_string(height)},
                    {"model", fs::path(a.model).lexically_normal().string()},
@@ -253,16 +248,16 @@ int run_generate(const GenerateArgs& a) {
     if (!image_list.empty()) text["images"] = image_list;
     for (size_t k = 0; k < loras.size(); ++k)
       text["lora" + (k ? std::to_string(k) : std::string())] =
-          loras[k].first.path + ":" + format_number(loras[k].first.scale);
+          loras[k].first.path + ":" + c10::str(loras[k].first.scale);
     if (init_image) {
       text["init_image"] = a.init_image;
-      text["strength"] = format_number(a.strength);
+      text["strength"] = c10::str(a.strength);
     }
     for (size_t k = 0; k < n_control; ++k)
       text["controlnet" + (k ? std::to_string(k) : std::string())] =
           a.controlnets[k] + " image=" + a.control_images[k] + " preprocess=" + preprocess_specs[k] +
-          " scale=" + format_number(control_scales[k]) + " window=" + format_number(control_starts[k]) +
-          "-" + format_number(control_ends[k]);
+          " scale=" + c10::str(control_scales[k]) + " window=" + c10::str(control_starts[k]) +
+          "-" + c10::str(control_ends[k]);
     io::write_png(path, pipeline::to_uint8_images(image)[0], text);
     std::printf("%s\n", path.c_str());
     spdlog::info("wrote {} (seed {})", path, image_seed);

@@ -13,23 +13,13 @@ namespace kosmosg::pipeline {
 
 namespace fs = std::filesystem;
 
-namespace {
-
-std::string format_number(double value) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%g", value);
-  return text;
-}
-
-}  // namespace
-
 void DiffusionDecoder::check_controlnet(const ControlNetGuide& guide) const {
   const std::string name = guide.name.empty() ? std::string("a ControlNet") : guide.name;
   if (!guide.model) fail("controlnet", name + ": no model given");
   models::check_controlnet_fits(guide.model->config(), unet_->config(), name);
   if (!(0.0 <= guide.start && guide.start < guide.end && guide.end <= 1.0))
-    fail("controlnet", name + ": the guidance window " + format_number(guide.start) + " to " +
-                           format_number(guide.end) + " must satisfy 0 <= start < end <= 1");
+    fail("controlnet", name + ": the guidance window " + c10::str(guide.start) + " to " +
+                           c10::str(guide.end) + " must satisfy 0 <= start < end <= 1");
   if (!std::isfinite(guide.scale))
     fail("controlnet", name + ": the conditioning scale must be a finite number");
   const auto& image = guide.image;
@@ -172,7 +162,7 @@ void DiffusionDecoder::check(const GenerateOptions& options) const {
     fail("steps", "--steps must be at least 1, got " + std::to_string(options.sampling.steps));
   if (options.init_image) {
     if (!(options.strength > 0.0 && options.strength <= 1.0))
-      fail("strength", "--strength " + format_number(options.strength) +
+      fail("strength", "--strength " + c10::str(options.strength) +
                            " must be in (0, 1] (the share of the schedule image-to-image runs)");
     const auto& image = *options.init_image;
     if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
@@ -200,7 +190,7 @@ std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& c
     const int64_t kept = std::min(static_cast<int64_t>(steps * options.strength), steps);
     first_step = static_cast<size_t>(steps - kept);
     if (first_step >= scheduler->timesteps().size())
-      fail("strength", "--strength " + format_number(options.strength) + " leaves no step of " +
+      fail("strength", "--strength " + c10::str(options.strength) + " leaves no step of " +
                            std::to_string(steps) + " to run; raise --strength or --steps");
     const auto pixels =
         io::control_pixel_values(*options.init_image, options.width, options.height) * 2.0 - 1.0;
