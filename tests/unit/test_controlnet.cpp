@@ -153,4 +153,24 @@ TEST(ControlImage, PixelValuesAreInZeroOneAtTheRequestedSize) {
   EXPECT_EQ(flat.max().item<int>(), 77);
 }
 
+TEST(ControlImage, LanczosMatchesPillow) {
+  // Pillow 9.4.0: Image.fromarray(a).resize((13, 4), Image.LANCZOS) with
+  // a[i, j, c] = (37i + 91j + 53c + 29ij) % 256 on a 7×9 RGB image (width up, height down).
+  auto a = torch::empty({7, 9, 3}, at::kByte);
+  for (int64_t i = 0; i < 7; ++i)
+    for (int64_t j = 0; j < 9; ++j)
+      for (int64_t c = 0; c < 3; ++c) a[i][j][c] = static_cast<uint8_t>((37 * i + 91 * j + 53 * c + 29 * i * j) % 256);
+  const std::vector<int64_t> pillow{
+      6,   58,  119, 75,  120, 116, 144, 193, 95,  105, 178, 82,  76,  140, 140, 57,  103, 182, 66,  117,
+      160, 133, 219, 146, 159, 169, 120, 127, 63,  135, 107, 161, 226, 168, 109, 158, 227, 4,   55,  68,
+      132, 206, 119, 94,  125, 165, 57,  70,  130, 81,  146, 90,  111, 200, 78,  145, 139, 89,  150, 59,
+      94,  84,  141, 167, 121, 109, 209, 211, 32,  99,  178, 170, 163, 82,  166, 255, 33,  80,  152, 220,
+      212, 105, 192, 188, 79,  133, 151, 117, 99,  146, 75,  118, 166, 68,  105, 171, 157, 66,  127, 191,
+      116, 62,  161, 175, 78,  103, 175, 157, 65,  135, 177, 68,  82,  142, 78,  61,  112, 207, 119, 54,
+      212, 119, 37,  205, 120, 74,  187, 120, 167, 189, 106, 168, 154, 96,  145, 56,  99,  150, 36,  108,
+      150, 37,  102, 157, 38,  87,  160, 39,  88,  146, 25,  87,  138, 17,  86,  140};
+  const auto expected = torch::tensor(pillow).to(at::kByte).view({4, 13, 3});
+  EXPECT_TRUE(torch::equal(io::resize(a, 13, 4, io::Resample::Lanczos), expected));
+}
+
 }  // namespace
