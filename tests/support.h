@@ -10,6 +10,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include <gtest/gtest.h>
+
+#include <initializer_list>
+
+#include "kosmosg/error.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/safetensors.h"
 
@@ -44,6 +49,17 @@ inline std::string write_tiny_controlnet(const std::string& dir, double cond_gai
     if (name.rfind("controlnet_cond_embedding.", 0) == 0) tensor = tensor.mul(cond_gain);
   io::save_safetensors(dir + "/diffusion_pytorch_model.safetensors", weights);
   return dir;
+}
+
+// Expects `f` to throw a kosmosg::Error whose message contains every one of `parts`.
+template <typename F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
 }
 
 struct CliResult {

@@ -197,7 +197,6 @@ int run_generate(const GenerateArgs& a) {
   for (size_t k = 0; k < n_control; ++k) {
     auto& guide = guides[k];
     guide.model->to(device, dtype);
-    models::check_controlnet_fits(guide.model->config(), decoder->unet()->config(), guide.name);
     // The control map is made at the output size, so edges keep their width.
     guide.image = io::preprocess_control_image(
         io::resize(control_images[k], width, height, io::Resample::Lanczos), preprocess[k]);

@@ -16,16 +16,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace kosmosg;
 
-// Expects `f` to throw a kosmosg::Error whose message contains every one of `parts`.
-template <typename F>
-void expect_error(F&& f, std::initializer_list<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no error";
-  } catch (const Error& e) {
-    for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-  }
-}
+using test::expect_error;
 
 class ControlNet : public ::testing::Test {
  protected:

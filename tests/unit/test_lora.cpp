@@ -16,6 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using namespace kosmosg;
+using test::expect_error;
 
 class Lora : public ::testing::Test {
  protected:
@@ -38,17 +39,6 @@ class Lora : public ::testing::Test {
     return models::read_lora(
         test::write_golden_lora("lora_kohya_unet_sd15_tiny", (work / "kohya.safetensors").string()));
   }
-  // Expects `f` to throw a kosmosg::Error whose message contains every one of `parts`.
-  template <typename F>
-  void expect_error(F&& f, std::initializer_list<std::string> parts) {
-    try {
-      f();
-      FAIL() << "no error";
-    } catch (const Error& e) {
-      for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
-    }
-  }
-
   fs::path work;
   models::UNet2DConditionModel unet{nullptr};
   at::Tensor sample, context;
