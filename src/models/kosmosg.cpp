@@ -35,8 +35,16 @@ KosmosGConfig KosmosGConfig::from_json(const io::Json& json, const std::string& 
   KosmosGConfig c;
   c.mllm = MLLMConfig::from_json(section(json, "mllm", "gpt"), what + " [mllm]");
   c.vision = ViTConfig::from_json(section(json, "vision", "clip"), what + " [vision]");
-  c.connector = XConnectorConfig::from_json(section(json, "connector", "xconnector"), what + " [connector]");
-  c.aligner = AlignerConfig::from_json(section(json, "aligner", "aligner"), what + " [aligner]");
+  const io::Json& connector = section(json, "connector", "xconnector");
+  c.connector = XConnectorConfig::from_json(connector, what + " [connector]");
+  // Upstream's connector attention drops with the MLLM's attention_dropout argument.
+  const io::Json& mllm = section(json, "mllm", "gpt");
+  if (!connector.contains("attention_dropout") && mllm.contains("attention_dropout"))
+    c.connector.attention_dropout = mllm.at("attention_dropout").get<double>();
+  const io::Json& aligner = section(json, "aligner", "aligner");
+  c.aligner = AlignerConfig::from_json(aligner, what + " [aligner]");
+  // Upstream builds the aligner on the MLLM's width; a section that does not name it means that.
+  if (!aligner.contains("input_dim") && !aligner.contains("decoder_embed_dim")) c.aligner.input_dim = c.mllm.embed_dim;
   c.null_token = io::config_value<int64_t>(json, "null_token", c.null_token, what);
   require_equal(c.connector.input_dim, "connector.input_dim", c.vision.width, "vision.width", what);
   require_equal(c.connector.output_dim, "connector.output_dim", c.mllm.embed_dim, "mllm.decoder_embed_dim", what);

@@ -1,0 +1,125 @@
+#pragma once
+// The three Kosmos-G training stages (reference §6): what each trains, what it freezes, and its
+// loss. A stage owns its modules under the official KosmosGmodel state-dict names (gpt_model.*,
+// img_model.*, img_connector.*, aligner.*, diffusion_unet.unet.*, vae.vae.*).
+#include <ATen/core/Generator.h>
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kosmosg/data/batch.h"
+#include "kosmosg/io/config.h"
+#include "kosmosg/io/safetensors.h"
+#include "kosmosg/models/kosmosg.h"
+#include "kosmosg/train/optim.h"
+
+namespace kosmosg::train {
+
+// "lm", "align" or "instruct" (an Error names anything else).
+data::StageKind parse_stage(const std::string& name);
+const char* stage_name(data::StageKind kind);
+
+// What one forward of a stage produced. `loss` is what backward runs on (fairseq's summed form);
+// gradients are divided by `sample_size` before clipping (reference §6.6).
+struct StageLoss {
+  at::Tensor loss;
+  int64_t sample_size = 1;
+  std::map<std::string, double> logs;  // "loss" (per sample size) and the stage's parts
+  std::map<std::string, at::Tensor> outputs;  // intermediates: "logits" (lm), "latents" (instruct)
+};
+
+// Settings that change what a stage computes.
+struct StageOptions {
+  // Comma-separated substrings: img_model parameters whose name contains one are trained in the
+  // lm and instruct stages (official --no-freeze-layer). Empty: the last ViT block and ln_post.
+  std::string no_freeze_layer;
+  double condition_drop_rate = 0.1;  // instruct: rows whose condition becomes the null embedding
+  // Official stage-3 behaviour: the ViT's checkpointed last block gets no gradient (only weight
+  // decay moves it). Off: it trains as the paper describes.
+  bool official_vit_checkpoint = false;
+};
+
+// The weights and configs a stage is built from. Components a stage does not use may be empty.
+struct StageModels {
+  io::Json kosmosg_config;      // the kosmosg/config.json layout (models/kosmosg.h)
+  io::TensorMap kosmosg;        // gpt_model.*, img_model.*, img_connector.*, aligner.* (M, maybe N)
+  io::Json unet_config, vae_config, scheduler_config;
+  io::TensorMap unet, vae;      // diffusers names without prefix
+  std::string text_encoder_dir;  // align: the SD1.5 text_encoder/ folder (the frozen teacher)
+  std::string tokenizer_dir;     // align: the SD1.5 tokenizer/ folder (CLIP BPE)
+
+  // Reads what `kind` needs from a model folder (kosmosg/ plus the diffusers parts). Missing
+  // files or weights are one error that names each of them.
+  static StageModels from_folder(const std::string& dir, data::StageKind kind);
+};
+
+// One row of the parameter table printed when training starts.
+struct ModuleSummary {
+  std::string module;
+  int64_t parameters = 0, trainable = 0;
+};
+
+class Stage {
+ public:
+  virtual ~Stage() = default;
+  virtual data::StageKind kind() const = 0;
+
+  // Every module of the stage under the official names.
+  torch::nn::Module& model() { return *root_; }
+  const models::KosmosGConfig& config() const { return config_; }
+  // The trainable tensors (official names; the tied LM head appears once, as embed_tokens).
+  const NamedParameters& trainable() const { return trainable_; }
+  std::vector<ModuleSummary> summary() const;
+
+  // The forward and loss on `batch`, drawing the stage's random numbers from `generator`.
+  virtual StageLoss forward(const data::Batch& batch, at::Generator generator) = 0;
+
+  // The conditioning weights as a Kosmos-G folder stores them (kosmosg/model.safetensors): every
+  // gpt_model/img_model/img_connector/aligner tensor, the tied head under both names.
+  io::TensorMap kosmosg_state() const;
+  // The trainable tensors only, the tied head under both names.
+  io::TensorMap trainable_state() const;
+  // Copies `weights` (a subset of trainable_state's names) into the trainable tensors.
+  void load_trainable(const io::TensorMap& weights, const std::string& source);
+
+  // Training mode for the trained parts; frozen diffusers parts stay in eval mode.
+  virtual void train_mode();
+
+ protected:
+  Stage(const StageModels& models, const StageOptions& options);
+  // Marks trainable the parameters `is_trainable(name)` accepts; freezes the rest.
+  void select_trainable(const std::function<bool(const std::string&)>& is_trainable);
+  bool vit_trainable(const std::string& name) const;
+  // The MLLM hidden states [B, T, C] for a batch (image features in their slots).
+  at::Tensor mllm_hidden(const data::Batch& batch, bool logits, at::Tensor* logits_out = nullptr);
+
+  models::KosmosGConfig config_;
+  StageOptions options_;
+  models::KosmosGModel kosmosg_{nullptr};
+  std::shared_ptr<torch::nn::Module> root_;
+  NamedParameters trainable_;
+};
+
+// Builds the stage of `kind` from loaded weights; a required component that is missing is an
+// error naming it.
+std::unique_ptr<Stage> make_stage(data::StageKind kind, const StageModels& models, const StageOptions& options);
+
+// Stage 2's forward with the CLIP teacher's output given ([B, 77, W]) instead of computed: the
+// golden cases replace the teacher.
+StageLoss align_forward_with_teacher(Stage& stage, const data::Batch& batch, const at::Tensor& teacher);
+
+// Stage 3's random draws, separable so a caller can supply them.
+struct InstructDraws {
+  at::Tensor vae_noise;  // [B, 4, h, w]: the posterior sample's standard normal draw
+  at::Tensor noise;      // [B, 4, h, w]
+  at::Tensor timesteps;  // int64 [B]
+  at::Tensor random_p;   // float [B]
+};
+// Stage 3's forward with given draws.
+StageLoss instruct_forward_with_draws(Stage& stage, const data::Batch& batch, const InstructDraws& draws);
+
+}  // namespace kosmosg::train

@@ -1,0 +1,61 @@
+#pragma once
+// One optimiser update in the order of fairseq's Trainer.train_step (reference §6.2, golden
+// README "The update"): forward and backward of every micro-batch, zero gradients for trainable
+// tensors the backward missed, division by the summed sample size (and the loss scale), clipping
+// of the global norm, the fp16 overflow check, then Adam with the rate of the updates done so far.
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kosmosg/io/config.h"
+#include "kosmosg/train/optim.h"
+#include "kosmosg/train/stage.h"
+
+namespace kosmosg::train {
+
+struct OptimizationOptions {
+  AdamOptions adam;
+  PolynomialDecay schedule;
+  double clip_norm = 2.0;
+  bool loss_scaling = false;  // fp16 compute: dynamic loss scaling
+  DynamicLossScaler::Options scaler;
+};
+
+// What one update did.
+struct UpdateResult {
+  bool applied = true;      // false: skipped on an fp16 overflow
+  double loss = 0;          // Σ losses / Σ sample sizes
+  double grad_norm = 0;     // before clipping
+  double lr = 0;            // the rate this update used
+  double loss_scale = 1;
+  int64_t sample_size = 0;
+  std::map<std::string, double> logs;  // the stages' parts, averaged over micro-batches
+};
+
+class Trainer {
+ public:
+  Trainer(Stage& stage, OptimizationOptions options);
+
+  // One update from the forwards of its micro-batches (gradient accumulation: several).
+  UpdateResult update(const std::vector<std::function<StageLoss()>>& micro_batches);
+
+  // Updates applied so far (fairseq's num_updates; skipped updates do not count).
+  int64_t num_updates() const { return num_updates_; }
+  Stage& stage() { return stage_; }
+  FairseqAdam& optimizer() { return optimizer_; }
+  const OptimizationOptions& options() const { return options_; }
+
+  // num_updates and the loss scaler (the optimiser's tensors are saved apart).
+  io::Json state() const;
+  void load_state(const io::Json& state);
+
+ private:
+  Stage& stage_;
+  OptimizationOptions options_;
+  FairseqAdam optimizer_;
+  DynamicLossScaler scaler_;
+  int64_t num_updates_ = 0;
+};
+
+}  // namespace kosmosg::train

@@ -1,0 +1,500 @@
+#include "kosmosg/train/stage.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "kosmosg/error.h"
+#include "kosmosg/models/aligner.h"
+#include "kosmosg/models/clip.h"
+#include "kosmosg/models/unet.h"
+#include "kosmosg/models/vae.h"
+#include "kosmosg/text/clip_tokenizer.h"
+#include "kosmosg/train/diffusion_loss.h"
+
+namespace kosmosg::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+bool has_prefix(const io::TensorMap& weights, const std::string& prefix) {
+  auto it = weights.lower_bound(prefix);
+  return it != weights.end() && starts_with(it->first, prefix);
+}
+
+const char* const kTiedHead = "gpt_model.decoder.output_projection.weight";
+const char* const kEmbedTokens = "gpt_model.decoder.embed_tokens.weight";
+
+io::LoadOptions load_options(const std::string& source) {
+  io::LoadOptions o;
+  o.source_name = source;
+  return o;
+}
+
+// Re-initialises an AlignerNet as torchscale builds it for stage 2 (reference §5.6): queries and
+// position tables N(0, 1), Linear layers PyTorch's default, LayerNorms 1/0, and the sub-LN rescale
+// of fc1/fc2/out_proj/v_proj per stack (cross-attention of the decoders excluded).
+void init_aligner(models::AlignerImpl& aligner) {
+  torch::NoGradGuard no_grad;
+  const auto& c = aligner.config();
+  for (auto& m : aligner.modules(/*include_self=*/false)) {
+    if (auto* linear = m->as<torch::nn::Linear>()) linear->reset_parameters();
+    if (auto* norm = m->as<torch::nn::LayerNorm>()) norm->reset_parameters();
+    if (auto* embedding = m->as<torch::nn::Embedding>()) embedding->weight.normal_();
+  }
+  aligner.encoder_query.normal_();
+  aligner.decoder_query.normal_();
+  const double enc = static_cast<double>(c.encoder_layers), dec = static_cast<double>(c.decoder_layers);
+  const std::vector<std::pair<torch::nn::Module*, double>> stacks = {
+      {aligner.encoder_proj.get(), std::sqrt(std::log(3 * dec) * std::log(2 * enc) / 3)},
+      {aligner.encoder.get(), std::sqrt(std::log(3 * dec))},
+      {aligner.decoder.get(), std::sqrt(std::log(3 * dec))},
+      {aligner.decoder_proj.get(), std::sqrt(std::log(2 * enc))}};
+  for (const auto& [stack, gain] : stacks)
+    for (auto& item : stack->named_parameters()) {
+      const std::string& name = item.key();
+      at::Tensor& p = item.value();
+      if (name.find("encoder_attn") != std::string::npos) continue;
+      if (name.find("embed_tokens") != std::string::npos || name.find("output_projection") != std::string::npos) continue;
+      for (const char* scaled : {"fc1", "fc2", "out_proj", "v_proj"})
+        if (name.find(std::string(".") + scaled + ".") != std::string::npos) {
+          p.mul_(gain);
+          break;
+        }
+    }
+}
+
+// Loads `prefix`* of `weights` into `module` strictly.
+void load_component(torch::nn::Module& module, const io::TensorMap& weights, const std::string& prefix,
+                    const std::string& source) {
+  io::load_weights(module, models::strip_prefix(weights, prefix), load_options(source + " (" + prefix + "*)"));
+}
+
+std::shared_ptr<torch::nn::Module> holder(const std::string& child, std::shared_ptr<torch::nn::Module> module) {
+  auto h = std::make_shared<torch::nn::Module>();
+  h->register_module(child, std::move(module));
+  return h;
+}
+
+at::Tensor batch_tensor(const at::Tensor& t, const char* name) {
+  if (!t.defined()) fail("train", std::string("the batch has no ") + name);
+  return t;
+}
+
+}  // namespace
+
+data::StageKind parse_stage(const std::string& name) {
+  if (name == "lm") return data::StageKind::LM;
+  if (name == "align") return data::StageKind::Align;
+  if (name == "instruct") return data::StageKind::Instruct;
+  fail("train", "unknown stage '" + name + "' (expected lm, align or instruct)");
+}
+
+const char* stage_name(data::StageKind kind) {
+  switch (kind) {
+    case data::StageKind::LM: return "lm";
+    case data::StageKind::Align: return "align";
+    case data::StageKind::Instruct: return "instruct";
+  }
+  return "?";
+}
+
+StageModels StageModels::from_folder(const std::string& dir, data::StageKind kind) {
+  const fs::path root(dir);
+  if (!fs::is_directory(root)) fail("train", "--model " + dir + " is not a folder");
+  std::vector<std::string> missing;
+  auto need = [&](const fs::path& p) {
+    if (!fs::exists(p)) missing.push_back(p.string());
+  };
+  need(root / "kosmosg" / "config.json");
+  need(root / "kosmosg" / "model.safetensors");
+  if (kind == data::StageKind::Align) {
+    need(root / "text_encoder" / "config.json");
+    need(root / "tokenizer" / "vocab.json");
+  }
+  if (kind == data::StageKind::Instruct) {
+    need(root / "unet" / "config.json");
+    need(root / "vae" / "config.json");
+    need(root / "scheduler" / "scheduler_config.json");
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (const auto& m : missing) list += "\n    " + m;
+    fail("train", std::string("the ") + stage_name(kind) + " stage needs these files of " + dir + ":" + list +
+                      (kind == data::StageKind::Align ? "\n  (the frozen CLIP text teacher comes from an SD1.5 folder's "
+                                                        "text_encoder/ and tokenizer/: copy or link them in)"
+                                                      : ""));
+  }
+  StageModels m;
+  m.kosmosg_config = io::read_json((root / "kosmosg" / "config.json").string());
+  m.kosmosg = io::SafeTensors::open((root / "kosmosg" / "model.safetensors").string()).tensors();
+  if (kind == data::StageKind::Align) {
+    m.text_encoder_dir = (root / "text_encoder").string();
+    m.tokenizer_dir = (root / "tokenizer").string();
+  }
+  if (kind == data::StageKind::Instruct) {
+    m.unet_config = io::read_json((root / "unet" / "config.json").string());
+    m.vae_config = io::read_json((root / "vae" / "config.json").string());
+    m.scheduler_config = io::read_json((root / "scheduler" / "scheduler_config.json").string());
+    m.unet = io::read_component_weights((root / "unet").string(), {"diffusion_pytorch_model"});
+    m.vae = io::read_component_weights((root / "vae").string(), {"diffusion_pytorch_model"});
+  }
+  return m;
+}
+
+Stage::Stage(const StageModels& models, const StageOptions& options)
+    : config_(models::KosmosGConfig::from_json(models.kosmosg_config)), options_(options) {
+  kosmosg_ = models::KosmosGModel(config_);
+  root_ = std::make_shared<torch::nn::Module>();
+}
+
+bool Stage::vit_trainable(const std::string& name) const {
+  std::string rule = options_.no_freeze_layer;
+  if (rule.empty()) rule = "resblocks." + std::to_string(config_.vision.layers - 1) + ",ln_post";
+  size_t begin = 0;
+  while (begin <= rule.size()) {
+    size_t end = rule.find(',', begin);
+    if (end == std::string::npos) end = rule.size();
+    const std::string item = rule.substr(begin, end - begin);
+    if (!item.empty() && name.find(item) != std::string::npos) return true;
+    begin = end + 1;
+  }
+  return false;
+}
+
+void Stage::select_trainable(const std::function<bool(const std::string&)>& is_trainable) {
+  trainable_.clear();
+  for (auto& item : root_->named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor& p = item.value();
+    const bool train = is_trainable(name);
+    p.set_requires_grad(train);
+    if (train) trainable_.emplace_back(name, p);
+  }
+}
+
+std::vector<ModuleSummary> Stage::summary() const {
+  std::vector<ModuleSummary> rows;
+  for (const auto& item : root_->named_parameters()) {
+    const std::string& name = item.key();
+    const at::Tensor& p = item.value();
+    // Two name components ("gpt_model.decoder", "aligner.encoder_proj") make a readable table.
+    size_t dot = name.find('.');
+    if (dot != std::string::npos) dot = name.find('.', dot + 1);
+    std::string module = name.substr(0, dot);
+    if (module.rfind("img_model.visual", 0) == 0 && name.find(".resblocks.") != std::string::npos)
+      module = name.substr(0, name.find('.', name.find(".resblocks.") + 11));
+    if (rows.empty() || rows.back().module != module) rows.push_back({module, 0, 0});
+    rows.back().parameters += p.numel();
+    if (p.requires_grad()) rows.back().trainable += p.numel();
+  }
+  return rows;
+}
+
+io::TensorMap Stage::kosmosg_state() const {
+  io::TensorMap out;
+  for (const auto& [name, t] : io::state_dict(*kosmosg_)) out.emplace(name, t.detach());
+  out[kTiedHead] = out.at(kEmbedTokens);
+  return out;
+}
+
+io::TensorMap Stage::trainable_state() const {
+  io::TensorMap out;
+  for (const auto& [name, p] : trainable_) out.emplace(name, p.detach());
+  if (out.count(kEmbedTokens)) out[kTiedHead] = out.at(kEmbedTokens);
+  return out;
+}
+
+void Stage::load_trainable(const io::TensorMap& weights, const std::string& source) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::string> problems;
+  size_t used = 0;
+  for (auto& [name, p] : trainable_) {
+    auto it = weights.find(name);
+    if (it == weights.end()) {
+      problems.push_back("missing " + name);
+      continue;
+    }
+    ++used;
+    if (it->second.sizes() != p.sizes()) {
+      problems.push_back(name + " has shape " + c10::str(it->second.sizes()) + ", expected " + c10::str(p.sizes()));
+      continue;
+    }
+    p.copy_(it->second);
+  }
+  if (weights.count(kTiedHead) && weights.count(kEmbedTokens)) ++used;
+  if (used != weights.size()) problems.push_back(std::to_string(weights.size() - used) + " tensors this stage does not train");
+  if (!problems.empty()) {
+    std::string list;
+    for (const auto& p : problems) list += "\n    " + p;
+    fail("train", source + " does not fit the stage's trainable weights:" + list);
+  }
+}
+
+void Stage::train_mode() { root_->train(); }
+
+at::Tensor Stage::mllm_hidden(const data::Batch& batch, bool logits, at::Tensor* logits_out) {
+  const at::Tensor src = batch_tensor(batch.src_tokens, "src_tokens");
+  const auto param = kosmosg_->gpt_model->decoder->embed_tokens->weight;
+  at::Tensor features;
+  if (batch.images.defined() && batch.images.numel() > 0)
+    features = kosmosg_->image_embeddings(batch.images.to(param.device(), param.scalar_type()));
+  at::Tensor mask = batch.img_gpt_input_mask.defined() ? batch.img_gpt_input_mask.to(param.device(), at::kBool)
+                                                       : at::Tensor();
+  auto out = kosmosg_->gpt_model(src.to(param.device()), features, mask, logits);
+  if (logits_out) *logits_out = out.logits;
+  return out.hidden;
+}
+
+namespace {
+
+// Stage 1: next-token cross-entropy on the text positions (reference §6.7).
+class LMStage : public Stage {
+ public:
+  LMStage(const StageModels& m, const StageOptions& o) : Stage(m, o) {
+    for (const char* prefix : {"gpt_model.", "img_model.", "img_connector."})
+      if (!has_prefix(m.kosmosg, prefix))
+        fail("train", std::string("the lm stage needs the ") + prefix + "* weights, which the model has none of");
+    kosmosg_->gpt_model->load(models::strip_prefix(m.kosmosg, "gpt_model."), load_options("kosmosg (gpt_model.*)"));
+    kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
+    load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
+    // The aligner is carried along untouched so the output stays a complete model folder.
+    if (has_prefix(m.kosmosg, "aligner.encoder_proj."))
+      load_component(*kosmosg_->aligner, without_n(m.kosmosg), "aligner.", "kosmosg");
+    for (const char* child : {"gpt_model", "img_model", "img_connector", "aligner"})
+      root_->register_module(child, kosmosg_->named_children()[child]);
+    select_trainable([&](const std::string& name) {
+      return starts_with(name, "gpt_model.") || starts_with(name, "img_connector.") ||
+             (starts_with(name, "img_model.") && vit_trainable(name));
+    });
+  }
+  data::StageKind kind() const override { return data::StageKind::LM; }
+
+  StageLoss forward(const data::Batch& batch, at::Generator) override {
+    at::Tensor logits;
+    mllm_hidden(batch, /*logits=*/true, &logits);
+    const int64_t pad = config_.mllm.padding_idx;
+    const at::Tensor target = batch_tensor(batch.target, "target").to(logits.device());
+    at::Tensor scored = target.ne(pad);
+    if (batch.gpt_loss_mask.defined()) scored = scored.logical_and(batch.gpt_loss_mask.to(logits.device(), at::kBool));
+    const at::Tensor lprobs = at::log_softmax(logits.to(at::kFloat), -1);
+    const at::Tensor nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1);
+    StageLoss out;
+    out.loss = nll.masked_select(scored).sum();
+    out.sample_size = scored.sum().item<int64_t>();
+    if (out.sample_size == 0) fail("train", "an lm batch has no scored token (every loss-mask position is 0 or padding)");
+    out.logs["loss"] = out.loss.item<double>() / static_cast<double>(out.sample_size);
+    out.logs["tokens"] = static_cast<double>(out.sample_size);
+    out.outputs["logits"] = logits;
+    return out;
+  }
+
+  static io::TensorMap without_n(const io::TensorMap& weights) {
+    io::TensorMap out;
+    for (const auto& [name, t] : weights)
+      if (!starts_with(name, "aligner.decoder") && !starts_with(name, "aligner.clip_encoder.")) out.emplace(name, t);
+    return out;
+  }
+};
+
+// Stage 2: AlignerNet M and N against the frozen SD1.5 CLIP text encoder (reference §5.4).
+class AlignStage : public Stage {
+ public:
+  AlignStage(const StageModels& m, const StageOptions& o) : Stage(m, o) {
+    if (!has_prefix(m.kosmosg, "gpt_model."))
+      fail("train", "the align stage needs the gpt_model.* weights (a stage-1 model), which the model has none of");
+    aligner_ = models::Aligner(config_.aligner);
+    kosmosg_->aligner = kosmosg_->replace_module(
+        "aligner", models::AlignerEncoder(std::static_pointer_cast<models::AlignerEncoderImpl>(aligner_.ptr())));
+    kosmosg_->gpt_model->load(models::strip_prefix(m.kosmosg, "gpt_model."), load_options("kosmosg (gpt_model.*)"));
+    if (has_prefix(m.kosmosg, "img_model."))
+      kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
+    if (has_prefix(m.kosmosg, "img_connector.")) load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
+    // Stage 2 trains M and N from scratch unless the weights carry both (a resumed alignment).
+    init_aligner(*aligner_);
+    if (has_prefix(m.kosmosg, "aligner.decoder_proj.")) {
+      io::TensorMap aligner_weights;
+      for (const auto& [name, t] : models::strip_prefix(m.kosmosg, "aligner."))
+        if (!starts_with(name, "clip_encoder.")) aligner_weights.emplace(name, t);
+      io::load_weights(*aligner_, aligner_weights, load_options("kosmosg (aligner.*)"));
+    }
+    if (!m.text_encoder_dir.empty()) {
+      teacher_ = models::load_clip_text_model(m.text_encoder_dir);
+      clip_tokenizer_ = std::make_unique<text::CLIPTokenizer>(text::CLIPTokenizer::from_folder(m.tokenizer_dir));
+      const int64_t width = teacher_->config().encoder.hidden_size;
+      if (width != config_.aligner.embed_dim)
+        fail("train", "the CLIP text teacher is " + std::to_string(width) + " wide but the aligner outputs " +
+                          std::to_string(config_.aligner.embed_dim));
+    }
+    for (const char* child : {"gpt_model", "img_model", "img_connector", "aligner"})
+      root_->register_module(child, kosmosg_->named_children()[child]);
+    select_trainable([](const std::string& name) { return starts_with(name, "aligner."); });
+  }
+  data::StageKind kind() const override { return data::StageKind::Align; }
+
+  StageLoss forward(const data::Batch& batch, at::Generator) override {
+    if (!teacher_) fail("train", "the align stage has no CLIP text teacher");
+    if (batch.captions.size() != static_cast<size_t>(batch.src_tokens.size(0)))
+      fail("train", "the align stage needs one caption per row for the CLIP teacher");
+    std::vector<int64_t> ids;
+    for (const auto& caption : batch.captions) {
+      auto row = clip_tokenizer_->encode(caption, static_cast<size_t>(config_.aligner.num_queries));
+      ids.insert(ids.end(), row.begin(), row.end());
+    }
+    const auto param = aligner_->encoder_query;
+    at::Tensor teacher;
+    {
+      torch::NoGradGuard no_grad;
+      const at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong))
+                                    .view({static_cast<int64_t>(batch.captions.size()), -1})
+                                    .to(param.device());
+      teacher = teacher_->forward(tokens).last_hidden_state.to(param.scalar_type());
+    }
+    return forward_with_teacher(batch, teacher);
+  }
+
+  StageLoss forward_with_teacher(const data::Batch& batch, const at::Tensor& teacher) {
+    const at::Tensor hidden = mllm_hidden(batch, /*logits=*/false);
+    const at::Tensor pads = batch.src_tokens.to(hidden.device()).eq(config_.mllm.padding_idx);
+    auto out = aligner_(hidden, pads, teacher.to(hidden.device(), hidden.scalar_type()));
+    StageLoss loss;
+    loss.loss = out.mse_loss + out.rec_loss;
+    loss.sample_size = 1;
+    loss.logs["loss"] = loss.loss.item<double>();
+    loss.logs["mse_loss"] = out.mse_loss.item<double>();
+    loss.logs["rec_loss"] = out.rec_loss.item<double>();
+    return loss;
+  }
+
+  void train_mode() override {
+    Stage::train_mode();
+    if (teacher_) teacher_->eval();
+  }
+
+ private:
+  models::Aligner aligner_{nullptr};
+  models::CLIPTextModel teacher_{nullptr};
+  std::unique_ptr<text::CLIPTokenizer> clip_tokenizer_;
+};
+
+// Stage 3: score distillation through the frozen UNet (reference §6.5).
+class InstructStage : public Stage {
+ public:
+  InstructStage(const StageModels& m, const StageOptions& o)
+      : Stage(m, o),
+        unet_(models::UNet2DConditionConfig::from_json(require_config(m.unet_config, "unet"))),
+        vae_(models::AutoencoderKLConfig::from_json(require_config(m.vae_config, "vae"))),
+        loss_(unet_, diffusion::DDPMTraining(require_config(m.scheduler_config, "scheduler")), o.condition_drop_rate) {
+    std::vector<std::string> missing;
+    for (const char* prefix : {"gpt_model.", "img_model.", "img_connector.", "aligner.encoder_proj."})
+      if (!has_prefix(m.kosmosg, prefix)) missing.push_back(std::string(prefix) + "*");
+    if (m.unet.empty()) missing.push_back("the UNet (unet/)");
+    if (m.vae.empty()) missing.push_back("the VAE (vae/)");
+    if (!missing.empty()) {
+      std::string list;
+      for (const auto& s : missing) list += "\n    " + s;
+      fail("train", "the instruct stage needs weights the model does not have (run the align stage first for "
+                    "aligner.*):" + list);
+    }
+    io::LoadOptions kosmosg_load = load_options("kosmosg");
+    kosmosg_->load(m.kosmosg, kosmosg_load);
+    io::load_weights(*unet_, m.unet, load_options("unet"));
+    io::load_weights(*vae_, m.vae, load_options("vae"));
+    for (const char* child : {"gpt_model", "img_model", "img_connector", "aligner"})
+      root_->register_module(child, kosmosg_->named_children()[child]);
+    root_->register_module("diffusion_unet", holder("unet", unet_.ptr()));
+    root_->register_module("vae", holder("vae", vae_.ptr()));
+    select_trainable([&](const std::string& name) {
+      return starts_with(name, "gpt_model.") || starts_with(name, "img_connector.") || starts_with(name, "aligner.") ||
+             (starts_with(name, "img_model.") && vit_trainable(name));
+    });
+  }
+  data::StageKind kind() const override { return data::StageKind::Instruct; }
+
+  void train_mode() override {
+    Stage::train_mode();
+    unet_->eval();
+    vae_->eval();
+  }
+
+  StageLoss forward(const data::Batch& batch, at::Generator generator) override {
+    const models::DiagonalGaussian posterior = encode_targets(batch);
+    InstructDraws draws;
+    draws.vae_noise = at::randn(posterior.mean.sizes(), generator, at::TensorOptions().dtype(at::kFloat))
+                          .to(posterior.mean.options());
+    auto d = loss_.draw(posterior.mean, generator);
+    draws.noise = d.noise;
+    draws.timesteps = d.timesteps;
+    draws.random_p = d.random_p;
+    return forward_with_draws(batch, posterior, draws);
+  }
+
+  models::DiagonalGaussian encode_targets(const data::Batch& batch) {
+    torch::NoGradGuard no_grad;
+    const auto param = kosmosg_->gpt_model->decoder->embed_tokens->weight;
+    const at::Tensor images = batch_tensor(batch.target_images, "target images (stage 3 needs a target per sample)");
+    return vae_->encode(images.to(param.device(), param.scalar_type()));
+  }
+
+  StageLoss forward_with_draws(const data::Batch& batch, const models::DiagonalGaussian& posterior,
+                               const InstructDraws& draws) {
+    const at::Tensor hidden = mllm_hidden(batch, /*logits=*/false);
+    const at::Tensor src = batch.src_tokens.to(hidden.device());
+    const at::Tensor condition = kosmosg_->aligner(hidden, src.eq(config_.mllm.padding_idx));
+    // The null embedding is computed with gradients, in training mode, as upstream.
+    const at::Tensor null_tokens = at::full({1, 1}, config_.null_token, src.options());
+    const at::Tensor null_hidden = kosmosg_->gpt_model(null_tokens, at::Tensor(), at::Tensor(), false).hidden;
+    const at::Tensor null_condition = kosmosg_->aligner(null_hidden, at::zeros({1, 1}, src.options().dtype(at::kBool)));
+    at::Tensor latents;
+    {
+      torch::NoGradGuard no_grad;
+      latents = posterior.sample(draws.vae_noise) * vae_->config().scaling_factor;
+    }
+    auto out = loss_.forward(latents, condition, null_condition, {draws.noise, draws.timesteps, draws.random_p});
+    StageLoss loss;
+    loss.loss = out.loss;
+    loss.sample_size = batch.nsentences > 0 ? batch.nsentences : src.size(0);
+    loss.logs["loss"] = out.loss.item<double>() / static_cast<double>(loss.sample_size);
+    loss.outputs["latents"] = latents;
+    return loss;
+  }
+
+ private:
+  static const io::Json& require_config(const io::Json& config, const char* what) {
+    if (!config.is_object() || config.empty())
+      fail("train", std::string("the instruct stage needs the ") + what + " config, which the model does not have");
+    return config;
+  }
+
+  models::UNet2DConditionModel unet_;
+  models::AutoencoderKL vae_;
+  DiffusionLoss loss_;
+};
+
+}  // namespace
+
+std::unique_ptr<Stage> make_stage(data::StageKind kind, const StageModels& models, const StageOptions& options) {
+  switch (kind) {
+    case data::StageKind::LM: return std::make_unique<LMStage>(models, options);
+    case data::StageKind::Align: return std::make_unique<AlignStage>(models, options);
+    case data::StageKind::Instruct: return std::make_unique<InstructStage>(models, options);
+  }
+  fail("train", "unknown stage");
+}
+
+StageLoss align_forward_with_teacher(Stage& stage, const data::Batch& batch, const at::Tensor& teacher) {
+  auto* align = dynamic_cast<AlignStage*>(&stage);
+  if (!align) fail("train", "align_forward_with_teacher needs the align stage");
+  return align->forward_with_teacher(batch, teacher);
+}
+
+StageLoss instruct_forward_with_draws(Stage& stage, const data::Batch& batch, const InstructDraws& draws) {
+  auto* instruct = dynamic_cast<InstructStage*>(&stage);
+  if (!instruct) fail("train", "instruct_forward_with_draws needs the instruct stage");
+  return instruct->forward_with_draws(batch, instruct->encode_targets(batch), draws);
+}
+
+}  // namespace kosmosg::train

@@ -1,0 +1,71 @@
+#include "kosmosg/train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "kosmosg/error.h"
+
+namespace kosmosg::train {
+
+Trainer::Trainer(Stage& stage, OptimizationOptions options)
+    : stage_(stage),
+      options_(options),
+      optimizer_(stage.trainable(), options.adam),
+      scaler_(options.scaler) {
+  if (stage.trainable().empty()) fail("train", "the stage has no trainable parameter");
+}
+
+UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micro_batches) {
+  if (micro_batches.empty()) fail("train", "an update needs at least one micro-batch");
+  const NamedParameters& params = stage_.trainable();
+  for (const auto& [name, p] : params)
+    if (p.grad().defined()) p.mutable_grad().zero_();
+  stage_.train_mode();
+
+  UpdateResult r;
+  r.loss_scale = options_.loss_scaling ? scaler_.scale() : 1.0;
+  double loss_sum = 0;
+  for (const auto& forward : micro_batches) {
+    StageLoss out = forward();
+    loss_sum += out.loss.item<double>();
+    r.sample_size += out.sample_size;
+    for (const auto& [key, value] : out.logs) r.logs[key] += value / static_cast<double>(micro_batches.size());
+    (r.loss_scale == 1.0 ? out.loss : out.loss * r.loss_scale).backward();
+  }
+  r.loss = loss_sum / static_cast<double>(std::max<int64_t>(r.sample_size, 1));
+
+  {
+    torch::NoGradGuard no_grad;
+    // fairseq's legacy DDP gives every trainable tensor a gradient, zeros where backward missed it,
+    // so weight decay still moves such tensors (the golden instruct case relies on it).
+    for (const auto& [name, p] : params)
+      if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+  }
+  multiply_grads(params, 1.0 / (static_cast<double>(std::max<int64_t>(r.sample_size, 1)) * r.loss_scale));
+  r.grad_norm = clip_grad_norm(params, options_.clip_norm);
+  r.lr = options_.schedule.at(num_updates_);
+  if (options_.loss_scaling) {
+    r.applied = scaler_.check(r.grad_norm);
+  } else if (!std::isfinite(r.grad_norm)) {
+    fail("train", "the gradient norm is " + c10::str(r.grad_norm) + " at update " + std::to_string(num_updates_ + 1) +
+                      " (loss " + c10::str(r.loss) + "): the loss diverged; lower the learning rate or check the data");
+  }
+  if (r.applied) {
+    optimizer_.step(r.lr);
+    ++num_updates_;
+  }
+  for (const auto& [name, p] : params) p.mutable_grad() = at::Tensor();
+  return r;
+}
+
+io::Json Trainer::state() const {
+  return {{"num_updates", num_updates_}, {"loss_scaler", scaler_.state()}};
+}
+
+void Trainer::load_state(const io::Json& state) {
+  num_updates_ = io::config_require<int64_t>(state, "num_updates", "trainer state");
+  if (state.contains("loss_scaler")) scaler_.load_state(state.at("loss_scaler"));
+}
+
+}  // namespace kosmosg::train

@@ -1,0 +1,229 @@
+// The trainer's parts on their own: fairseq Adam, the schedule, clipping, the loss scaler,
+// checkpoints, and the stages' trainable sets on the golden training models.
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "kosmosg/error.h"
+#include "kosmosg/train/checkpoint.h"
+#include "kosmosg/train/optim.h"
+#include "kosmosg/train/stage.h"
+#include "kosmosg/train/trainer.h"
+#include "support.h"
+
+namespace {
+
+using namespace kosmosg;
+namespace fs = std::filesystem;
+
+TEST(TrainAdam, MatchesTheFairseqFormulaStepByStep) {
+  at::Tensor p = torch::tensor({1.0f, -2.0f, 0.5f}).set_requires_grad(true);
+  train::AdamOptions o;
+  train::FairseqAdam adam({{"p", p}}, o);
+  const std::vector<std::vector<float>> grads = {{0.1f, -0.2f, 0.3f}, {0.4f, 0.0f, -0.1f}, {-0.3f, 0.2f, 0.05f}};
+  std::vector<double> ref = {1.0, -2.0, 0.5}, m(3, 0), v(3, 0);
+  for (int t = 1; t <= 3; ++t) {
+    const double lr = 1e-2 * t;
+    p.mutable_grad() = torch::tensor(grads[t - 1]);
+    adam.step(lr);
+    for (int i = 0; i < 3; ++i) {
+      const double g = grads[t - 1][i];
+      m[i] = o.beta1 * m[i] + (1 - o.beta1) * g;
+      v[i] = o.beta2 * v[i] + (1 - o.beta2) * g * g;
+      const double step = lr * std::sqrt(1 - std::pow(o.beta2, t)) / (1 - std::pow(o.beta1, t));
+      ref[i] -= lr * o.weight_decay * ref[i];
+      ref[i] -= step * m[i] / (std::sqrt(v[i]) + o.eps);
+    }
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(p[i].item<double>(), ref[i], 1e-6);
+}
+
+TEST(TrainAdam, SkipsTensorsWithoutGradientAndRestoresState) {
+  at::Tensor a = torch::ones({2}).set_requires_grad(true), b = torch::ones({2}).set_requires_grad(true);
+  train::FairseqAdam adam({{"a", a}, {"b", b}}, {});
+  a.mutable_grad() = torch::full({2}, 0.5f);
+  adam.step(0.1);
+  EXPECT_TRUE(at::equal(b, torch::ones({2})));
+  const auto state = adam.state();
+  EXPECT_EQ(state.at("step.a").item<int64_t>(), 1);
+  EXPECT_EQ(state.at("step.b").item<int64_t>(), 0);
+  EXPECT_FALSE(state.count("exp_avg.b"));
+
+  at::Tensor a2 = a.detach().clone().set_requires_grad(true), b2 = b.detach().clone().set_requires_grad(true);
+  train::FairseqAdam restored({{"a", a2}, {"b", b2}}, {});
+  restored.load_state(state);
+  a.mutable_grad() = torch::full({2}, -0.25f);
+  a2.mutable_grad() = torch::full({2}, -0.25f);
+  adam.step(0.1);
+  restored.step(0.1);
+  EXPECT_TRUE(at::equal(a, a2));
+
+  auto bad = state;
+  bad["exp_avg.a"] = torch::zeros({3});
+  test::expect_error([&] { restored.load_state(bad); }, {"exp_avg", "shape"});
+  auto extra = state;
+  extra["step.c"] = torch::zeros({1}, at::kLong);
+  test::expect_error([&] { restored.load_state(extra); }, {"does not train"});
+}
+
+TEST(TrainSchedule, PolynomialDecayWithWarmup) {
+  train::PolynomialDecay s;
+  s.lr = 1e-3;
+  s.warmup_updates = 4;
+  s.total_num_update = 14;
+  EXPECT_DOUBLE_EQ(s.at(0), 0);
+  EXPECT_DOUBLE_EQ(s.at(2), 5e-4);
+  EXPECT_DOUBLE_EQ(s.at(4), 1e-3);
+  EXPECT_NEAR(s.at(9), 5e-4, 1e-15);
+  EXPECT_DOUBLE_EQ(s.at(14), 0);
+  EXPECT_DOUBLE_EQ(s.at(100), 0);
+  EXPECT_DOUBLE_EQ(s.initial(), 2.5e-4);
+}
+
+TEST(TrainClip, ReturnsThePreClipNormAndScalesToMaxNorm) {
+  at::Tensor a = torch::zeros({2}).set_requires_grad(true), b = torch::zeros({1}).set_requires_grad(true);
+  a.mutable_grad() = torch::tensor({3.0f, 0.0f});
+  b.mutable_grad() = torch::tensor({4.0f});
+  const double norm = train::clip_grad_norm({{"a", a}, {"b", b}}, 2.0);
+  EXPECT_NEAR(norm, 5.0, 1e-6);
+  EXPECT_NEAR(at::cat({a.grad(), b.grad()}).norm().item<double>(), 2.0, 1e-5);
+  EXPECT_NEAR(train::clip_grad_norm({{"a", a}, {"b", b}}, 10.0), 2.0, 1e-5);
+  EXPECT_NEAR(at::cat({a.grad(), b.grad()}).norm().item<double>(), 2.0, 1e-5);
+}
+
+TEST(TrainLossScaler, GrowsAfterTheWindowHalvesOnOverflowAndStops) {
+  train::DynamicLossScaler::Options o;
+  o.scale_window = 3;
+  train::DynamicLossScaler s(o);
+  EXPECT_EQ(s.scale(), 4);
+  EXPECT_TRUE(s.check(1.0));
+  EXPECT_TRUE(s.check(1.0));
+  EXPECT_EQ(s.scale(), 4);
+  EXPECT_TRUE(s.check(1.0));  // the third clean update in a row
+  EXPECT_EQ(s.scale(), 8);
+  EXPECT_FALSE(s.check(INFINITY));
+  EXPECT_EQ(s.scale(), 4);
+  EXPECT_FALSE(s.check(NAN));
+  EXPECT_EQ(s.scale(), 2);
+  train::DynamicLossScaler restored(o);
+  restored.load_state(s.state());
+  EXPECT_EQ(restored.scale(), 2);
+  for (int i = 0; i < 14; ++i) s.check(INFINITY);
+  test::expect_error([&] {
+    for (int i = 0; i < 10; ++i) s.check(INFINITY);
+  }, {"loss scale", "minimum"});
+}
+
+TEST(TrainCheckpoint, SavesLoadsKeepsTheLastAndIgnoresStaging) {
+  const fs::path dir = fs::temp_directory_path() / ("kosmosg_ckpt_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  train::CheckpointManager manager(dir.string(), 2);
+  EXPECT_FALSE(manager.load_latest().has_value());
+  for (int64_t step : {1, 2, 3}) {
+    manager.save(step, {{"w", torch::full({2}, static_cast<float>(step))}}, {{"step.w", torch::ones({1}, at::kLong)}},
+                 {{"step", step}});
+  }
+  // A staging folder left by a killed save is ignored and cleaned up by the next save.
+  fs::create_directories(dir / "checkpoints" / "step_00000004.partial-1");
+  auto latest = manager.load_latest();
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(latest->state.at("step").get<int64_t>(), 3);
+  EXPECT_EQ(latest->trainable.at("w")[0].item<float>(), 3.0f);
+  EXPECT_FALSE(fs::exists(dir / "checkpoints" / "step_00000001"));
+  EXPECT_TRUE(fs::exists(dir / "checkpoints" / "step_00000002"));
+  manager.save(4, {{"w", torch::zeros({2})}}, {}, {{"step", 4}});
+  EXPECT_FALSE(fs::exists(dir / "checkpoints" / "step_00000004.partial-1"));
+
+  fs::remove(dir / "checkpoints" / "step_00000004" / "state.json");
+  test::expect_error([&] { manager.load_latest(); }, {"state.json", "incomplete"});
+  std::ofstream(dir / "checkpoints" / "latest") << "../../etc\n";
+  test::expect_error([&] { manager.load_latest(); }, {"latest", "step_<N>"});
+  fs::remove_all(dir);
+}
+
+// The golden training models: small but complete Kosmos-G models under the official names.
+train::StageModels golden_models(const std::string& name) {
+  const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/" + name + ".safetensors");
+  const auto config = io::parse_json(file.metadata().at("config"), name).at("model");
+  train::StageModels m;
+  m.kosmosg_config = config;
+  m.kosmosg = file.tensors("param.");
+  if (config.contains("unet")) {
+    m.unet_config = config.at("unet");
+    m.vae_config = config.at("vae");
+    m.scheduler_config = config.at("noise_scheduler");
+    m.unet = file.tensors("param.diffusion_unet.unet.");
+    m.vae = file.tensors("param.vae.vae.");
+  }
+  return m;
+}
+
+std::set<std::string> trainable_names(const train::Stage& stage) {
+  std::set<std::string> names;
+  for (const auto& [name, p] : stage.trainable()) names.insert(name);
+  return names;
+}
+
+TEST(TrainStage, TrainableSetsFollowTheOfficialFreezing) {
+  const auto models = golden_models("train_instruct_steps");
+  auto instruct = train::make_stage(data::StageKind::Instruct, models, {});
+  auto lm = train::make_stage(data::StageKind::LM, models, {});
+  for (const auto* stage : {instruct.get(), lm.get()}) {
+    const auto names = trainable_names(*stage);
+    EXPECT_TRUE(names.count("gpt_model.decoder.embed_tokens.weight"));
+    EXPECT_TRUE(names.count("img_connector.latent_query"));
+    EXPECT_TRUE(names.count("img_model.visual.transformer.resblocks.1.mlp.c_fc.weight"));
+    EXPECT_TRUE(names.count("img_model.visual.ln_post.weight"));
+    EXPECT_FALSE(names.count("img_model.visual.transformer.resblocks.0.mlp.c_fc.weight"));
+    EXPECT_FALSE(names.count("img_model.visual.conv1.weight"));
+    for (const auto& n : names) EXPECT_NE(n.rfind("diffusion_unet.", 0), 0u) << n;
+    for (const auto& n : names) EXPECT_NE(n.rfind("vae.", 0), 0u) << n;
+  }
+  EXPECT_TRUE(trainable_names(*instruct).count("aligner.encoder_query"));
+  EXPECT_FALSE(trainable_names(*lm).count("aligner.encoder_query"));
+
+  auto align = train::make_stage(data::StageKind::Align, golden_models("train_align_steps"), {});
+  for (const auto& n : trainable_names(*align)) EXPECT_EQ(n.rfind("aligner.", 0), 0u) << n;
+  EXPECT_TRUE(trainable_names(*align).count("aligner.decoder_query"));
+  EXPECT_TRUE(trainable_names(*align).count("aligner.decoder_proj.output_projection.weight"));
+
+  // The summary table counts each parameter once.
+  int64_t total = 0, trained = 0, expected = 0;
+  for (const auto& row : instruct->summary()) total += row.parameters, trained += row.trainable;
+  for (const auto& [n, p] : instruct->trainable()) expected += p.numel();
+  EXPECT_EQ(trained, expected);
+  EXPECT_GT(total, trained);
+}
+
+TEST(TrainStage, MissingWeightsAreRefusedByName) {
+  auto models = golden_models("train_instruct_steps");
+  auto no_aligner = models;
+  for (auto it = no_aligner.kosmosg.begin(); it != no_aligner.kosmosg.end();)
+    it = it->first.rfind("aligner.", 0) == 0 ? no_aligner.kosmosg.erase(it) : std::next(it);
+  test::expect_error([&] { train::make_stage(data::StageKind::Instruct, no_aligner, {}); },
+                     {"instruct", "aligner.encoder_proj.*"});
+  auto no_unet = models;
+  no_unet.unet.clear();
+  test::expect_error([&] { train::make_stage(data::StageKind::Instruct, no_unet, {}); }, {"UNet"});
+  auto no_mllm = models;
+  for (auto it = no_mllm.kosmosg.begin(); it != no_mllm.kosmosg.end();)
+    it = it->first.rfind("gpt_model.", 0) == 0 ? no_mllm.kosmosg.erase(it) : std::next(it);
+  test::expect_error([&] { train::make_stage(data::StageKind::Align, no_mllm, {}); }, {"align", "gpt_model"});
+  test::expect_error([&] { train::make_stage(data::StageKind::LM, no_mllm, {}); }, {"lm", "gpt_model"});
+  test::expect_error([&] { train::StageModels::from_folder("/nonexistent", data::StageKind::LM); }, {"not a folder"});
+}
+
+TEST(TrainStage, TrainableStateRoundTripsAndRejectsStrangers) {
+  auto stage = train::make_stage(data::StageKind::Align, golden_models("train_align_steps"), {});
+  auto state = stage->trainable_state();
+  for (auto& [name, t] : state) t = t.clone().add_(1);
+  stage->load_trainable(state, "test");
+  for (const auto& [name, p] : stage->trainable()) EXPECT_TRUE(at::equal(p, state.at(name))) << name;
+  state["gpt_model.decoder.layer_norm.weight"] = torch::zeros({32});
+  test::expect_error([&] { stage->load_trainable(state, "ckpt.safetensors"); }, {"ckpt.safetensors", "does not train"});
+}
+
+}  // namespace
