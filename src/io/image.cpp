@@ -279,24 +279,28 @@ std::string text_chunk(const std::string& path, const std::string& keyword, cons
 }  // namespace
 
 at::Tensor read_image(const std::string& path, int64_t max_pixels) {
-  const std::string data = read_bytes(path);
+  return decode_image(read_bytes(path), path, max_pixels);
+}
+
+at::Tensor decode_image(const std::string& data, const std::string& what, int64_t max_pixels) {
+  if (data.empty()) fail(kRead, what + ": no image data (0 bytes)");
   const auto [hw, hh] = header_size(data);
-  check_pixels(path, hw, hh, max_pixels);
+  check_pixels(what, hw, hh, max_pixels);
   cv::Mat mat;
   try {
     mat = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8U, const_cast<char*>(data.data())),
                        cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception& e) {
-    fail(kRead, path + ": cannot be decoded (" + e.msg + ")");
+    fail(kRead, what + ": cannot be decoded (" + e.msg + ")");
   }
   if (mat.empty() || mat.dims != 2)
-    fail(kRead, path + ": not a decodable image (corrupt, truncated or of an unsupported format)");
-  check_pixels(path, mat.cols, mat.rows, max_pixels);
+    fail(kRead, what + ": not a decodable image (corrupt, truncated or of an unsupported format)");
+  check_pixels(what, mat.cols, mat.rows, max_pixels);
   if (mat.depth() != CV_8U && mat.depth() != CV_16U)
-    fail(kRead, path + ": unsupported sample type (OpenCV depth " + std::to_string(mat.depth()) +
+    fail(kRead, what + ": unsupported sample type (OpenCV depth " + std::to_string(mat.depth()) +
                     "), expected 8- or 16-bit samples");
   const int64_t H = mat.rows, W = mat.cols, C = mat.channels();
-  if (C < 1 || C > 4) fail(kRead, path + ": " + std::to_string(C) + " channels, expected 1 to 4");
+  if (C < 1 || C > 4) fail(kRead, what + ": " + std::to_string(C) + " channels, expected 1 to 4");
   at::Tensor out = at::empty({H, W, 3}, at::kByte);
   uint8_t* dst = out.data_ptr<uint8_t>();
   const bool wide = mat.depth() == CV_16U;

@@ -63,7 +63,7 @@ PromptLayout layout_prompt(const KosmosGTokenizer& tokenizer, const std::string&
   PromptLayout out;
   out.tokens.push_back(tokenizer.bos());
   out.image_mask.push_back(0);
-  const auto parts = split_at(prompt, kImagePlaceholder);
+  const auto parts = split_prompt(prompt);
   for (size_t i = 0; i + 1 < parts.size(); ++i) {
     append(out.tokens, out.image_mask, tokenizer.encode(parts[i]), 0);
     append_image_span(tokenizer, image_token_length, out.tokens, out.image_mask);
@@ -123,6 +123,32 @@ TrainingSequence instruct_pix2pix_sequence(const KosmosGTokenizer& tokenizer, co
   // Scored: everything but `<image>` × (L + 1); `</image>` predicts the edit's first token.
   s.loss_mask.assign(s.doc.size(), 1);
   std::fill(s.loss_mask.begin() + image_start, s.loss_mask.begin() + image_start + image_token_length + 1, 0);
+  return s;
+}
+
+std::vector<std::string> split_prompt(const std::string& prompt) { return split_at(prompt, kImagePlaceholder); }
+
+TrainingSequence interleaved_sequence(const KosmosGTokenizer& tokenizer, const std::vector<std::string>& texts,
+                                      size_t image_token_length) {
+  require_image_length(image_token_length, "interleaved_sequence");
+  if (texts.empty()) fail("interleaved_sequence", "no texts given, expected one per image plus the trailing text");
+  TrainingSequence s;
+  s.doc.push_back(tokenizer.bos());
+  s.input_mask.push_back(0);
+  s.loss_mask.push_back(1);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const auto ids = tokenizer.encode(texts[i]);
+    append(s.doc, s.input_mask, ids, 0);
+    s.loss_mask.insert(s.loss_mask.end(), ids.size(), 1);
+    if (i + 1 == texts.size()) break;
+    append_image_span(tokenizer, image_token_length, s.doc, s.input_mask);
+    // The `<image>` ids are never scored; `</image>` predicts the next text token.
+    s.loss_mask.insert(s.loss_mask.end(), image_token_length + 1, 0);
+    s.loss_mask.push_back(1);
+  }
+  s.doc.push_back(tokenizer.eos());
+  s.input_mask.push_back(0);
+  s.loss_mask.push_back(1);
   return s;
 }
 

@@ -16,6 +16,9 @@ constexpr int64_t kMaxImagePixels = 178956970;
 // grey is replicated, alpha is composited onto white. Throws kosmosg::Error naming the file when it
 // is missing, unreadable or corrupt, or when width * height exceeds `max_pixels`.
 at::Tensor read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
+// Decodes the bytes of an image file (PNG, JPEG, ...) as read_image does; `what` names the data in
+// errors (e.g. "shard.tsv line 3 column 2").
+at::Tensor decode_image(const std::string& bytes, const std::string& what, int64_t max_pixels = kMaxImagePixels);
 
 // Pillow's resampling filters.
 enum class Resample { Bilinear, Bicubic, Lanczos };

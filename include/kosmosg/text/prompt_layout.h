@@ -57,6 +57,17 @@ TrainingSequence laion_sequence(const KosmosGTokenizer& tokenizer, const std::st
 TrainingSequence instruct_pix2pix_sequence(const KosmosGTokenizer& tokenizer, const std::string& input_caption,
                                            const std::string& edit, size_t image_token_length = kImageTokenLength);
 
+// The texts around a prompt's `<i>` placeholders, like Python's prompt.split("<i>"): n
+// placeholders give n + 1 texts, empty ones included.
+std::vector<std::string> split_prompt(const std::string& prompt);
+
+// Interleaved text and images (the OpenImages layout): `<s>`, then for each image the text before
+// it, `<image>` × (L+1) and `</image>`, then the last text and `</s>`. `texts` holds one text per
+// image plus the trailing one (see split_prompt). Input mask 1 on the L slots after each first
+// `<image>`; loss mask 0 on the L+1 `<image>` ids, 1 elsewhere (`<s>` included).
+TrainingSequence interleaved_sequence(const KosmosGTokenizer& tokenizer, const std::vector<std::string>& texts,
+                                      size_t image_token_length = kImageTokenLength);
+
 // A training batch: src = doc[:-1], target = doc[1:], masks [:-1] (aligned with src), all
 // [B, T]; right padding 1 for src and target, 0 for input_mask, 1 for loss_mask.
 struct TrainingBatch {

@@ -1,0 +1,54 @@
+#pragma once
+// One training example as a data source prepares it, and the batch the trainer consumes
+// (reference §4.3: documents with input and loss masks, MLLM images, diffusion targets).
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kosmosg/text/clip_tokenizer.h"
+#include "kosmosg/text/kosmosg_tokenizer.h"
+#include "kosmosg/text/prompt_layout.h"
+
+namespace kosmosg::data {
+
+// What a sample must be prepared for: decides which fields are filled and which filters apply.
+// LM: documents and MLLM images; Align: captions only (no image is decoded); Instruct: also the
+// diffusion target, which every sample must then have.
+enum class StageKind { LM, Align, Instruct };
+
+// The stage's name as the command line spells it ("lm", "align", "instruct").
+const char* stage_name(StageKind stage);
+
+struct SampleOptions {
+  StageKind stage = StageKind::Instruct;
+  const text::KosmosGTokenizer* tokenizer = nullptr;    // required
+  const text::CLIPTokenizer* clip_tokenizer = nullptr;  // optional; align filter (> 75 CLIP BPE tokens skipped)
+  int64_t image_token_length = 64;                      // slots per image
+  int64_t image_size = 224;                             // MLLM image side (io::clip_pixel_values)
+  int64_t target_size = 512;                            // diffusion target side (io::vae_pixel_values), Instruct only
+};
+
+// One prepared training example before collation.
+struct Sample {
+  text::TrainingSequence sequence;  // doc, input_mask, loss_mask
+  std::vector<at::Tensor> images;   // MLLM images [3,S,S] float (CLIP-normalised), in slot order
+  at::Tensor target;                // [3,H,W] float in [-1,1]; undefined unless stage Instruct
+  std::string caption;              // caption of the target / the text (align teacher input); may be empty
+};
+
+// A collated batch: src_tokens, target, img_gpt_input_mask (uint8), gpt_loss_mask (uint8), all [B,T]
+// as text::collate_training; images [N,3,S,S] (all samples' images in order; undefined when none);
+// target_images [B,3,H,W] (undefined unless every sample has one); nsentences = B; ntokens = sum of
+// the documents' lengths; source = the source's name.
+struct Batch {
+  at::Tensor src_tokens, target, img_gpt_input_mask, gpt_loss_mask, images, target_images;
+  std::vector<std::string> captions;
+  int64_t nsentences = 0, ntokens = 0;
+  std::string source;
+};
+
+Batch collate(const std::vector<Sample>& samples, const std::string& source);
+
+}  // namespace kosmosg::data

@@ -1,0 +1,44 @@
+#include <ATen/ATen.h>
+
+#include "kosmosg/data/sample.h"
+#include "kosmosg/error.h"
+
+namespace kosmosg::data {
+
+const char* stage_name(StageKind stage) {
+  switch (stage) {
+    case StageKind::LM:
+      return "lm";
+    case StageKind::Align:
+      return "align";
+    case StageKind::Instruct:
+      return "instruct";
+  }
+  return "?";
+}
+
+Batch collate(const std::vector<Sample>& samples, const std::string& source) {
+  if (samples.empty()) fail("collate", "no samples given for source '" + source + "', expected at least one");
+  std::vector<text::TrainingSequence> sequences;
+  std::vector<at::Tensor> images, targets;
+  Batch batch;
+  for (const auto& s : samples) {
+    sequences.push_back(s.sequence);
+    images.insert(images.end(), s.images.begin(), s.images.end());
+    if (s.target.defined()) targets.push_back(s.target);
+    batch.captions.push_back(s.caption);
+    batch.ntokens += static_cast<int64_t>(s.sequence.doc.size());
+  }
+  auto text = text::collate_training(sequences);
+  batch.src_tokens = text.src;
+  batch.target = text.target;
+  batch.img_gpt_input_mask = text.input_mask;
+  batch.gpt_loss_mask = text.loss_mask;
+  if (!images.empty()) batch.images = at::stack(images);
+  if (targets.size() == samples.size()) batch.target_images = at::stack(targets);
+  batch.nsentences = static_cast<int64_t>(samples.size());
+  batch.source = source;
+  return batch;
+}
+
+}  // namespace kosmosg::data
