@@ -17,6 +17,13 @@ const char* stage_name(StageKind stage) {
   return "?";
 }
 
+StageKind parse_stage(const std::string& name) {
+  if (name == "lm") return StageKind::LM;
+  if (name == "align") return StageKind::Align;
+  if (name == "instruct") return StageKind::Instruct;
+  fail("stage", "unknown stage '" + name + "' (expected lm, align or instruct)");
+}
+
 Batch collate(const std::vector<Sample>& samples, const std::string& source) {
   if (samples.empty()) fail("collate", "no samples given for source '" + source + "', expected at least one");
   std::vector<text::TrainingSequence> sequences;

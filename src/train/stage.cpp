@@ -86,22 +86,6 @@ at::Tensor batch_tensor(const at::Tensor& t, const char* name) {
 
 }  // namespace
 
-data::StageKind parse_stage(const std::string& name) {
-  if (name == "lm") return data::StageKind::LM;
-  if (name == "align") return data::StageKind::Align;
-  if (name == "instruct") return data::StageKind::Instruct;
-  fail("train", "unknown stage '" + name + "' (expected lm, align or instruct)");
-}
-
-const char* stage_name(data::StageKind kind) {
-  switch (kind) {
-    case data::StageKind::LM: return "lm";
-    case data::StageKind::Align: return "align";
-    case data::StageKind::Instruct: return "instruct";
-  }
-  return "?";
-}
-
 StageModels StageModels::from_folder(const std::string& dir, data::StageKind kind) {
   const fs::path root(dir);
   if (!fs::is_directory(root)) fail("train", "--model " + dir + " is not a folder");
@@ -123,7 +107,7 @@ StageModels StageModels::from_folder(const std::string& dir, data::StageKind kin
   if (!missing.empty()) {
     std::string list;
     for (const auto& m : missing) list += "\n    " + m;
-    fail("train", std::string("the ") + stage_name(kind) + " stage needs these files of " + dir + ":" + list +
+    fail("train", std::string("the ") + data::stage_name(kind) + " stage needs these files of " + dir + ":" + list +
                       (kind == data::StageKind::Align ? "\n  (the frozen CLIP text teacher comes from an SD1.5 folder's "
                                                         "text_encoder/ and tokenizer/: copy or link them in)"
                                                       : ""));

@@ -20,6 +20,8 @@ enum class StageKind { LM, Align, Instruct };
 
 // The stage's name as the command line spells it ("lm", "align", "instruct").
 const char* stage_name(StageKind stage);
+// The stage named "lm", "align" or "instruct"; an Error names anything else.
+StageKind parse_stage(const std::string& name);
 
 struct SampleOptions {
   StageKind stage = StageKind::Instruct;

@@ -11,17 +11,13 @@
 #include <string>
 #include <vector>
 
-#include "kosmosg/data/batch.h"
+#include "kosmosg/data/sample.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/models/kosmosg.h"
 #include "kosmosg/train/optim.h"
 
 namespace kosmosg::train {
-
-// "lm", "align" or "instruct" (an Error names anything else).
-data::StageKind parse_stage(const std::string& name);
-const char* stage_name(data::StageKind kind);
 
 // What one forward of a stage produced. `loss` is what backward runs on (fairseq's summed form);
 // gradients are divided by `sample_size` before clipping (reference §6.6).

@@ -1,0 +1,80 @@
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "kosmosg/error.h"
+#include "kosmosg/io/builtin_configs.h"
+#include "kosmosg/runtime.h"
+#include "kosmosg/train/loop.h"
+
+namespace kosmosg::cli {
+namespace {
+
+struct TrainArgs {
+  std::string stage, model, out, config, init_from, device = "cpu";
+  std::vector<std::string> data;
+  std::optional<int64_t> steps, batch_size, save_every, keep_last, workers, update_freq, log_every;
+  std::optional<uint64_t> seed;
+  std::optional<double> lr;
+  std::optional<int64_t> warmup;
+  bool resume = false, quiet = false, official_vit_checkpoint = false;
+  int threads = 0;
+};
+
+int run_train(const TrainArgs& a) {
+  configure_threads(a.threads);
+  train::RunOptions o;
+  o.stage = data::parse_stage(a.stage);
+  o.apply_config(io::builtin_config(std::string("train/") + a.stage + ".json"), "configs/train/" + a.stage + ".json");
+  if (!a.config.empty()) o.apply_config(io::read_json(a.config), a.config);
+  o.model_dir = a.model;
+  o.out_dir = a.out;
+  o.init_from = a.init_from;
+  o.data = a.data;
+  o.resume = a.resume;
+  o.quiet = a.quiet;
+  o.device = parse_device(a.device).str();
+  if (a.steps) o.steps = *a.steps;
+  if (a.batch_size) o.batch_size = *a.batch_size;
+  if (a.save_every) o.save_every = *a.save_every;
+  if (a.keep_last) o.keep_last = *a.keep_last;
+  if (a.workers) o.workers = *a.workers;
+  if (a.update_freq) o.update_freq = *a.update_freq;
+  if (a.log_every) o.log_every = *a.log_every;
+  if (a.seed) o.seed = *a.seed;
+  if (a.lr) o.optimization.schedule.lr = *a.lr;
+  if (a.warmup) o.optimization.schedule.warmup_updates = *a.warmup;
+  if (a.official_vit_checkpoint) o.stage_options.official_vit_checkpoint = true;
+  train::run_training(o);
+  return 0;
+}
+
+}  // namespace
+
+Command add_train(CLI::App& app) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* sub = app.add_subcommand("train", "Train one Kosmos-G stage: lm (multimodal language modelling), align (AlignerNet), instruct (score distillation)");
+  sub->add_option("--stage", a->stage, "lm, align or instruct")->required()->check(CLI::IsMember({"lm", "align", "instruct"}));
+  sub->add_option("--model", a->model, "Starting model folder (kosmosg convert output, or a previous stage's --out)")->required();
+  sub->add_option("--data", a->data, "A data source, [KIND:]PATH[:WEIGHT]: a .jsonl manifest or an official TSV folder (laion, instructpix2pix, openimages); repeat to mix (each batch comes from one source drawn by weight)")->required()->type_name("SOURCE");
+  sub->add_option("--out", a->out, "Output folder: a model folder plus checkpoints/ and metrics.jsonl")->required();
+  sub->add_option("--config", a->config, "Training config JSON overriding configs/train/<stage>.json");
+  sub->add_option("--init-from", a->init_from, "Take the kosmosg/ weights from a previous stage's output (update count starts at 0)");
+  sub->add_flag("--resume", a->resume, "Continue the run in --out from its latest checkpoint, exactly");
+  sub->add_option("--steps", a->steps, "Updates to reach (default: max_update of the config)");
+  sub->add_option("--batch-size", a->batch_size, "Samples per batch (default from the config)");
+  sub->add_option("--update-freq", a->update_freq, "Batches accumulated per update");
+  sub->add_option("--save-every", a->save_every, "Write a checkpoint every K updates (and always at the end)");
+  sub->add_option("--keep-last", a->keep_last, "Checkpoints to keep");
+  sub->add_option("--workers", a->workers, "Threads that read and preprocess data ahead");
+  sub->add_option("--log-every", a->log_every, "Print a progress line every K updates");
+  sub->add_option("--seed", a->seed, "Seed of the data order and every random draw");
+  sub->add_option("--lr", a->lr, "Peak learning rate");
+  sub->add_option("--warmup", a->warmup, "Warm-up updates");
+  sub->add_flag("--official-vit-checkpoint", a->official_vit_checkpoint, "instruct: reproduce the official run, whose checkpointed last ViT block gets no gradient (only weight decay moves it)");
+  sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
+  sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  sub->add_flag("--quiet", a->quiet, "No table or progress lines");
+  return {sub, [a] { return run_train(*a); }};
+}
+
+}  // namespace kosmosg::cli

@@ -1,0 +1,269 @@
+#include "kosmosg/train/loop.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <spdlog/spdlog.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "kosmosg/data/loader.h"
+#include "kosmosg/data/source.h"
+#include "kosmosg/error.h"
+#include "kosmosg/text/clip_tokenizer.h"
+#include "kosmosg/text/kosmosg_tokenizer.h"
+#include "kosmosg/train/checkpoint.h"
+
+namespace kosmosg::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+// splitmix64: decorrelates the seeds of consecutive updates.
+uint64_t mix(uint64_t seed, uint64_t step) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (step + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+void link_or_copy(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::create_hard_link(from, to, ec);
+  if (ec) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
+}
+
+// Makes `out` a model folder: the starting folder's other parts (diffusers components, the CLIP
+// teacher, model_index.json) linked in, kosmosg/ with its config and tokenizer files.
+void prepare_output(const fs::path& model, const fs::path& kosmosg_source, const fs::path& out) {
+  fs::create_directories(out / "kosmosg");
+  for (const auto& e : fs::directory_iterator(model)) {
+    const std::string name = e.path().filename().string();
+    if (name == "kosmosg" || name == "checkpoints" || name == "metrics.jsonl" || fs::exists(out / name)) continue;
+    if (e.is_directory()) {
+      fs::create_directories(out / name);
+      for (const auto& f : fs::directory_iterator(e.path()))
+        if (f.is_regular_file()) link_or_copy(f.path(), out / name / f.path().filename());
+    } else if (e.is_regular_file()) {
+      link_or_copy(e.path(), out / name);
+    }
+  }
+  for (const char* file : {"config.json", "sentencepiece.bpe.model", "dict.txt"}) {
+    const fs::path target = out / "kosmosg" / file;
+    if (!fs::exists(target)) fs::copy_file(kosmosg_source / file, target);
+  }
+}
+
+std::string format_duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%02lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+void RunOptions::apply_config(const io::Json& c, const std::string& what) {
+  if (!c.is_object()) fail(what, "a training config must be a JSON object");
+  if (c.contains("stage") && data::parse_stage(c.at("stage").get<std::string>()) != stage)
+    fail(what, "is a config for the " + c.at("stage").get<std::string>() + " stage, not " + data::stage_name(stage));
+  batch_size = io::config_value<int64_t>(c, "batch_size", batch_size, what);
+  update_freq = io::config_value<int64_t>(c, "update_freq", update_freq, what);
+  max_update = io::config_value<int64_t>(c, "max_update", max_update, what);
+  seed = io::config_value<uint64_t>(c, "seed", seed, what);
+  save_every = io::config_value<int64_t>(c, "save_every", save_every, what);
+  keep_last = io::config_value<int64_t>(c, "keep_last", keep_last, what);
+  log_every = io::config_value<int64_t>(c, "log_every", log_every, what);
+  workers = io::config_value<int64_t>(c, "workers", workers, what);
+  max_failure_fraction = io::config_value<double>(c, "max_failure_fraction", max_failure_fraction, what);
+  stage_options.condition_drop_rate =
+      io::config_value<double>(c, "condition_drop_rate", stage_options.condition_drop_rate, what);
+  stage_options.no_freeze_layer = io::config_value<std::string>(c, "no_freeze_layer", stage_options.no_freeze_layer, what);
+  stage_options.official_vit_checkpoint =
+      io::config_value<bool>(c, "official_vit_checkpoint", stage_options.official_vit_checkpoint, what);
+  const std::string precision = io::config_value<std::string>(c, "precision", "float32", what);
+  if (precision != "float32") fail(what, "precision '" + precision + "' is not supported yet (float32)");
+  if (c.contains("optimizer")) {
+    const auto& o = c.at("optimizer");
+    auto& a = optimization.adam;
+    optimization.schedule.lr = io::config_value<double>(o, "lr", optimization.schedule.lr, what + " optimizer");
+    if (o.contains("adam_betas")) {
+      const auto betas = o.at("adam_betas").get<std::vector<double>>();
+      if (betas.size() != 2) fail(what, "optimizer.adam_betas must hold two numbers");
+      a.beta1 = betas[0];
+      a.beta2 = betas[1];
+    }
+    a.eps = io::config_value<double>(o, "adam_eps", a.eps, what + " optimizer");
+    a.weight_decay = io::config_value<double>(o, "weight_decay", a.weight_decay, what + " optimizer");
+    optimization.clip_norm = io::config_value<double>(o, "clip_norm", optimization.clip_norm, what + " optimizer");
+  }
+  if (c.contains("lr_scheduler")) {
+    const auto& s = c.at("lr_scheduler");
+    auto& p = optimization.schedule;
+    p.warmup_updates = io::config_value<int64_t>(s, "warmup_updates", p.warmup_updates, what + " lr_scheduler");
+    p.total_num_update = io::config_value<int64_t>(s, "total_num_update", p.total_num_update, what + " lr_scheduler");
+    p.end_learning_rate = io::config_value<double>(s, "end_learning_rate", p.end_learning_rate, what + " lr_scheduler");
+    p.power = io::config_value<double>(s, "power", p.power, what + " lr_scheduler");
+  }
+  if (c.contains("fp16_scaler")) {
+    const auto& s = c.at("fp16_scaler");
+    auto& o = optimization.scaler;
+    o.init_scale = io::config_value<double>(s, "init_scale", o.init_scale, what + " fp16_scaler");
+    o.scale_factor = io::config_value<double>(s, "scale_factor", o.scale_factor, what + " fp16_scaler");
+    o.scale_window = io::config_value<int64_t>(s, "scale_window", o.scale_window, what + " fp16_scaler");
+    o.min_loss_scale = io::config_value<double>(s, "min_loss_scale", o.min_loss_scale, what + " fp16_scaler");
+  }
+}
+
+RunSummary run_training(const RunOptions& o) {
+  if (o.out_dir.empty()) fail("train", "no --out folder given");
+  if (o.data.empty()) fail("train", "no --data source given");
+  if (o.batch_size < 1) fail("train", "--batch-size " + std::to_string(o.batch_size) + " must be at least 1");
+  if (o.update_freq < 1) fail("train", "update_freq " + std::to_string(o.update_freq) + " must be at least 1");
+  const int64_t target = o.steps > 0 ? o.steps : o.max_update;
+  if (target < 1) fail("train", "nothing to do: give --steps N (updates to reach) or max_update in the config");
+
+  const fs::path model(o.model_dir), out(o.out_dir);
+  CheckpointManager checkpoints(o.out_dir, o.keep_last);
+  std::optional<Checkpoint> resumed;
+  if (o.resume) {
+    resumed = checkpoints.load_latest();
+    if (!resumed) spdlog::warn("--resume: {} has no checkpoint yet, starting from update 0", checkpoints.folder());
+  } else if (fs::exists(out / "checkpoints" / "latest")) {
+    fail("train", o.out_dir + " already holds a training run; pass --resume to continue it or choose another --out");
+  }
+  if (resumed) {
+    const auto stage = resumed->state.at("stage").get<std::string>();
+    if (stage != data::stage_name(o.stage))
+      fail("train", resumed->dir + " is a checkpoint of the " + stage + " stage, not " + data::stage_name(o.stage));
+  }
+
+  StageModels models = StageModels::from_folder(o.model_dir, o.stage);
+  fs::path kosmosg_source = model / "kosmosg";
+  if (!o.init_from.empty()) {
+    kosmosg_source = fs::path(o.init_from) / "kosmosg";
+    for (const char* file : {"config.json", "model.safetensors"})
+      if (!fs::exists(kosmosg_source / file))
+        fail("train", "--init-from " + o.init_from + " has no kosmosg/" + file + " (expected a previous stage's output)");
+    models.kosmosg_config = io::read_json((kosmosg_source / "config.json").string());
+    models.kosmosg = io::SafeTensors::open((kosmosg_source / "model.safetensors").string()).tensors();
+  }
+  auto stage = make_stage(o.stage, models, o.stage_options);
+  const c10::Device device(o.device);
+  stage->model().to(device);
+
+  if (!o.quiet) {
+    std::fprintf(stderr, "%-44s %14s %14s\n", "module", "parameters", "trainable");
+    int64_t all = 0, trained = 0;
+    for (const auto& row : stage->summary()) {
+      std::fprintf(stderr, "%-44s %14lld %14lld\n", row.module.c_str(), static_cast<long long>(row.parameters),
+                   static_cast<long long>(row.trainable));
+      all += row.parameters;
+      trained += row.trainable;
+    }
+    std::fprintf(stderr, "%-44s %14lld %14lld\n", "total", static_cast<long long>(all), static_cast<long long>(trained));
+  }
+
+  const auto tokenizer = text::KosmosGTokenizer::from_files((kosmosg_source / "sentencepiece.bpe.model").string(),
+                                                            (kosmosg_source / "dict.txt").string());
+  std::unique_ptr<text::CLIPTokenizer> clip_tokenizer;
+  if (o.stage == data::StageKind::Align)
+    clip_tokenizer = std::make_unique<text::CLIPTokenizer>(text::CLIPTokenizer::from_folder(models.tokenizer_dir));
+
+  data::LoaderOptions lo;
+  for (const auto& spec : o.data) lo.sources.push_back(data::parse_source_spec(spec));
+  lo.sample.stage = o.stage;
+  lo.sample.tokenizer = &tokenizer;
+  lo.sample.clip_tokenizer = clip_tokenizer.get();
+  lo.sample.image_token_length = stage->config().connector.latent_query_num;
+  lo.sample.image_size = stage->config().vision.image_size;
+  if (o.stage == data::StageKind::Instruct) {
+    const auto& unet = models.unet_config;
+    const int64_t sample = io::config_value<int64_t>(unet, "sample_size", 64, "unet config");
+    const auto vae_blocks = models.vae_config.value("block_out_channels", std::vector<int64_t>{1, 1, 1, 1});
+    lo.sample.target_size = sample * (int64_t{1} << (vae_blocks.size() - 1));
+  }
+  lo.batch_size = o.batch_size;
+  lo.seed = o.seed;
+  lo.workers = o.workers;
+  lo.max_failure_fraction = o.max_failure_fraction;
+  data::Loader loader(lo);
+
+  Trainer trainer(*stage, o.optimization);
+  if (resumed) {
+    stage->load_trainable(resumed->trainable, resumed->dir + "/trainable.safetensors");
+    trainer.optimizer().load_state(resumed->optimizer);
+    trainer.load_state(resumed->state.at("trainer"));
+    loader.restore(resumed->state.at("data"));
+    spdlog::info("resumed from {} at update {}", resumed->dir, trainer.num_updates());
+  }
+  prepare_output(model, kosmosg_source, out);
+
+  RunSummary summary;
+  summary.first_update = trainer.num_updates();
+  auto save = [&] {
+    io::save_safetensors((out / "kosmosg" / "model.safetensors").string(), stage->kosmosg_state(),
+                         {{"format", "pt"}, {"stage", data::stage_name(o.stage)},
+                          {"num_updates", std::to_string(trainer.num_updates())}});
+    io::Json state = {{"stage", data::stage_name(o.stage)},
+                      {"trainer", trainer.state()},
+                      {"data", loader.state()},
+                      // Every random draw of update n comes from generators seeded with (seed, n),
+                      // so the seed is the whole RNG state.
+                      {"rng", {{"seed", o.seed}, {"scheme", "splitmix64(seed, update)"}}}};
+    checkpoints.save(trainer.num_updates(), stage->trainable_state(), trainer.optimizer().state(), state);
+  };
+
+  std::ofstream metrics(out / "metrics.jsonl", std::ios::app);
+  if (!metrics) fail("train", "cannot write " + (out / "metrics.jsonl").string());
+  const auto start = std::chrono::steady_clock::now();
+  int64_t samples = 0;
+  while (trainer.num_updates() < target) {
+    const int64_t n = trainer.num_updates();
+    const auto update_start = std::chrono::steady_clock::now();
+    at::manual_seed(mix(o.seed, static_cast<uint64_t>(n)));  // dropout
+    at::Generator generator = at::detail::createCPUGenerator(mix(o.seed ^ 0x5eedULL, static_cast<uint64_t>(n)));
+    std::vector<data::Batch> batches;
+    for (int64_t i = 0; i < o.update_freq; ++i) batches.push_back(loader.next());
+    std::vector<std::function<StageLoss()>> forwards;
+    for (const auto& b : batches) forwards.push_back([&, b] { return stage->forward(b, generator); });
+    const UpdateResult r = trainer.update(forwards);
+    int64_t batch_samples = 0;
+    for (const auto& b : batches) batch_samples += b.nsentences;
+    samples += batch_samples;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double update_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - update_start).count();
+    const int64_t done = trainer.num_updates() - summary.first_update;
+    const double eta = done > 0 ? seconds / static_cast<double>(done) * static_cast<double>(target - trainer.num_updates()) : 0;
+    summary.last_loss = r.loss;
+
+    io::Json line = {{"update", n + 1},         {"applied", r.applied},      {"loss", r.loss},
+                     {"lr", r.lr},              {"grad_norm", r.grad_norm},  {"loss_scale", r.loss_scale},
+                     {"sample_size", r.sample_size}, {"samples", batch_samples},
+                     {"samples_per_s", static_cast<double>(batch_samples) / update_seconds},
+                     {"source", batches.front().source},
+                     {"samples_failed", loader.stats().samples_failed}};
+    for (const auto& [k, v] : r.logs) line[k] = v;
+    metrics << line.dump() << "\n" << std::flush;
+    if (!o.quiet && (trainer.num_updates() % std::max<int64_t>(o.log_every, 1) == 0 || trainer.num_updates() == target))
+      std::fprintf(stderr, "[%s] update %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  scale %g  %.2f samples/s  ETA %s%s\n",
+                   data::stage_name(o.stage), static_cast<long long>(trainer.num_updates()), static_cast<long long>(target),
+                   r.loss, r.lr, r.grad_norm, r.loss_scale, static_cast<double>(samples) / seconds,
+                   format_duration(eta).c_str(), r.applied ? "" : "  (overflow: update skipped)");
+    if (o.save_every > 0 && r.applied && trainer.num_updates() % o.save_every == 0 && trainer.num_updates() < target)
+      save();
+  }
+  if (trainer.num_updates() > summary.first_update || !resumed) save();
+  summary.last_update = trainer.num_updates();
+  summary.samples_read = loader.stats().samples_read;
+  summary.samples_failed = loader.stats().samples_failed;
+  if (!o.quiet)
+    spdlog::info("{} stage: {} updates done; model folder {} ({} samples read, {} skipped)", data::stage_name(o.stage),
+                 summary.last_update, o.out_dir, summary.samples_read, summary.samples_failed);
+  return summary;
+}
+
+}  // namespace kosmosg::train
