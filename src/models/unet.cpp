@@ -198,11 +198,11 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   conv_in = register_module(
       "conv_in", nn::LoRACompatibleConv(torch::nn::Conv2dOptions(c.in_channels, c0, c.conv_in_kernel)
                                        .padding((c.conv_in_kernel - 1) / 2)));
-  time_embedding_ = register_module("time_embedding", blocks::make_unet_time_embedding(c).ptr());
+  time_embedding = register_module("time_embedding", blocks::make_unet_time_embedding(c));
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   for (size_t i = 0; i < n; ++i) down_blocks->push_back(blocks::make_unet_down_block(c, i));
   if (!c.mid_block_type.empty())
-    mid_block_ = register_module("mid_block", blocks::make_unet_mid_block(c).ptr());
+    mid_block = register_module("mid_block", blocks::make_unet_mid_block(c));
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
   for (size_t i = 0; i < n; ++i) up_blocks->push_back(blocks::make_unet_up_block(c, i));
   conv_norm_out = register_module(
@@ -235,7 +235,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());
   auto emb = blocks::timestep_sinusoids(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
                  .to(dtype);
-  emb = time_embedding_->forward(emb);
+  emb = time_embedding(emb);
 
   auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
   h = conv_in(h);
@@ -256,7 +256,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     }
   }
 
-  if (mid_block_) h = mid_block_->forward(h, emb, context);
+  if (mid_block) h = mid_block(h, emb, context);
   if (residuals && residuals->mid.defined()) {
     if (residuals->mid.sizes() != h.sizes())
       fail(what, "mid-block residual has shape " + shape_of(residuals->mid) + "; expected " +
