@@ -213,6 +213,10 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
                                         .padding((c.conv_out_kernel - 1) / 2)));
 }
 
+void UNet2DConditionModelImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  checkpointing = {on, reentrant_compat};
+}
+
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
                                              const at::Tensor& encoder_hidden_states,
                                              const UNetResiduals* residuals) {
@@ -240,8 +244,17 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
   h = conv_in(h);
   std::vector<at::Tensor> skips{h};
-  for (const auto& block : *down_blocks)
-    h = block->as<blocks::DownBlock>()->forward(h, emb, context, &skips);
+  for (const auto& block : *down_blocks) {
+    auto* b = block->as<blocks::DownBlock>();
+    // The block's skip tensors come back as outputs; the last of them is its result.
+    const auto produced = checkpointing.run(*this, *b, [b](const std::vector<at::Tensor>& in) {
+      std::vector<at::Tensor> out;
+      b->forward(in[0], in[1], in[2], &out);
+      return out;
+    }, {h, emb, context});
+    skips.insert(skips.end(), produced.begin(), produced.end());
+    if (!produced.empty()) h = produced.back();
+  }
 
   if (residuals) {
     if (residuals->down.size() != skips.size())
@@ -256,7 +269,12 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     }
   }
 
-  if (mid_block) h = mid_block(h, emb, context);
+  if (mid_block) {
+    auto* b = mid_block.get();
+    h = checkpointing.run(*this, *b, [b](const std::vector<at::Tensor>& in) {
+      return std::vector<at::Tensor>{b->forward(in[0], in[1], in[2])};
+    }, {h, emb, context})[0];
+  }
   if (residuals && residuals->mid.defined()) {
     if (residuals->mid.sizes() != h.sizes())
       fail(what, "mid-block residual has shape " + shape_of(residuals->mid) + "; expected " +
@@ -271,7 +289,14 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
       const auto& next = skips[skips.size() - block->size() - 1];
       size = std::vector<int64_t>{next.size(2), next.size(3)};
     }
-    h = block->forward(h, emb, context, &skips, size);
+    // The skip tensors the block consumes become inputs of its own.
+    std::vector<at::Tensor> inputs{h, emb, context};
+    inputs.insert(inputs.end(), skips.end() - static_cast<int64_t>(block->size()), skips.end());
+    skips.resize(skips.size() - block->size());
+    h = checkpointing.run(*this, *block, [block, size](const std::vector<at::Tensor>& in) {
+      std::vector<at::Tensor> own(in.begin() + 3, in.end());
+      return std::vector<at::Tensor>{block->forward(in[0], in[1], in[2], &own, size)};
+    }, inputs)[0];
   }
 
   h = blocks::activate(conv_norm_out(h), blocks::parse_activation(c.act_fn, "act_fn"), true);

@@ -13,6 +13,7 @@
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/unet_blocks.h"
+#include "kosmosg/nn/checkpoint.h"
 #include "kosmosg/nn/lora.h"
 
 namespace kosmosg::models {
@@ -74,6 +75,9 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep,
                      const at::Tensor& encoder_hidden_states,
                      const UNetResiduals* residuals = nullptr);
+  // Checkpoints each down, mid and up block in training (see nn::checkpoint for
+  // `reentrant_compat`).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
 
   const UNet2DConditionConfig& config() const { return config_; }
 
@@ -84,6 +88,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   torch::nn::ModuleList up_blocks{nullptr};
   torch::nn::GroupNorm conv_norm_out{nullptr};
   nn::LoRACompatibleConv conv_out{nullptr};
+  nn::GradientCheckpointing checkpointing;
 
  private:
   UNet2DConditionConfig config_;
