@@ -137,7 +137,12 @@ at::Tensor TorchscaleEncoderImpl::forward(const at::Tensor& x, const at::Tensor&
            table.slice(0, config_.position_offset, config_.position_offset + t);
   h = at::dropout(h, config_.dropout, is_training());
   if (mask.defined()) h = h.masked_fill(mask.unsqueeze(-1), 0.0);
-  for (const auto& layer : *layers) h = layer->as<nn::EncoderLayerImpl>()->forward(h, mask);
+  for (const auto& layer : *layers) {
+    auto* l = layer->as<nn::EncoderLayerImpl>();
+    h = checkpointing.run(*this, *l, [l](const std::vector<at::Tensor>& in) {
+          return std::vector<at::Tensor>{l->forward(in[0], in[1])};
+        }, {h, mask})[0];
+  }
   h = layer_norm(h);
   return output_projection ? output_projection(h) : h;
 }
@@ -153,8 +158,12 @@ at::Tensor TorchscaleDecoderImpl::forward(const at::Tensor& queries, const at::T
                                           const at::Tensor& memory_padding_mask) {
   auto mask = pad_mask(memory_padding_mask, memory.size(0), memory.size(1), memory.device());
   auto h = at::dropout(queries * config_.embed_scale, config_.dropout, is_training());
-  for (const auto& layer : *layers)
-    h = layer->as<nn::DecoderLayerImpl>()->forward(h, /*causal=*/false, memory, mask);
+  for (const auto& layer : *layers) {
+    auto* l = layer->as<nn::DecoderLayerImpl>();
+    h = checkpointing.run(*this, *l, [l](const std::vector<at::Tensor>& in) {
+          return std::vector<at::Tensor>{l->forward(in[0], /*causal=*/false, in[1], in[2])};
+        }, {h, memory, mask})[0];
+  }
   return layer_norm(h);
 }
 
@@ -177,6 +186,13 @@ at::Tensor AlignerEncoderImpl::forward(const at::Tensor& condition, const at::Te
   auto memory = encoder_proj(condition, mask);
   auto queries = encoder_query.unsqueeze(0).expand({condition.size(0), -1, -1});
   return encoder(queries, memory, mask);
+}
+
+void AlignerEncoderImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  for (const auto& m : modules()) {
+    if (auto* e = dynamic_cast<TorchscaleEncoderImpl*>(m.get())) e->checkpointing = {on, reentrant_compat};
+    if (auto* d = dynamic_cast<TorchscaleDecoderImpl*>(m.get())) d->checkpointing = {on, reentrant_compat};
+  }
 }
 
 AlignerImpl::AlignerImpl(const AlignerConfig& config) : AlignerEncoderImpl(config) {

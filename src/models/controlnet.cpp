@@ -65,21 +65,38 @@ int64_t ControlNetConfig::cond_scale() const {
   return int64_t{1} << (conditioning_embedding_out_channels.size() - 1);
 }
 
+namespace blocks {
+
+ControlNetConditioningEmbeddingImpl::ControlNetConditioningEmbeddingImpl(
+    int64_t conditioning_channels, const std::vector<int64_t>& block_out_channels,
+    int64_t embedding_channels) {
+  const auto& ch = block_out_channels;
+  conv_in = register_module("conv_in", conv(conditioning_channels, ch[0], 3));
+  blocks = register_module("blocks", torch::nn::ModuleList());
+  for (size_t i = 0; i + 1 < ch.size(); ++i) {
+    blocks->push_back(conv(ch[i], ch[i], 3));
+    blocks->push_back(conv(ch[i], ch[i + 1], 3, 2));
+  }
+  conv_out = register_module("conv_out", conv(ch.back(), embedding_channels, 3));
+}
+
+at::Tensor ControlNetConditioningEmbeddingImpl::forward(const at::Tensor& image) {
+  auto c = at::silu(conv_in(image));
+  for (const auto& block : *blocks) c = at::silu(block->as<torch::nn::Conv2d>()->forward(c));
+  return conv_out(c);
+}
+
+}  // namespace blocks
+
 ControlNetModelImpl::ControlNetModelImpl(const ControlNetConfig& config) : config_(config) {
   const auto& u = config_.unet;
   const auto& ch = u.block_out_channels;
   conv_in = register_module("conv_in", conv(u.in_channels, ch[0], 3));
-  time_embedding_ = register_module("time_embedding", blocks::make_unet_time_embedding(u).ptr());
-
-  const auto& cond = config_.conditioning_embedding_out_channels;
-  cond_embedding_ = register_module("controlnet_cond_embedding", std::make_shared<torch::nn::Module>());
-  cond_conv_in = cond_embedding_->register_module("conv_in", conv(config_.conditioning_channels, cond[0], 3));
-  cond_blocks = cond_embedding_->register_module("blocks", torch::nn::ModuleList());
-  for (size_t i = 0; i + 1 < cond.size(); ++i) {
-    cond_blocks->push_back(conv(cond[i], cond[i], 3));
-    cond_blocks->push_back(conv(cond[i], cond[i + 1], 3, 2));
-  }
-  cond_conv_out = cond_embedding_->register_module("conv_out", conv(cond.back(), ch[0], 3));
+  time_embedding = register_module("time_embedding", blocks::make_unet_time_embedding(u));
+  controlnet_cond_embedding = register_module(
+      "controlnet_cond_embedding",
+      blocks::ControlNetConditioningEmbedding(config_.conditioning_channels,
+                                              config_.conditioning_embedding_out_channels, ch[0]));
 
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   controlnet_down_blocks = register_module("controlnet_down_blocks", torch::nn::ModuleList());
@@ -90,7 +107,7 @@ ControlNetModelImpl::ControlNetModelImpl(const ControlNetConfig& config) : confi
       controlnet_down_blocks->push_back(conv(ch[i], ch[i], 1));
     if (i + 1 < ch.size()) controlnet_down_blocks->push_back(conv(ch[i], ch[i], 1));
   }
-  mid_block_ = register_module("mid_block", blocks::make_unet_mid_block(u).ptr());
+  mid_block = register_module("mid_block", blocks::make_unet_mid_block(u));
   controlnet_mid_block = register_module("controlnet_mid_block", conv(ch.back(), ch.back(), 1));
 }
 
@@ -118,19 +135,17 @@ UNetResiduals ControlNetModelImpl::forward(const at::Tensor& sample, const at::T
 
   const auto dtype = conv_in->weight.scalar_type();
   auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());
-  auto emb = time_embedding_->forward(
+  auto emb = time_embedding(
       blocks::timestep_sinusoids(t, u.block_out_channels[0], u.flip_sin_to_cos, u.freq_shift).to(dtype));
 
   auto image = controlnet_cond.to(sample.options());
   if (config_.controlnet_conditioning_channel_order == "bgr") image = image.flip({1});
-  auto c = at::silu(cond_conv_in(image));
-  for (const auto& block : *cond_blocks) c = at::silu(block->as<torch::nn::Conv2d>()->forward(c));
-  auto h = conv_in(sample) + cond_conv_out(c);
+  auto h = conv_in(sample) + controlnet_cond_embedding(image);
 
   std::vector<at::Tensor> skips{h};
   for (const auto& block : *down_blocks)
     h = block->as<blocks::DownBlock>()->forward(h, emb, encoder_hidden_states, &skips);
-  h = mid_block_->forward(h, emb, encoder_hidden_states);
+  h = mid_block(h, emb, encoder_hidden_states);
 
   auto finish = [&](at::Tensor r) {
     if (config_.global_pool_conditions) r = r.mean({2, 3}, true);

@@ -110,6 +110,12 @@ at::Tensor KosmosGModelImpl::encode_condition(const at::Tensor& src_tokens, cons
                  0);
 }
 
+void KosmosGModelImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  gpt_model->set_gradient_checkpointing(on, reentrant_compat);
+  img_model->set_gradient_checkpointing(on, reentrant_compat);
+  aligner->set_gradient_checkpointing(on, reentrant_compat);
+}
+
 void KosmosGModelImpl::load(const io::TensorMap& weights, const io::LoadOptions& options) {
   static const std::vector<std::string> elsewhere = {
       "diffusion_unet.", "vae.", "aligner.clip_encoder.", "aligner.decoder.",

@@ -110,7 +110,10 @@ MLLMOutput LMDecoderImpl::forward(const at::Tensor& src_tokens, const at::Tensor
   auto x = embedded * config_.embed_scale +
            nn::fairseq_sinusoidal_positions(tokens, config_.embed_dim, config_.padding_idx, embedded);
   x = at::dropout(x, config_.dropout, is_training());
-  for (const auto& layer : *layers) x = layer->as<nn::DecoderLayerImpl>()->forward(x, /*causal=*/true);
+  for (const auto& layer : *layers) {
+    auto* l = layer->as<nn::DecoderLayerImpl>();
+    x = checkpointing.run(*this, *l, [l](const at::Tensor& h) { return l->forward(h, /*causal=*/true); }, x);
+  }
   MLLMOutput out;
   out.hidden = layer_norm(x);
   if (compute_logits) out.logits = at::linear(out.hidden, embed_tokens->weight);
@@ -124,6 +127,10 @@ GPTModelImpl::GPTModelImpl(const MLLMConfig& config) : config_(config) {
 MLLMOutput GPTModelImpl::forward(const at::Tensor& src_tokens, const at::Tensor& img_features,
                                  const at::Tensor& img_gpt_input_mask, bool compute_logits) {
   return decoder->forward(src_tokens, img_features, img_gpt_input_mask, compute_logits);
+}
+
+void GPTModelImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  decoder->checkpointing = {on, reentrant_compat};
 }
 
 void GPTModelImpl::load(const io::TensorMap& weights, const io::LoadOptions& options) {

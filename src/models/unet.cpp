@@ -198,11 +198,11 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   conv_in = register_module(
       "conv_in", nn::LoRACompatibleConv(torch::nn::Conv2dOptions(c.in_channels, c0, c.conv_in_kernel)
                                        .padding((c.conv_in_kernel - 1) / 2)));
-  time_embedding_ = register_module("time_embedding", blocks::make_unet_time_embedding(c).ptr());
+  time_embedding = register_module("time_embedding", blocks::make_unet_time_embedding(c));
   down_blocks = register_module("down_blocks", torch::nn::ModuleList());
   for (size_t i = 0; i < n; ++i) down_blocks->push_back(blocks::make_unet_down_block(c, i));
   if (!c.mid_block_type.empty())
-    mid_block_ = register_module("mid_block", blocks::make_unet_mid_block(c).ptr());
+    mid_block = register_module("mid_block", blocks::make_unet_mid_block(c));
   up_blocks = register_module("up_blocks", torch::nn::ModuleList());
   for (size_t i = 0; i < n; ++i) up_blocks->push_back(blocks::make_unet_up_block(c, i));
   conv_norm_out = register_module(
@@ -211,6 +211,10 @@ UNet2DConditionModelImpl::UNet2DConditionModelImpl(const UNet2DConditionConfig& 
   conv_out = register_module(
       "conv_out", nn::LoRACompatibleConv(torch::nn::Conv2dOptions(c0, c.out_channels, c.conv_out_kernel)
                                         .padding((c.conv_out_kernel - 1) / 2)));
+}
+
+void UNet2DConditionModelImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  checkpointing = {on, reentrant_compat};
 }
 
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
@@ -235,13 +239,22 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());
   auto emb = blocks::timestep_sinusoids(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
                  .to(dtype);
-  emb = time_embedding_->forward(emb);
+  emb = time_embedding(emb);
 
   auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
   h = conv_in(h);
   std::vector<at::Tensor> skips{h};
-  for (const auto& block : *down_blocks)
-    h = block->as<blocks::DownBlock>()->forward(h, emb, context, &skips);
+  for (const auto& block : *down_blocks) {
+    auto* b = block->as<blocks::DownBlock>();
+    // The block's skip tensors come back as outputs; the last of them is its result.
+    const auto produced = checkpointing.run(*this, *b, [b](const std::vector<at::Tensor>& in) {
+      std::vector<at::Tensor> out;
+      b->forward(in[0], in[1], in[2], &out);
+      return out;
+    }, {h, emb, context});
+    skips.insert(skips.end(), produced.begin(), produced.end());
+    if (!produced.empty()) h = produced.back();
+  }
 
   if (residuals) {
     if (residuals->down.size() != skips.size())
@@ -256,7 +269,12 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     }
   }
 
-  if (mid_block_) h = mid_block_->forward(h, emb, context);
+  if (mid_block) {
+    auto* b = mid_block.get();
+    h = checkpointing.run(*this, *b, [b](const std::vector<at::Tensor>& in) {
+      return std::vector<at::Tensor>{b->forward(in[0], in[1], in[2])};
+    }, {h, emb, context})[0];
+  }
   if (residuals && residuals->mid.defined()) {
     if (residuals->mid.sizes() != h.sizes())
       fail(what, "mid-block residual has shape " + shape_of(residuals->mid) + "; expected " +
@@ -271,7 +289,14 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
       const auto& next = skips[skips.size() - block->size() - 1];
       size = std::vector<int64_t>{next.size(2), next.size(3)};
     }
-    h = block->forward(h, emb, context, &skips, size);
+    // The skip tensors the block consumes become inputs of its own.
+    std::vector<at::Tensor> inputs{h, emb, context};
+    inputs.insert(inputs.end(), skips.end() - static_cast<int64_t>(block->size()), skips.end());
+    skips.resize(skips.size() - block->size());
+    h = checkpointing.run(*this, *block, [block, size](const std::vector<at::Tensor>& in) {
+      std::vector<at::Tensor> own(in.begin() + 3, in.end());
+      return std::vector<at::Tensor>{block->forward(in[0], in[1], in[2], &own, size)};
+    }, inputs)[0];
   }
 
   h = blocks::activate(conv_norm_out(h), blocks::parse_activation(c.act_fn, "act_fn"), true);

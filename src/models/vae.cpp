@@ -52,82 +52,54 @@ std::string shape_of(const at::Tensor& t) {
 
 }  // namespace
 
-namespace vae_detail {
+namespace blocks {
 
-// diffusers Encoder: conv_in, down_blocks (DownEncoderBlock2D), mid_block, conv_norm_out,
-// conv_out to 2·latent_channels (mean and logvar).
-class EncoderImpl : public torch::nn::Module {
- public:
-  explicit EncoderImpl(const AutoencoderKLConfig& c)
-      : act_(blocks::parse_activation(c.act_fn, "act_fn")) {
-    const auto& ch = c.block_out_channels;
-    conv_in = register_module("conv_in", conv3(c.in_channels, ch[0]));
-    down_blocks = register_module("down_blocks", torch::nn::ModuleList());
-    for (size_t i = 0; i < ch.size(); ++i) {
-      const bool final_block = i + 1 == ch.size();
-      down_blocks->push_back(
-          blocks::DownBlock(block_config(c, ch[i == 0 ? 0 : i - 1], ch[i], c.layers_per_block),
-                            final_block ? -1 : 0));
-    }
-    mid_block =
-        register_module("mid_block", blocks::MidBlock(block_config(c, ch.back(), ch.back(), 1)));
-    conv_norm_out = register_module(
-        "conv_norm_out",
-        torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch.back()).eps(kEps)));
-    conv_out = register_module("conv_out", conv3(ch.back(), 2 * c.latent_channels));
+EncoderImpl::EncoderImpl(const AutoencoderKLConfig& c) : act_(parse_activation(c.act_fn, "act_fn")) {
+  const auto& ch = c.block_out_channels;
+  conv_in = register_module("conv_in", conv3(c.in_channels, ch[0]));
+  down_blocks = register_module("down_blocks", torch::nn::ModuleList());
+  for (size_t i = 0; i < ch.size(); ++i) {
+    const bool final_block = i + 1 == ch.size();
+    down_blocks->push_back(DownBlock(block_config(c, ch[i == 0 ? 0 : i - 1], ch[i], c.layers_per_block),
+                                     final_block ? -1 : 0));
   }
+  mid_block = register_module("mid_block", MidBlock(block_config(c, ch.back(), ch.back(), 1)));
+  conv_norm_out = register_module(
+      "conv_norm_out",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, ch.back()).eps(kEps)));
+  conv_out = register_module("conv_out", conv3(ch.back(), 2 * c.latent_channels));
+}
 
-  at::Tensor forward(const at::Tensor& x) {
-    auto h = conv_in(x);
-    for (const auto& block : *down_blocks) h = block->as<blocks::DownBlock>()->forward(h, {}, {});
-    h = mid_block(h);
-    return conv_out(blocks::activate(conv_norm_out(h), act_, true));
+at::Tensor EncoderImpl::forward(const at::Tensor& images) {
+  auto h = conv_in(images);
+  for (const auto& block : *down_blocks) h = block->as<DownBlock>()->forward(h, {}, {});
+  h = mid_block(h);
+  return conv_out(activate(conv_norm_out(h), act_, true));
+}
+
+DecoderImpl::DecoderImpl(const AutoencoderKLConfig& c) : act_(parse_activation(c.act_fn, "act_fn")) {
+  std::vector<int64_t> rev(c.block_out_channels.rbegin(), c.block_out_channels.rend());
+  conv_in = register_module("conv_in", conv3(c.latent_channels, rev[0]));
+  mid_block = register_module("mid_block", MidBlock(block_config(c, rev[0], rev[0], 1)));
+  up_blocks = register_module("up_blocks", torch::nn::ModuleList());
+  for (size_t i = 0; i < rev.size(); ++i) {
+    const bool final_block = i + 1 == rev.size();
+    up_blocks->push_back(
+        UpBlock(block_config(c, rev[i == 0 ? 0 : i - 1], rev[i], c.layers_per_block + 1), 0, !final_block));
   }
+  conv_norm_out = register_module(
+      "conv_norm_out",
+      torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, rev.back()).eps(kEps)));
+  conv_out = register_module("conv_out", conv3(rev.back(), c.out_channels));
+}
 
- private:
-  blocks::Activation act_;
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
-  torch::nn::ModuleList down_blocks{nullptr};
-  blocks::MidBlock mid_block{nullptr};
-  torch::nn::GroupNorm conv_norm_out{nullptr};
-};
+at::Tensor DecoderImpl::forward(const at::Tensor& latents) {
+  auto h = mid_block(conv_in(latents));
+  for (const auto& block : *up_blocks) h = block->as<UpBlock>()->forward(h, {}, {});
+  return conv_out(activate(conv_norm_out(h), act_, true));
+}
 
-// diffusers Decoder: conv_in, mid_block, up_blocks (UpDecoderBlock2D), conv_norm_out, conv_out.
-class DecoderImpl : public torch::nn::Module {
- public:
-  explicit DecoderImpl(const AutoencoderKLConfig& c)
-      : act_(blocks::parse_activation(c.act_fn, "act_fn")) {
-    std::vector<int64_t> rev(c.block_out_channels.rbegin(), c.block_out_channels.rend());
-    conv_in = register_module("conv_in", conv3(c.latent_channels, rev[0]));
-    mid_block = register_module("mid_block", blocks::MidBlock(block_config(c, rev[0], rev[0], 1)));
-    up_blocks = register_module("up_blocks", torch::nn::ModuleList());
-    for (size_t i = 0; i < rev.size(); ++i) {
-      const bool final_block = i + 1 == rev.size();
-      up_blocks->push_back(
-          blocks::UpBlock(block_config(c, rev[i == 0 ? 0 : i - 1], rev[i], c.layers_per_block + 1),
-                          0, !final_block));
-    }
-    conv_norm_out = register_module(
-        "conv_norm_out",
-        torch::nn::GroupNorm(torch::nn::GroupNormOptions(c.norm_num_groups, rev.back()).eps(kEps)));
-    conv_out = register_module("conv_out", conv3(rev.back(), c.out_channels));
-  }
-
-  at::Tensor forward(const at::Tensor& z) {
-    auto h = mid_block(conv_in(z));
-    for (const auto& block : *up_blocks) h = block->as<blocks::UpBlock>()->forward(h, {}, {});
-    return conv_out(blocks::activate(conv_norm_out(h), act_, true));
-  }
-
- private:
-  blocks::Activation act_;
-  torch::nn::Conv2d conv_in{nullptr}, conv_out{nullptr};
-  blocks::MidBlock mid_block{nullptr};
-  torch::nn::ModuleList up_blocks{nullptr};
-  torch::nn::GroupNorm conv_norm_out{nullptr};
-};
-
-}  // namespace vae_detail
+}  // namespace blocks
 
 AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::Json& json) {
   if (!json.is_object()) fail("config", std::string(kWhat) + " is not a JSON object");
@@ -171,8 +143,8 @@ at::Tensor DiagonalGaussian::sample(const at::Tensor& noise) const {
 }
 
 AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config_(config) {
-  encoder_ = register_module("encoder", std::make_shared<vae_detail::EncoderImpl>(config));
-  decoder_ = register_module("decoder", std::make_shared<vae_detail::DecoderImpl>(config));
+  encoder = register_module("encoder", blocks::Encoder(config));
+  decoder = register_module("decoder", blocks::Decoder(config));
   const int64_t z = config.latent_channels;
   quant_conv = register_module("quant_conv", torch::nn::Conv2d(2 * z, 2 * z, 1));
   post_quant_conv = register_module("post_quant_conv", torch::nn::Conv2d(z, z, 1));
@@ -182,7 +154,7 @@ DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& images) {
   if (images.dim() != 4 || images.size(1) != config_.in_channels)
     fail("AutoencoderKL", "images have shape " + shape_of(images) + "; expected [B, " +
                               std::to_string(config_.in_channels) + ", H, W]");
-  auto moments = quant_conv(encoder_->forward(images));
+  auto moments = quant_conv(encoder(images));
   auto parts = moments.chunk(2, 1);
   return {parts[0], at::clamp(parts[1], -30.0, 20.0)};
 }
@@ -191,7 +163,7 @@ at::Tensor AutoencoderKLImpl::decode(const at::Tensor& latents) {
   if (latents.dim() != 4 || latents.size(1) != config_.latent_channels)
     fail("AutoencoderKL", "latents have shape " + shape_of(latents) + "; expected [B, " +
                               std::to_string(config_.latent_channels) + ", h, w]");
-  return decoder_->forward(post_quant_conv(latents));
+  return decoder(post_quant_conv(latents));
 }
 
 }  // namespace kosmosg::models

@@ -84,7 +84,10 @@ ViTTransformerImpl::ViTTransformerImpl(const ViTConfig& config) {
 
 at::Tensor ViTTransformerImpl::forward(const at::Tensor& x) {
   auto y = x;
-  for (const auto& block : *resblocks) y = block->as<ViTBlockImpl>()->forward(y);
+  for (const auto& block : *resblocks) {
+    auto* b = block->as<ViTBlockImpl>();
+    y = checkpointing.run(*this, *b, [b](const at::Tensor& h) { return b->forward(h); }, y);
+  }
   return y;
 }
 
@@ -119,6 +122,10 @@ at::Tensor VisionTransformerImpl::forward(const at::Tensor& pixel_values) {
   return ln_post(x);
 }
 
+void VisionTransformerImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  transformer->checkpointing = {on, reentrant_compat};
+}
+
 ClipVisualOnlyImpl::ClipVisualOnlyImpl(const ViTConfig& config) : config_(config) {
   visual = register_module("visual", VisionTransformer(config));
 }
@@ -126,6 +133,10 @@ ClipVisualOnlyImpl::ClipVisualOnlyImpl(const ViTConfig& config) : config_(config
 at::Tensor ClipVisualOnlyImpl::forward(const at::Tensor& pixel_values) {
   auto x = visual(pixel_values);
   return x / x.norm(2, -1, /*keepdim=*/true).clamp_min(1e-12);
+}
+
+void ClipVisualOnlyImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
+  visual->set_gradient_checkpointing(on, reentrant_compat);
 }
 
 void ClipVisualOnlyImpl::load(const io::TensorMap& weights, const io::LoadOptions& options,

@@ -288,3 +288,31 @@ TEST(Vae, LoadsLegacyAttentionNames) {
   auto z = torch::randn({1, 4, 8, 8});
   EXPECT_TRUE(torch::equal(reloaded->decode(z), vae->decode(z)));
 }
+
+TEST(UNet, PublicBlocksCanBeFrozenAsModules) {
+  torch::manual_seed(0);
+  UNet2DConditionModel unet(UNet2DConditionConfig::from_json(tiny_unet_json()));
+  unet->train();
+  for (auto& p : unet->down_blocks->parameters()) p.set_requires_grad(false);
+  auto* first = unet->down_blocks[0]->as<kosmosg::models::blocks::DownBlock>();
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->resnets->size(), 1u);
+  ASSERT_TRUE(unet->mid_block);
+  unet(torch::randn({1, 4, 8, 8}), torch::tensor({3}), torch::randn({1, 5, 12})).pow(2).mean().backward();
+  for (const auto& p : unet->named_parameters())
+    EXPECT_EQ(p.value().grad().defined(), p.key().rfind("down_blocks.", 0) != 0) << p.key();
+}
+
+TEST(Vae, PublicPartsCanBeFrozenAsModules) {
+  torch::manual_seed(0);
+  AutoencoderKL vae(AutoencoderKLConfig::from_json(Json::parse(R"({
+    "block_out_channels": [8, 16], "norm_num_groups": 4,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"]})")));
+  EXPECT_EQ(vae->encoder->down_blocks->size(), 2u);
+  EXPECT_EQ(vae->decoder->up_blocks->size(), 2u);
+  for (auto& p : vae->encoder->parameters()) p.set_requires_grad(false);
+  vae->decode(vae->encode(torch::randn({1, 3, 8, 8})).mean).pow(2).mean().backward();
+  for (const auto& p : vae->named_parameters())
+    EXPECT_EQ(p.value().grad().defined(), p.key().rfind("encoder.", 0) != 0) << p.key();
+}

@@ -12,6 +12,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/nn/checkpoint.h"
 #include "kosmosg/nn/transformer.h"
 
 namespace kosmosg::models {
@@ -68,6 +69,7 @@ class TorchscaleEncoderImpl : public torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};
   torch::nn::LayerNorm layer_norm{nullptr};
   torch::nn::Linear output_projection{nullptr};
+  nn::GradientCheckpointing checkpointing;  // per layer
 
  private:
   AlignerConfig config_;
@@ -86,6 +88,7 @@ class TorchscaleDecoderImpl : public torch::nn::Module {
 
   torch::nn::ModuleList layers{nullptr};
   torch::nn::LayerNorm layer_norm{nullptr};
+  nn::GradientCheckpointing checkpointing;  // per layer
 
  private:
   AlignerConfig config_;
@@ -100,6 +103,9 @@ class AlignerEncoderImpl : public torch::nn::Module {
   // condition [B, T, input_dim] (batch-first MLLM hidden states); padding_mask [B, T] nonzero at
   // pads (src_tokens == pad) or undefined -> [B, num_queries, W].
   at::Tensor forward(const at::Tensor& condition, const at::Tensor& padding_mask = {});
+  // Checkpoints each layer of every stack in training, N's too in an Aligner (see
+  // nn::checkpoint for `reentrant_compat`).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
   const AlignerConfig& config() const { return config_; }
 
   TorchscaleEncoder encoder_proj{nullptr};

@@ -12,13 +12,9 @@
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/unet.h"
+#include "kosmosg/models/unet_blocks.h"
 
 namespace kosmosg::models {
-
-namespace blocks {
-class TimestepEmbeddingImpl;
-class MidBlockImpl;
-}  // namespace blocks
 
 // ControlNetModel config: the UNet keys it shares plus its own, with the class defaults.
 struct ControlNetConfig {
@@ -33,6 +29,25 @@ struct ControlNetConfig {
   // Pixels of control image per latent cell: 2^(stride-2 convolutions of the embedding).
   int64_t cond_scale() const;
 };
+
+namespace blocks {
+
+// diffusers ControlNetConditioningEmbedding: conv_in, blocks (pairs of 3×3 convs, the second of
+// stride 2), conv_out, with SiLU between them; control image → conv_in's output width.
+class ControlNetConditioningEmbeddingImpl : public torch::nn::Module {
+ public:
+  ControlNetConditioningEmbeddingImpl(int64_t conditioning_channels,
+                                      const std::vector<int64_t>& block_out_channels,
+                                      int64_t embedding_channels);
+  at::Tensor forward(const at::Tensor& image);
+
+  torch::nn::Conv2d conv_in{nullptr};
+  torch::nn::ModuleList blocks{nullptr};
+  torch::nn::Conv2d conv_out{nullptr};
+};
+TORCH_MODULE(ControlNetConditioningEmbedding);
+
+}  // namespace blocks
 
 // diffusers ControlNetModel: conv_in, time_embedding, controlnet_cond_embedding, down_blocks,
 // controlnet_down_blocks, mid_block, controlnet_mid_block.
@@ -49,16 +64,16 @@ class ControlNetModelImpl : public torch::nn::Module {
 
   const ControlNetConfig& config() const { return config_; }
 
+  torch::nn::Conv2d conv_in{nullptr};
+  blocks::TimestepEmbedding time_embedding{nullptr};
+  blocks::ControlNetConditioningEmbedding controlnet_cond_embedding{nullptr};
+  torch::nn::ModuleList down_blocks{nullptr};             // blocks::DownBlock
+  torch::nn::ModuleList controlnet_down_blocks{nullptr};  // 1×1 Conv2d per skip tensor
+  blocks::MidBlock mid_block{nullptr};
+  torch::nn::Conv2d controlnet_mid_block{nullptr};
+
  private:
   ControlNetConfig config_;
-  torch::nn::Conv2d conv_in{nullptr};
-  std::shared_ptr<blocks::TimestepEmbeddingImpl> time_embedding_;
-  std::shared_ptr<torch::nn::Module> cond_embedding_;
-  torch::nn::Conv2d cond_conv_in{nullptr}, cond_conv_out{nullptr};
-  torch::nn::ModuleList cond_blocks{nullptr};
-  torch::nn::ModuleList down_blocks{nullptr}, controlnet_down_blocks{nullptr};
-  std::shared_ptr<blocks::MidBlockImpl> mid_block_;
-  torch::nn::Conv2d controlnet_mid_block{nullptr};
 };
 TORCH_MODULE(ControlNetModel);
 

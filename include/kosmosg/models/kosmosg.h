@@ -64,6 +64,8 @@ class KosmosGModelImpl : public torch::nn::Module {
   // aligner.decoder*, aligner.decoder_query and aligner.clip_encoder.*) are skipped; any other
   // unknown, missing or mis-shaped name is an error under options.strict.
   void load(const io::TensorMap& weights, const io::LoadOptions& options = {});
+  // Checkpoints the blocks of gpt_model, img_model and aligner in training (see nn::checkpoint).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
   const KosmosGConfig& config() const { return config_; }
 
   GPTModel gpt_model{nullptr};

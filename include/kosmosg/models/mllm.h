@@ -11,6 +11,7 @@
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/weights.h"
+#include "kosmosg/nn/checkpoint.h"
 #include "kosmosg/nn/transformer.h"
 
 namespace kosmosg::models {
@@ -56,6 +57,7 @@ class LMDecoderImpl : public torch::nn::Module {
   torch::nn::Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   torch::nn::LayerNorm layer_norm{nullptr};
+  nn::GradientCheckpointing checkpointing;  // per decoder layer
 
  private:
   MLLMConfig config_;
@@ -76,6 +78,8 @@ class GPTModelImpl : public torch::nn::Module {
   // are given) and ignores the unused buffers embed_positions._float_tensor and
   // self_attn_sope.scale.
   void load(const io::TensorMap& weights, const io::LoadOptions& options = {});
+  // Checkpoints each decoder layer in training (see nn::checkpoint for `reentrant_compat`).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
   const MLLMConfig& config() const { return config_; }
 
   LMDecoder decoder{nullptr};

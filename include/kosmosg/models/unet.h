@@ -12,14 +12,11 @@
 #include <vector>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/models/unet_blocks.h"
+#include "kosmosg/nn/checkpoint.h"
 #include "kosmosg/nn/lora.h"
 
 namespace kosmosg::models {
-
-namespace blocks {
-class TimestepEmbeddingImpl;
-class MidBlockImpl;
-}  // namespace blocks
 
 // The UNet2DConditionModel config keys that shape the network, with the class defaults for
 // omitted keys. Per-block values are expanded to one entry per down block.
@@ -67,8 +64,8 @@ struct UNetResiduals {
   at::Tensor mid;
 };
 
-// diffusers UNet2DConditionModel: conv_in, time_embedding, down_blocks, mid_block, up_blocks,
-// conv_norm_out, conv_out.
+// diffusers UNet2DConditionModel: conv_in, time_embedding, down_blocks (blocks::DownBlock),
+// mid_block, up_blocks (blocks::UpBlock), conv_norm_out, conv_out.
 class UNet2DConditionModelImpl : public torch::nn::Module {
  public:
   explicit UNet2DConditionModelImpl(const UNet2DConditionConfig& config);
@@ -78,16 +75,23 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timestep,
                      const at::Tensor& encoder_hidden_states,
                      const UNetResiduals* residuals = nullptr);
+  // Checkpoints each down, mid and up block in training (see nn::checkpoint for
+  // `reentrant_compat`).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
 
   const UNet2DConditionConfig& config() const { return config_; }
 
+  nn::LoRACompatibleConv conv_in{nullptr};
+  blocks::TimestepEmbedding time_embedding{nullptr};
+  torch::nn::ModuleList down_blocks{nullptr};
+  blocks::MidBlock mid_block{nullptr};  // empty when mid_block_type is null
+  torch::nn::ModuleList up_blocks{nullptr};
+  torch::nn::GroupNorm conv_norm_out{nullptr};
+  nn::LoRACompatibleConv conv_out{nullptr};
+  nn::GradientCheckpointing checkpointing;
+
  private:
   UNet2DConditionConfig config_;
-  nn::LoRACompatibleConv conv_in{nullptr}, conv_out{nullptr};
-  std::shared_ptr<blocks::TimestepEmbeddingImpl> time_embedding_;
-  torch::nn::ModuleList down_blocks{nullptr}, up_blocks{nullptr};
-  std::shared_ptr<blocks::MidBlockImpl> mid_block_;  // null when mid_block_type is null
-  torch::nn::GroupNorm conv_norm_out{nullptr};
 };
 TORCH_MODULE(UNet2DConditionModel);
 

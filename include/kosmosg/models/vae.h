@@ -3,20 +3,18 @@
 // under the diffusers state-dict names, built from a diffusers vae/config.json.
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <string>
 #include <vector>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/models/unet_blocks.h"
 
 namespace kosmosg::models {
-
-namespace vae_detail {
-class EncoderImpl;
-class DecoderImpl;
-}  // namespace vae_detail
 
 // The AutoencoderKL config keys, with the class defaults for omitted keys.
 struct AutoencoderKLConfig {
@@ -47,6 +45,46 @@ struct DiagonalGaussian {
   at::Tensor sample(const at::Tensor& noise) const;
 };
 
+namespace blocks {
+
+// diffusers vae.Encoder: conv_in, down_blocks (DownEncoderBlock2D), mid_block, conv_norm_out,
+// conv_out to 2·latent_channels (mean and logvar).
+class EncoderImpl : public torch::nn::Module {
+ public:
+  explicit EncoderImpl(const AutoencoderKLConfig& config);
+  at::Tensor forward(const at::Tensor& images);
+
+  torch::nn::Conv2d conv_in{nullptr};
+  torch::nn::ModuleList down_blocks{nullptr};
+  MidBlock mid_block{nullptr};
+  torch::nn::GroupNorm conv_norm_out{nullptr};
+  torch::nn::Conv2d conv_out{nullptr};
+
+ private:
+  Activation act_;
+};
+TORCH_MODULE(Encoder);
+
+// diffusers vae.Decoder: conv_in, mid_block, up_blocks (UpDecoderBlock2D), conv_norm_out,
+// conv_out.
+class DecoderImpl : public torch::nn::Module {
+ public:
+  explicit DecoderImpl(const AutoencoderKLConfig& config);
+  at::Tensor forward(const at::Tensor& latents);
+
+  torch::nn::Conv2d conv_in{nullptr};
+  MidBlock mid_block{nullptr};
+  torch::nn::ModuleList up_blocks{nullptr};
+  torch::nn::GroupNorm conv_norm_out{nullptr};
+  torch::nn::Conv2d conv_out{nullptr};
+
+ private:
+  Activation act_;
+};
+TORCH_MODULE(Decoder);
+
+}  // namespace blocks
+
 // diffusers AutoencoderKL: encoder, quant_conv, post_quant_conv, decoder.
 class AutoencoderKLImpl : public torch::nn::Module {
  public:
@@ -59,11 +97,12 @@ class AutoencoderKLImpl : public torch::nn::Module {
 
   const AutoencoderKLConfig& config() const { return config_; }
 
+  blocks::Encoder encoder{nullptr};
+  blocks::Decoder decoder{nullptr};
+  torch::nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
+
  private:
   AutoencoderKLConfig config_;
-  std::shared_ptr<vae_detail::EncoderImpl> encoder_;
-  std::shared_ptr<vae_detail::DecoderImpl> decoder_;
-  torch::nn::Conv2d quant_conv{nullptr}, post_quant_conv{nullptr};
 };
 TORCH_MODULE(AutoencoderKL);
 

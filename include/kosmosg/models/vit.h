@@ -12,6 +12,7 @@
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/weights.h"
+#include "kosmosg/nn/checkpoint.h"
 #include "kosmosg/nn/transformer.h"
 
 namespace kosmosg::models {
@@ -69,6 +70,7 @@ class ViTTransformerImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
 
   torch::nn::ModuleList resblocks{nullptr};
+  nn::GradientCheckpointing checkpointing;  // per resblock
 };
 TORCH_MODULE(ViTTransformer);
 
@@ -77,6 +79,8 @@ class VisionTransformerImpl : public torch::nn::Module {
  public:
   explicit VisionTransformerImpl(const ViTConfig& config);
   at::Tensor forward(const at::Tensor& pixel_values);
+  // Checkpoints each resblock in training (see nn::checkpoint for `reentrant_compat`).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
 
   torch::nn::Conv2d conv1{nullptr};
   at::Tensor class_embedding, positional_embedding;
@@ -101,6 +105,8 @@ class ClipVisualOnlyImpl : public torch::nn::Module {
   // files carry are skipped; every other unknown name is still an error.
   void load(const io::TensorMap& weights, const io::LoadOptions& options = {},
             bool ignore_unused_attn = true);
+  // Checkpoints each resblock in training (see nn::checkpoint for `reentrant_compat`).
+  void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
   const ViTConfig& config() const { return config_; }
 
   VisionTransformer visual{nullptr};
