@@ -1,6 +1,7 @@
 // Speed and memory figures of the full-size SD1.5 parts with random weights (no download).
 // One line per figure, `NAME: MEDIAN s (min MIN, max MAX, RUNS runs, THREADS threads)`, then
 // `peak_rss: N MiB`, so scripts can read it.
+#include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -20,6 +21,8 @@
 #include "kosmosg/models/vae.h"
 #include "kosmosg/pipeline/diffusion.h"
 #include "kosmosg/runtime.h"
+#include "kosmosg/train/stage.h"
+#include "kosmosg/train/trainer.h"
 
 namespace {
 
@@ -40,6 +43,104 @@ void report(const std::string& name, int runs, int threads, const std::function<
   std::fflush(stdout);
 }
 
+void print_peak_rss(const std::string& after) {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("peak_rss after %s: %ld MiB\n", after.c_str(), usage.ru_maxrss / 1024);
+  std::fflush(stdout);
+}
+
+// A model folder's contents with random weights: the Kosmos-G config `kosmosg` (its unet, vae and
+// noise_scheduler sections too) at the sizes it names.
+train::StageModels random_stage_models(const io::Json& kosmosg) {
+  train::StageModels m;
+  m.kosmosg_config = kosmosg;
+  models::KosmosGModel model(models::KosmosGConfig::from_json(kosmosg, "bench config"));
+  m.kosmosg = io::state_dict(*model);
+  m.unet_config = kosmosg.at("unet");
+  m.vae_config = kosmosg.at("vae");
+  m.scheduler_config = kosmosg.at("noise_scheduler");
+  m.unet = io::state_dict(*models::UNet2DConditionModel(models::UNet2DConditionConfig::from_json(m.unet_config)));
+  m.vae = io::state_dict(*models::AutoencoderKL(models::AutoencoderKLConfig::from_json(m.vae_config)));
+  return m;
+}
+
+// `batch` samples of <s> text <image>×(Q+1) </image> text </s> (one image each), with targets of
+// `target_size`; text-only 24-token captions for the align stage.
+data::Batch synthetic_batch(const models::KosmosGConfig& c, data::StageKind stage, int64_t batch, int64_t target_size) {
+  std::vector<int64_t> doc{0}, input{0}, loss{1};
+  const int64_t boi = c.mllm.vocab_size - 4, eoi = c.mllm.vocab_size - 3;
+  auto text = [&](int64_t n) {
+    for (int64_t i = 0; i < n; ++i) doc.push_back(10 + i), input.push_back(0), loss.push_back(1);
+  };
+  if (stage == data::StageKind::Align) {
+    text(24);
+  } else {
+    text(5);
+    doc.push_back(boi), input.push_back(0), loss.push_back(0);
+    for (int64_t i = 0; i < c.connector.latent_query_num; ++i) doc.push_back(boi), input.push_back(1), loss.push_back(0);
+    doc.push_back(eoi), input.push_back(0), loss.push_back(1);
+    text(5);
+  }
+  doc.push_back(2), input.push_back(0), loss.push_back(1);
+  const auto row = [&](const std::vector<int64_t>& v, size_t from, size_t to) {
+    return torch::tensor(std::vector<int64_t>(v.begin() + static_cast<long>(from), v.begin() + static_cast<long>(to)));
+  };
+  data::Batch b;
+  const size_t n = doc.size();
+  b.src_tokens = row(doc, 0, n - 1).unsqueeze(0).repeat({batch, 1});
+  b.target = row(doc, 1, n).unsqueeze(0).repeat({batch, 1});
+  b.img_gpt_input_mask = row(input, 0, n - 1).to(torch::kByte).unsqueeze(0).repeat({batch, 1});
+  b.gpt_loss_mask = row(loss, 0, n - 1).to(torch::kByte).unsqueeze(0).repeat({batch, 1});
+  if (stage != data::StageKind::Align) b.images = torch::randn({batch, 3, c.vision.image_size, c.vision.image_size});
+  if (stage == data::StageKind::Instruct) b.target_images = torch::rand({batch, 3, target_size, target_size}) * 2 - 1;
+  b.captions.assign(static_cast<size_t>(batch), "a photo");
+  b.nsentences = batch;
+  b.ntokens = batch * static_cast<int64_t>(n);
+  return b;
+}
+
+// One update (forward, backward, clipping, Adam) of each stage; the align stage's frozen CLIP
+// teacher runs as part of the step.
+void bench_training(const std::string& size, const io::Json& kosmosg, int64_t batch, int64_t target_size,
+                    const io::Json& text_encoder, const std::function<bool(const std::string&)>& selected, int runs,
+                    int threads) {
+  torch::AutoGradMode grad(true);
+  const auto models = random_stage_models(kosmosg);
+  for (const auto stage_kind : {data::StageKind::LM, data::StageKind::Align, data::StageKind::Instruct}) {
+    for (const bool checkpointing : {false, true}) {
+      const std::string name = std::string("train_") + data::stage_name(stage_kind) + "_" + size + (checkpointing ? "_ckpt" : "");
+      if (!selected(name)) continue;
+      train::StageOptions options;
+      options.gradient_checkpointing = checkpointing;
+      auto stage = train::make_stage(stage_kind, models, options);
+      train::OptimizationOptions o;
+      o.schedule.warmup_updates = 1;
+      train::Trainer trainer(*stage, o);
+      const auto b = synthetic_batch(stage->config(), stage_kind, batch, target_size);
+      models::CLIPTextModel teacher(models::CLIPTextConfig::from_json(text_encoder));
+      teacher->eval();
+      at::Generator generator = at::detail::createCPUGenerator(0);
+      report(name, runs, threads, [&] {
+        trainer.update({[&] {
+          if (stage_kind != data::StageKind::Align) return stage->forward(b, generator);
+          at::Tensor clip;
+          {
+            torch::NoGradGuard no_grad;
+            const int64_t length = stage->config().aligner.num_queries;
+            clip = teacher->forward(torch::randint(0, teacher->config().vocab_size, {batch, length}, torch::kLong))
+                       .last_hidden_state;
+          }
+          return train::align_forward_with_teacher(*stage, b, clip);
+        }});
+      });
+      std::printf("%s: batch %lld, %zu trainable tensors\n", name.c_str(), static_cast<long long>(batch),
+                  stage->trainable().size());
+      print_peak_rss(name);
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -49,7 +150,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> only;
   int runs = 3, threads = 0;
   app.add_option("--configs", configs, "Folder with unet.json, vae.json, text_encoder.json")->capture_default_str();
-  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, unet_b2_lora, unet_b2_lora_merged, controlnet_b2, vae_decode, text_encoder, encode_condition, generate_512");
+  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, unet_b2_lora, unet_b2_lora_merged, controlnet_b2, vae_decode, text_encoder, encode_condition, generate_512, train_{lm,align,instruct}_{tiny,mid}[_ckpt]");
   app.add_option("--runs", runs, "Timed runs per figure (after one warm-up)")->capture_default_str();
   app.add_option("--threads", threads, "Threads (0 = all cores)")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -163,9 +264,25 @@ int main(int argc, char** argv) {
         }, /*warm_up=*/false);  // minutes per run; the first of 25 steps warms up
       }
     }
-    struct rusage usage {};
-    getrusage(RUSAGE_SELF, &usage);
-    std::printf("peak_rss: %ld MiB\n", usage.ru_maxrss / 1024);
+    // Training updates: the tiny config, and a mid size (MLLM 12x768, ViT-B/16, full aligner and
+    // SD1.5 UNet/VAE at 64x64 latents, batch 1).
+    {
+      const auto tiny = io::builtin_config("kosmosg/tiny.json");
+      bench_training("tiny", tiny, 4, 16, tiny.at("clip_text"), selected, runs, used);
+    }
+    {
+      auto mid = io::builtin_config("kosmosg/full.json");
+      mid["mllm"].update({{"decoder_embed_dim", 768}, {"decoder_layers", 12}, {"decoder_attention_heads", 12},
+                          {"decoder_ffn_embed_dim", 3072}, {"embed_scale", nullptr}});
+      mid["vision"].update({{"width", 768}, {"layers", 12}, {"patch_size", 16}, {"head_width", 64}, {"heads", 12}});
+      mid["connector"].update({{"input_dim", 768}, {"output_dim", 768}, {"decoder_attention_heads", 12}});
+      mid["aligner"]["input_dim"] = 768;
+      mid["unet"] = io::read_json(configs + "/unet.json");
+      mid["vae"] = io::read_json(configs + "/vae.json");
+      if (std::any_of(only.begin(), only.end(), [](const std::string& n) { return n.find("_mid") != std::string::npos; }))
+        bench_training("mid", mid, 1, 512, io::read_json(configs + "/text_encoder.json"), selected, std::min(runs, 2), used);
+    }
+    print_peak_rss("all");
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kosmosg_bench: error: %s\n", e.what());
     return 1;

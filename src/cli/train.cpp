@@ -1,8 +1,12 @@
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
+
 #include "cli/commands.h"
 #include "kosmosg/error.h"
 #include "kosmosg/io/builtin_configs.h"
+#include "kosmosg/io/image.h"
+#include "kosmosg/pipeline/kosmosg.h"
 #include "kosmosg/runtime.h"
 #include "kosmosg/train/loop.h"
 
@@ -10,15 +14,43 @@ namespace kosmosg::cli {
 namespace {
 
 struct TrainArgs {
-  std::string stage, model, out, config, init_from, device = "cpu";
-  std::vector<std::string> data;
+  std::string stage, model, out, config, init_from, device = "cpu", precision;
+  std::vector<std::string> data, sample_prompts, sample_images;
+  int64_t sample_every = 0, sample_steps = 20;
   std::optional<int64_t> steps, batch_size, save_every, keep_last, workers, update_freq, log_every;
   std::optional<uint64_t> seed;
   std::optional<double> lr;
   std::optional<int64_t> warmup;
-  bool resume = false, quiet = false, official_vit_checkpoint = false;
+  bool resume = false, quiet = false, official_vit_checkpoint = false, gradient_checkpointing = false;
   int threads = 0;
 };
+
+// Generates every sample prompt with the model folder as it stands at `update` into
+// OUT/samples/update_<N>_<k>.png (fixed seeds, so the images of different updates compare).
+void write_samples(const TrainArgs& a, int64_t update) {
+  namespace fs = std::filesystem;
+  auto pipe = pipeline::KosmosGPipeline::from_folder(a.out);
+  const fs::path dir = fs::path(a.out) / "samples";
+  fs::create_directories(dir);
+  size_t next_image = 0;
+  for (size_t k = 0; k < a.sample_prompts.size(); ++k) {
+    pipeline::GenerateOptions g;
+    g.prompt = a.sample_prompts[k];
+    for (size_t pos = g.prompt.find("<i>"); pos != std::string::npos; pos = g.prompt.find("<i>", pos + 3)) {
+      if (next_image >= a.sample_images.size())
+        fail("train", "--sample-prompt '" + g.prompt + "' needs more --sample-image files than given");
+      g.images.push_back(io::read_image(a.sample_images[next_image++]));
+    }
+    g.sampling.steps = a.sample_steps;
+    g.seed = k;
+    const int64_t side = pipe.decoder().unet()->config().sample_size * pipe.decoder().vae_scale();
+    g.width = g.height = side;
+    const auto image = pipe.generate(g).second;
+    const std::string path = (dir / ("update_" + std::to_string(update) + "_" + std::to_string(k) + ".png")).string();
+    io::write_png(path, pipeline::to_uint8_images(image)[0], {{"prompt", g.prompt}, {"update", std::to_string(update)}});
+  }
+  spdlog::info("wrote {} sample image(s) for update {} to {}", a.sample_prompts.size(), update, dir.string());
+}
 
 int run_train(const TrainArgs& a) {
   configure_threads(a.threads);
@@ -43,7 +75,14 @@ int run_train(const TrainArgs& a) {
   if (a.seed) o.seed = *a.seed;
   if (a.lr) o.optimization.schedule.lr = *a.lr;
   if (a.warmup) o.optimization.schedule.warmup_updates = *a.warmup;
+  if (!a.precision.empty()) o.precision = a.precision;
   if (a.official_vit_checkpoint) o.stage_options.official_vit_checkpoint = true;
+  if (a.gradient_checkpointing) o.stage_options.gradient_checkpointing = true;
+  if (a.sample_every > 0 && !a.sample_prompts.empty()) {
+    if (o.stage != data::StageKind::Instruct) fail("train", "--sample-every writes images, which only the instruct stage can make");
+    o.sample_every = a.sample_every;
+    o.on_sample = [&a](int64_t update) { write_samples(a, update); };
+  }
   train::run_training(o);
   return 0;
 }
@@ -71,8 +110,14 @@ Command add_train(CLI::App& app) {
   sub->add_option("--lr", a->lr, "Peak learning rate");
   sub->add_option("--warmup", a->warmup, "Warm-up updates");
   sub->add_flag("--official-vit-checkpoint", a->official_vit_checkpoint, "instruct: reproduce the official run, whose checkpointed last ViT block gets no gradient (only weight decay moves it)");
+  sub->add_flag("--gradient-checkpointing", a->gradient_checkpointing, "Recompute the MLLM, ViT, aligner and UNet blocks during backward: less memory, about a third more time");
+  sub->add_option("--precision", a->precision, "float32, bfloat16 (autocast on CPU or CUDA) or float16 (CUDA, with the dynamic loss scaler); trainable weights stay float32 (default from the config)");
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  auto* every = sub->add_option("--sample-every", a->sample_every, "instruct: write sample images to OUT/samples every K updates");
+  sub->add_option("--sample-prompt", a->sample_prompts, "A prompt for the sample images (repeat); each <i> takes the next --sample-image")->needs(every);
+  sub->add_option("--sample-image", a->sample_images, "An image for the sample prompts' <i> slots, in order (repeat)");
+  sub->add_option("--sample-steps", a->sample_steps, "Sampler steps of the sample images")->capture_default_str();
   sub->add_flag("--quiet", a->quiet, "No table or progress lines");
   return {sub, [a] { return run_train(*a); }};
 }

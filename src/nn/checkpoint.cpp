@@ -12,46 +12,61 @@
 #include <utility>
 
 #include "kosmosg/error.h"
+#include "kosmosg/nn/autocast.h"
 
 #define KOSMOSG_TORCH_HAS_DEVICE_AUTOCAST_API \
   (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4))
 
 namespace kosmosg::nn {
+
+AutocastState AutocastState::current() {
+#if KOSMOSG_TORCH_HAS_DEVICE_AUTOCAST_API
+  return {at::autocast::is_autocast_enabled(at::kCPU), at::autocast::is_autocast_enabled(at::kCUDA),
+          at::autocast::get_autocast_dtype(at::kCPU), at::autocast::get_autocast_dtype(at::kCUDA)};
+#else
+  return {at::autocast::is_cpu_enabled(), at::autocast::is_enabled(), at::autocast::get_autocast_cpu_dtype(),
+          at::autocast::get_autocast_gpu_dtype()};
+#endif
+}
+
+void AutocastState::apply() const {
+#if KOSMOSG_TORCH_HAS_DEVICE_AUTOCAST_API
+  at::autocast::set_autocast_enabled(at::kCPU, cpu);
+  at::autocast::set_autocast_enabled(at::kCUDA, cuda);
+  at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
+  at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
+#else
+  at::autocast::set_cpu_enabled(cpu);
+  at::autocast::set_enabled(cuda);
+  at::autocast::set_autocast_cpu_dtype(cpu_dtype);
+  at::autocast::set_autocast_gpu_dtype(cuda_dtype);
+#endif
+}
+
+AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype) : previous_(AutocastState::current()) {
+  AutocastState next = previous_;
+  const bool on = dtype != at::kFloat;
+  if (device == c10::DeviceType::CUDA) {
+    next.cuda = on;
+    next.cuda_dtype = on ? dtype : next.cuda_dtype;
+  } else {
+    if (on && dtype != at::kBFloat16)
+      fail("autocast", std::string("CPU autocast computes in bfloat16, not ") + c10::toString(dtype));
+    next.cpu = on;
+    next.cpu_dtype = on ? dtype : next.cpu_dtype;
+  }
+  next.apply();
+}
+
+AutocastGuard::~AutocastGuard() {
+  previous_.apply();
+  at::autocast::clear_cache();
+}
+
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-// Autocast settings are thread-local and the backward pass may run on another thread (or
-// outside the autocast region), so the recomputation sets the forward's settings again.
-struct AutocastState {
-  bool cpu = false, cuda = false;
-  at::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
-
-  static AutocastState current() {
-#if KOSMOSG_TORCH_HAS_DEVICE_AUTOCAST_API
-    return {at::autocast::is_autocast_enabled(at::kCPU), at::autocast::is_autocast_enabled(at::kCUDA),
-            at::autocast::get_autocast_dtype(at::kCPU), at::autocast::get_autocast_dtype(at::kCUDA)};
-#else
-    return {at::autocast::is_cpu_enabled(), at::autocast::is_enabled(),
-            at::autocast::get_autocast_cpu_dtype(), at::autocast::get_autocast_gpu_dtype()};
-#endif
-  }
-
-  void apply() const {
-#if KOSMOSG_TORCH_HAS_DEVICE_AUTOCAST_API
-    at::autocast::set_autocast_enabled(at::kCPU, cpu);
-    at::autocast::set_autocast_enabled(at::kCUDA, cuda);
-    at::autocast::set_autocast_dtype(at::kCPU, cpu_dtype);
-    at::autocast::set_autocast_dtype(at::kCUDA, cuda_dtype);
-#else
-    at::autocast::set_cpu_enabled(cpu);
-    at::autocast::set_enabled(cuda);
-    at::autocast::set_autocast_cpu_dtype(cpu_dtype);
-    at::autocast::set_autocast_gpu_dtype(cuda_dtype);
-#endif
-  }
-};
 
 // The states of the default generators a block may draw from: the CPU one and those of the
 // CUDA devices its tensors live on.
@@ -87,6 +102,8 @@ struct RngState {
   }
 };
 
+// Autocast settings are thread-local and the backward pass may run on another thread (or outside
+// the autocast region).
 // Sets the forward's RNG and autocast state for the recomputation and puts the current state
 // back afterwards, so that the backward pass does not disturb the random stream of the run.
 class ReplayGuard {

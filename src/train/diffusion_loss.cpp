@@ -1,12 +1,13 @@
 #include "kosmosg/train/diffusion_loss.h"
 
 #include "kosmosg/error.h"
+#include "kosmosg/nn/autocast.h"
 
 namespace kosmosg::train {
 
 DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
-                             double condition_drop_rate)
-    : unet_(std::move(unet)), noise_(std::move(noise)), drop_rate_(condition_drop_rate) {}
+                             double condition_drop_rate, c10::ScalarType unet_dtype)
+    : unet_(std::move(unet)), noise_(std::move(noise)), drop_rate_(condition_drop_rate), unet_dtype_(unet_dtype) {}
 
 DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator generator) const {
   const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
@@ -27,7 +28,11 @@ DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::
   out.noisy_latents = noise_.add_noise(latents, draws.noise, draws.timesteps);
   const at::Tensor dropped = (draws.random_p < drop_rate_).view({-1, 1, 1});
   out.unet_condition = at::where(dropped, null_condition[0].unsqueeze(0).to(condition.dtype()), condition);
-  out.model_pred = unet_->forward(out.noisy_latents, draws.timesteps, out.unet_condition);
+  {
+    nn::AutocastGuard no_autocast(latents.device().type(), at::kFloat);
+    out.model_pred = unet_->forward(out.noisy_latents.to(unet_dtype_), draws.timesteps,
+                                    out.unet_condition.to(unet_dtype_));
+  }
   const at::Tensor target = noise_.target(latents, draws.noise, draws.timesteps);
   const at::Tensor per_sample =
       (out.model_pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);

@@ -41,7 +41,9 @@ void prepare_output(const fs::path& model, const fs::path& kosmosg_source, const
   fs::create_directories(out / "kosmosg");
   for (const auto& e : fs::directory_iterator(model)) {
     const std::string name = e.path().filename().string();
-    if (name == "kosmosg" || name == "checkpoints" || name == "metrics.jsonl" || fs::exists(out / name)) continue;
+    if (name == "kosmosg" || name == "checkpoints" || name == "samples" || name == "metrics.jsonl" ||
+        fs::exists(out / name))
+      continue;
     if (e.is_directory()) {
       fs::create_directories(out / name);
       for (const auto& f : fs::directory_iterator(e.path()))
@@ -84,8 +86,9 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
   stage_options.no_freeze_layer = io::config_value<std::string>(c, "no_freeze_layer", stage_options.no_freeze_layer, what);
   stage_options.official_vit_checkpoint =
       io::config_value<bool>(c, "official_vit_checkpoint", stage_options.official_vit_checkpoint, what);
-  const std::string precision = io::config_value<std::string>(c, "precision", "float32", what);
-  if (precision != "float32") fail(what, "precision '" + precision + "' is not supported yet (float32)");
+  stage_options.gradient_checkpointing =
+      io::config_value<bool>(c, "gradient_checkpointing", stage_options.gradient_checkpointing, what);
+  precision = io::config_value<std::string>(c, "precision", precision, what);
   if (c.contains("optimizer")) {
     const auto& o = c.at("optimizer");
     auto& a = optimization.adam;
@@ -151,8 +154,13 @@ RunSummary run_training(const RunOptions& o) {
     models.kosmosg_config = io::read_json((kosmosg_source / "config.json").string());
     models.kosmosg = io::SafeTensors::open((kosmosg_source / "model.safetensors").string()).tensors();
   }
-  auto stage = make_stage(o.stage, models, o.stage_options);
   const c10::Device device(o.device);
+  OptimizationOptions optimization = o.optimization;
+  optimization.precision = PrecisionPolicy::parse(o.precision, device.type());
+  optimization.loss_scaling = optimization.precision.compute == at::kHalf;
+  StageOptions stage_options = o.stage_options;
+  stage_options.frozen_dtype = optimization.precision.compute;
+  auto stage = make_stage(o.stage, models, stage_options);
   stage->model().to(device);
 
   if (!o.quiet) {
@@ -192,7 +200,7 @@ RunSummary run_training(const RunOptions& o) {
   lo.max_failure_fraction = o.max_failure_fraction;
   data::Loader loader(lo);
 
-  Trainer trainer(*stage, o.optimization);
+  Trainer trainer(*stage, optimization);
   if (resumed) {
     stage->load_trainable(resumed->trainable, resumed->dir + "/trainable.safetensors");
     trainer.optimizer().load_state(resumed->optimizer);
@@ -204,10 +212,13 @@ RunSummary run_training(const RunOptions& o) {
 
   RunSummary summary;
   summary.first_update = trainer.num_updates();
-  auto save = [&] {
+  auto save_model = [&] {
     io::save_safetensors((out / "kosmosg" / "model.safetensors").string(), stage->kosmosg_state(),
                          {{"format", "pt"}, {"stage", data::stage_name(o.stage)},
                           {"num_updates", std::to_string(trainer.num_updates())}});
+  };
+  auto save = [&] {
+    save_model();
     io::Json state = {{"stage", data::stage_name(o.stage)},
                       {"trainer", trainer.state()},
                       {"data", loader.state()},
@@ -247,6 +258,7 @@ RunSummary run_training(const RunOptions& o) {
                      {"source", batches.front().source},
                      {"samples_failed", loader.stats().samples_failed}};
     for (const auto& [k, v] : r.logs) line[k] = v;
+    line["precision"] = o.precision;
     metrics << line.dump() << "\n" << std::flush;
     if (!o.quiet && (trainer.num_updates() % std::max<int64_t>(o.log_every, 1) == 0 || trainer.num_updates() == target))
       std::fprintf(stderr, "[%s] update %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  scale %g  %.2f samples/s  ETA %s%s\n",
@@ -255,6 +267,10 @@ RunSummary run_training(const RunOptions& o) {
                    format_duration(eta).c_str(), r.applied ? "" : "  (overflow: update skipped)");
     if (o.save_every > 0 && r.applied && trainer.num_updates() % o.save_every == 0 && trainer.num_updates() < target)
       save();
+    if (o.sample_every > 0 && o.on_sample && r.applied && trainer.num_updates() % o.sample_every == 0) {
+      save_model();
+      o.on_sample(trainer.num_updates());
+    }
   }
   if (trainer.num_updates() > summary.first_update || !resumed) save();
   summary.last_update = trainer.num_updates();

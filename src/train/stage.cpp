@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "kosmosg/error.h"
+#include "kosmosg/nn/autocast.h"
 #include "kosmosg/models/aligner.h"
 #include "kosmosg/models/clip.h"
 #include "kosmosg/models/unet.h"
@@ -32,39 +33,6 @@ io::LoadOptions load_options(const std::string& source) {
   io::LoadOptions o;
   o.source_name = source;
   return o;
-}
-
-// Re-initialises an AlignerNet as torchscale builds it for stage 2 (reference §5.6): queries and
-// position tables N(0, 1), Linear layers PyTorch's default, LayerNorms 1/0, and the sub-LN rescale
-// of fc1/fc2/out_proj/v_proj per stack (cross-attention of the decoders excluded).
-void init_aligner(models::AlignerImpl& aligner) {
-  torch::NoGradGuard no_grad;
-  const auto& c = aligner.config();
-  for (auto& m : aligner.modules(/*include_self=*/false)) {
-    if (auto* linear = m->as<torch::nn::Linear>()) linear->reset_parameters();
-    if (auto* norm = m->as<torch::nn::LayerNorm>()) norm->reset_parameters();
-    if (auto* embedding = m->as<torch::nn::Embedding>()) embedding->weight.normal_();
-  }
-  aligner.encoder_query.normal_();
-  aligner.decoder_query.normal_();
-  const double enc = static_cast<double>(c.encoder_layers), dec = static_cast<double>(c.decoder_layers);
-  const std::vector<std::pair<torch::nn::Module*, double>> stacks = {
-      {aligner.encoder_proj.get(), std::sqrt(std::log(3 * dec) * std::log(2 * enc) / 3)},
-      {aligner.encoder.get(), std::sqrt(std::log(3 * dec))},
-      {aligner.decoder.get(), std::sqrt(std::log(3 * dec))},
-      {aligner.decoder_proj.get(), std::sqrt(std::log(2 * enc))}};
-  for (const auto& [stack, gain] : stacks)
-    for (auto& item : stack->named_parameters()) {
-      const std::string& name = item.key();
-      at::Tensor& p = item.value();
-      if (name.find("encoder_attn") != std::string::npos) continue;
-      if (name.find("embed_tokens") != std::string::npos || name.find("output_projection") != std::string::npos) continue;
-      for (const char* scaled : {"fc1", "fc2", "out_proj", "v_proj"})
-        if (name.find(std::string(".") + scaled + ".") != std::string::npos) {
-          p.mul_(gain);
-          break;
-        }
-    }
 }
 
 // Loads `prefix`* of `weights` into `module` strictly.
@@ -150,6 +118,10 @@ bool Stage::vit_trainable(const std::string& name) const {
 }
 
 void Stage::select_trainable(const std::function<bool(const std::string&)>& is_trainable) {
+  if (options_.gradient_checkpointing) kosmosg_->set_gradient_checkpointing(true);
+  // The official stage 3 checkpoints the ViT blocks reentrantly: the last block's input needs no
+  // gradient, so neither do its output and its weights.
+  if (options_.official_vit_checkpoint) kosmosg_->img_model->set_gradient_checkpointing(true, /*reentrant_compat=*/true);
   trainable_.clear();
   for (auto& item : root_->named_parameters()) {
     const std::string& name = item.key();
@@ -169,8 +141,12 @@ std::vector<ModuleSummary> Stage::summary() const {
     size_t dot = name.find('.');
     if (dot != std::string::npos) dot = name.find('.', dot + 1);
     std::string module = name.substr(0, dot);
-    if (module.rfind("img_model.visual", 0) == 0 && name.find(".resblocks.") != std::string::npos)
-      module = name.substr(0, name.find('.', name.find(".resblocks.") + 11));
+    // The ViT trains its last block only: one row per block and per other part.
+    if (module == "img_model.visual") {
+      const size_t block = name.find(".resblocks.");
+      module = block != std::string::npos ? name.substr(0, name.find('.', block + 11))
+                                          : name.substr(0, name.find('.', module.size() + 1));
+    }
     if (rows.empty() || rows.back().module != module) rows.push_back({module, 0, 0});
     rows.back().parameters += p.numel();
     if (p.requires_grad()) rows.back().trainable += p.numel();
@@ -297,8 +273,8 @@ class AlignStage : public Stage {
     if (has_prefix(m.kosmosg, "img_model."))
       kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
     if (has_prefix(m.kosmosg, "img_connector.")) load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
-    // Stage 2 trains M and N from scratch unless the weights carry both (a resumed alignment).
-    init_aligner(*aligner_);
+    // Stage 2 trains M and N from scratch (the constructor's torchscale initialisation) unless the
+    // weights carry both.
     if (has_prefix(m.kosmosg, "aligner.decoder_proj.")) {
       io::TensorMap aligner_weights;
       for (const auto& [name, t] : models::strip_prefix(m.kosmosg, "aligner."))
@@ -332,6 +308,7 @@ class AlignStage : public Stage {
     at::Tensor teacher;
     {
       torch::NoGradGuard no_grad;
+      nn::AutocastGuard no_autocast(param.device().type(), at::kFloat);  // the frozen teacher stays float32
       const at::Tensor tokens = at::tensor(ids, at::TensorOptions().dtype(at::kLong))
                                     .view({static_cast<int64_t>(batch.captions.size()), -1})
                                     .to(param.device());
@@ -371,7 +348,8 @@ class InstructStage : public Stage {
       : Stage(m, o),
         unet_(models::UNet2DConditionConfig::from_json(require_config(m.unet_config, "unet"))),
         vae_(models::AutoencoderKLConfig::from_json(require_config(m.vae_config, "vae"))),
-        loss_(unet_, diffusion::DDPMTraining(require_config(m.scheduler_config, "scheduler")), o.condition_drop_rate) {
+        loss_(unet_, diffusion::DDPMTraining(require_config(m.scheduler_config, "scheduler")), o.condition_drop_rate,
+              o.frozen_dtype) {
     std::vector<std::string> missing;
     for (const char* prefix : {"gpt_model.", "img_model.", "img_connector.", "aligner.encoder_proj."})
       if (!has_prefix(m.kosmosg, prefix)) missing.push_back(std::string(prefix) + "*");
@@ -389,6 +367,9 @@ class InstructStage : public Stage {
     io::load_weights(*vae_, m.vae, load_options("vae"));
     for (const char* child : {"gpt_model", "img_model", "img_connector", "aligner"})
       root_->register_module(child, kosmosg_->named_children()[child]);
+    if (o.gradient_checkpointing) unet_->set_gradient_checkpointing(true);
+    unet_->to(o.frozen_dtype);
+    vae_->to(o.frozen_dtype);
     root_->register_module("diffusion_unet", holder("unet", unet_.ptr()));
     root_->register_module("vae", holder("vae", vae_.ptr()));
     select_trainable([&](const std::string& name) {
@@ -420,7 +401,9 @@ class InstructStage : public Stage {
     torch::NoGradGuard no_grad;
     const auto param = kosmosg_->gpt_model->decoder->embed_tokens->weight;
     const at::Tensor images = batch_tensor(batch.target_images, "target images (stage 3 needs a target per sample)");
-    return vae_->encode(images.to(param.device(), param.scalar_type()));
+    nn::AutocastGuard no_autocast(param.device().type(), at::kFloat);
+    const auto posterior = vae_->encode(images.to(param.device(), options_.frozen_dtype));
+    return {posterior.mean.to(at::kFloat), posterior.logvar.to(at::kFloat)};
   }
 
   StageLoss forward_with_draws(const data::Batch& batch, const models::DiagonalGaussian& posterior,

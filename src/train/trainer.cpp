@@ -1,12 +1,38 @@
 #include "kosmosg/train/trainer.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cmath>
 
 #include "kosmosg/error.h"
+#include "kosmosg/nn/autocast.h"
 
 namespace kosmosg::train {
+
+PrecisionPolicy PrecisionPolicy::parse(const std::string& name, c10::DeviceType device) {
+  PrecisionPolicy p;
+  p.device = device;
+  if (name == "float32") return p;
+  if (name == "bfloat16") {
+#if TORCH_VERSION_MAJOR < 2
+    // LibTorch 1.x's CPU autocast leaves LayerNorm and GroupNorm out of its float32 list, and those
+    // kernels refuse bfloat16 activations with float32 weights.
+    if (device == c10::DeviceType::CPU)
+      fail("precision", "bfloat16 on the CPU needs LibTorch 2.x (this build has " + std::string(TORCH_VERSION) +
+                            ", whose CPU autocast cannot run LayerNorm on bfloat16 activations); use float32 here");
+#endif
+    p.compute = at::kBFloat16;
+    return p;
+  }
+  if (name == "float16") {
+    if (device != c10::DeviceType::CUDA)
+      fail("precision", "float16 computes on CUDA only; on the CPU use bfloat16 or float32");
+    p.compute = at::kHalf;
+    return p;
+  }
+  fail("precision", "'" + name + "' is not a precision (float32, bfloat16 or float16)");
+}
 
 Trainer::Trainer(Stage& stage, OptimizationOptions options)
     : stage_(stage),
@@ -27,7 +53,12 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
   r.loss_scale = options_.loss_scaling ? scaler_.scale() : 1.0;
   double loss_sum = 0;
   for (const auto& forward : micro_batches) {
-    StageLoss out = forward();
+    StageLoss out;
+    {
+      nn::AutocastGuard autocast(options_.precision.device, options_.precision.compute);
+      out = forward();
+    }
+    out.loss = out.loss.to(at::kFloat);
     loss_sum += out.loss.item<double>();
     r.sample_size += out.sample_size;
     for (const auto& [key, value] : out.logs) r.logs[key] += value / static_cast<double>(micro_batches.size());

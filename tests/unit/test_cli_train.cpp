@@ -11,6 +11,8 @@
 #include <fstream>
 #include <thread>
 
+#include <torch/version.h>
+
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/train/checkpoint.h"
@@ -120,14 +122,46 @@ TEST_F(CliTrain, EachStageLearnsAndWritesAModelFolder) {
 TEST_F(CliTrain, InstructOutputGenerates) {
   ASSERT_EQ(convert_.status, 0) << convert_.output;
   const fs::path out = work_ / "out_instruct";
-  auto r = run_cli(train("instruct", data("instruct.jsonl"), out, "--steps 4 --batch-size 2 --seed 2"));
+  auto r = run_cli(train("instruct", data("instruct.jsonl"), out,
+                         "--steps 4 --batch-size 2 --seed 2 --sample-every 2 --sample-steps 2 --sample-prompt "
+                         "'<i> on a green background' --sample-image " + data("red.png")));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(read_metrics(out).size(), 4u);
+  EXPECT_TRUE(fs::exists(out / "samples" / "update_2_0.png"));
+  EXPECT_TRUE(fs::exists(out / "samples" / "update_4_0.png"));
   const fs::path png = work_ / "generated.png";
   r = run_cli("generate --model " + out.string() + " --prompt '<i> on a green background' --image " +
               data("red.png") + " --steps 2 --seed 1 --quiet --out " + png.string());
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_TRUE(fs::exists(png));
+}
+
+TEST_F(CliTrain, PrecisionPolicy) {
+  ASSERT_EQ(convert_.status, 0) << convert_.output;
+#if TORCH_VERSION_MAJOR >= 2
+  std::vector<double> first;
+  for (const char* precision : {"float32", "bfloat16"}) {
+    const fs::path out = work_ / (std::string("precision_") + precision);
+    auto r = run_cli(train("instruct", data("instruct.jsonl"), out,
+                           "--steps 2 --batch-size 2 --seed 4 --precision " + std::string(precision)));
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto m = read_metrics(out);
+    ASSERT_EQ(m.size(), 2u);
+    EXPECT_EQ(m[0].at("precision"), precision);
+    first.push_back(m[0].at("loss").get<double>());
+  }
+  EXPECT_NEAR(first[1], first[0], 0.05 * first[0]);
+#else
+  auto bf16 = run_cli(train("instruct", data("instruct.jsonl"), work_ / "bf16_cpu", "--steps 1 --precision bfloat16"));
+  EXPECT_NE(bf16.status, 0);
+  EXPECT_NE(bf16.output.find("LibTorch 2.x"), std::string::npos) << bf16.output;
+#endif
+  auto r = run_cli(train("align", data("align.jsonl"), work_ / "fp16_cpu", "--steps 1 --precision float16"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("CUDA"), std::string::npos) << r.output;
+  r = run_cli(train("align", data("align.jsonl"), work_ / "fp8", "--steps 1 --precision float8"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("float8"), std::string::npos) << r.output;
 }
 
 TEST_F(CliTrain, ResumeIsExact) {

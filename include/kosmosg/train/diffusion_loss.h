@@ -26,8 +26,10 @@ struct DiffusionLossOutput {
 
 class DiffusionLoss {
  public:
+  // `unet_dtype` is the frozen UNet's storage dtype: it runs in it with autocast off (the policy
+  // for frozen parts in half precision), and its prediction is compared in float32.
   DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
-                double condition_drop_rate = 0.1);
+                double condition_drop_rate = 0.1, c10::ScalarType unet_dtype = c10::kFloat);
 
   // Draws noise, timesteps and drop probabilities for `latents` from `generator` (on the CPU,
   // so a seed reproduces on every device).
@@ -41,6 +43,7 @@ class DiffusionLoss {
   models::UNet2DConditionModel unet_;
   diffusion::DDPMTraining noise_;
   double drop_rate_;
+  c10::ScalarType unet_dtype_;
 };
 
 }  // namespace kosmosg::train

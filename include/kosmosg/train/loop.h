@@ -33,8 +33,13 @@ struct RunOptions {
   bool resume = false;
   bool quiet = false;
   std::string device = "cpu";
+  std::string precision = "float32";  // float32, bfloat16 (autocast) or float16 (CUDA, loss scaling)
   OptimizationOptions optimization;
   StageOptions stage_options;
+  // Every `sample_every` updates (0: never) the output's kosmosg/model.safetensors is brought up to
+  // date and `on_sample(update)` runs (the CLI writes sample images from the folder).
+  int64_t sample_every = 0;
+  std::function<void(int64_t update)> on_sample;
 
   // The training config layout of configs/train/*.json; keys absent keep the current values.
   void apply_config(const io::Json& config, const std::string& what);

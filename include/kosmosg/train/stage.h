@@ -37,6 +37,11 @@ struct StageOptions {
   // Official stage-3 behaviour: the ViT's checkpointed last block gets no gradient (only weight
   // decay moves it). Off: it trains as the paper describes.
   bool official_vit_checkpoint = false;
+  // Recompute the MLLM, ViT, aligner and UNet blocks in backward instead of keeping activations.
+  bool gradient_checkpointing = false;
+  // Storage of the frozen diffusers parts (UNet, VAE), which then run in it with autocast off;
+  // the trainable parts compute under the trainer's autocast and keep float32 weights.
+  c10::ScalarType frozen_dtype = c10::kFloat;
 };
 
 // The weights and configs a stage is built from. Components a stage does not use may be empty.
@@ -87,7 +92,8 @@ class Stage {
 
  protected:
   Stage(const StageModels& models, const StageOptions& options);
-  // Marks trainable the parameters `is_trainable(name)` accepts; freezes the rest.
+  // Marks trainable the parameters `is_trainable(name)` accepts and freezes the rest; switches the
+  // options' checkpointing on.
   void select_trainable(const std::function<bool(const std::string&)>& is_trainable);
   bool vit_trainable(const std::string& name) const;
   // The MLLM hidden states [B, T, C] for a batch (image features in their slots).

@@ -8,16 +8,30 @@
 #include <string>
 #include <vector>
 
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+
 #include "kosmosg/io/config.h"
 #include "kosmosg/train/optim.h"
 #include "kosmosg/train/stage.h"
 
 namespace kosmosg::train {
 
+// The precision policy: trainable weights stay float32 masters (Adam runs in float32); the forward
+// runs under autocast in `compute` on `device`: bfloat16 on the CPU or CUDA, float16 on CUDA (with
+// the dynamic loss scaler).
+struct PrecisionPolicy {
+  c10::DeviceType device = c10::DeviceType::CPU;
+  c10::ScalarType compute = c10::kFloat;
+  // "float32", "bfloat16" or "float16"; an Error for float16 on the CPU and for other names.
+  static PrecisionPolicy parse(const std::string& name, c10::DeviceType device);
+};
+
 struct OptimizationOptions {
   AdamOptions adam;
   PolynomialDecay schedule;
   double clip_norm = 2.0;
+  PrecisionPolicy precision;
   bool loss_scaling = false;  // fp16 compute: dynamic loss scaling
   DynamicLossScaler::Options scaler;
 };
