@@ -50,13 +50,14 @@ void print_peak_rss(const std::string& after) {
   std::fflush(stdout);
 }
 
-// A model folder's contents with random weights: the Kosmos-G config `kosmosg` (its unet, vae and
-// noise_scheduler sections too) at the sizes it names.
-train::StageModels random_stage_models(const io::Json& kosmosg) {
+// A model folder's contents with random weights: the Kosmos-G config `kosmosg` (with its unet, vae
+// and noise_scheduler sections for the instruct stage) at the sizes it names.
+train::StageModels random_stage_models(const io::Json& kosmosg, data::StageKind stage) {
   train::StageModels m;
   m.kosmosg_config = kosmosg;
   models::KosmosGModel model(models::KosmosGConfig::from_json(kosmosg, "bench config"));
   m.kosmosg = io::state_dict(*model);
+  if (stage != data::StageKind::Instruct) return m;
   m.unet_config = kosmosg.at("unet");
   m.vae_config = kosmosg.at("vae");
   m.scheduler_config = kosmosg.at("noise_scheduler");
@@ -106,10 +107,13 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
                     const io::Json& text_encoder, const std::function<bool(const std::string&)>& selected, int runs,
                     int threads) {
   torch::AutoGradMode grad(true);
-  const auto models = random_stage_models(kosmosg);
   for (const auto stage_kind : {data::StageKind::LM, data::StageKind::Align, data::StageKind::Instruct}) {
+    const std::string base = std::string("train_") + data::stage_name(stage_kind) + "_" + size;
+    if (!selected(base) && !selected(base + "_ckpt")) continue;
+    // Built per stage so that the peak RSS of a stage run alone (--only) is its own.
+    const auto models = random_stage_models(kosmosg, stage_kind);
     for (const bool checkpointing : {false, true}) {
-      const std::string name = std::string("train_") + data::stage_name(stage_kind) + "_" + size + (checkpointing ? "_ckpt" : "");
+      const std::string name = base + (checkpointing ? "_ckpt" : "");
       if (!selected(name)) continue;
       train::StageOptions options;
       options.gradient_checkpointing = checkpointing;

@@ -19,6 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Every source compiles with the precompiled header, which ccache caches only under this
+# sloppiness; paths relative to the checkout let clones in other folders share the cache.
+export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
+export CCACHE_BASEDIR="$PWD"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${KOSMOSG_CMAKE_ARGS:-}
 cmake --build build -j "$(nproc)"
 echo "setup: built build/kosmosg"
