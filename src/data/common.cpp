@@ -154,18 +154,22 @@ const text::KosmosGTokenizer& tokenizer_of(const SampleOptions& options) {
   return *options.tokenizer;
 }
 
+void filter_out(const std::string& where, const std::string& what) {
+  throw FilteredOut("[" + where + "] " + what);
+}
+
 void check_caption_length(const std::string& caption, size_t spm_tokens, const SampleOptions& options,
                           const std::string& where) {
   if (spm_tokens > 128)
-    fail("data", where + ": caption has " + std::to_string(spm_tokens) + " SentencePiece tokens, above the limit of 128");
+    filter_out("data", where + ": caption has " + std::to_string(spm_tokens) + " SentencePiece tokens, above the limit of 128");
   if (options.stage != StageKind::Align) return;
   if (spm_tokens > 85)
-    fail("data", where + ": caption has " + std::to_string(spm_tokens) +
+    filter_out("data", where + ": caption has " + std::to_string(spm_tokens) +
                      " SentencePiece tokens, above the align stage's limit of 85");
   if (options.clip_tokenizer) {
     const size_t clip_tokens = options.clip_tokenizer->bpe_tokens(caption).size();
     if (clip_tokens > 75)
-      fail("data", where + ": caption has " + std::to_string(clip_tokens) +
+      filter_out("data", where + ": caption has " + std::to_string(clip_tokens) +
                        " CLIP tokens, above the align stage's limit of 75");
   }
 }

@@ -58,6 +58,9 @@ at::Tensor target_image(const std::string& bytes, const std::string& what, const
 // The tokenizer of `options`, or an Error when none is set.
 const text::KosmosGTokenizer& tokenizer_of(const SampleOptions& options);
 
+// Throws FilteredOut("[where] what").
+[[noreturn]] void filter_out(const std::string& where, const std::string& what);
+
 // Applies the caption length limits of reference §7.1 to a caption with `spm_tokens`
 // SentencePiece tokens: > 128 always; in stage Align > 85, or > 75 CLIP BPE tokens when a CLIP
 // tokenizer is given. Throws naming `where`.

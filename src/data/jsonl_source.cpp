@@ -74,9 +74,9 @@ class JsonlSource final : public LineSource {
       fail("jsonl", where + ": the prompt has " + std::to_string(placeholders) + " <i> placeholders but " +
                         std::to_string(images.size()) + " images are listed");
     if (options.stage == StageKind::Align && placeholders > 0)
-      fail("jsonl", where + ": has " + std::to_string(placeholders) + " images; the align stage takes captions only");
+      filter_out("jsonl", where + ": has " + std::to_string(placeholders) + " images; the align stage takes captions only");
     if (options.stage == StageKind::Instruct && target.empty())
-      fail("jsonl", where + ": has no 'target' image, which stage instruct needs");
+      filter_out("jsonl", where + ": has no 'target' image, which stage instruct needs");
 
     Sample sample;
     for (const auto& piece : pieces) sample.caption += piece;

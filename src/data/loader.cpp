@@ -28,6 +28,7 @@ struct Item {
   State state = State::Queued;
   std::optional<Sample> sample;
   std::string error;
+  bool filtered = false;  // left out by a filter rather than unreadable
 };
 
 template <typename T>
@@ -103,6 +104,9 @@ struct Loader::Impl {
     std::mt19937_64 rng(item.seed);
     try {
       item.sample = sources[item.source]->prepare(item.index, rng, options.sample);
+    } catch (const FilteredOut& e) {
+      item.error = e.what();
+      item.filtered = true;
     } catch (const std::exception& e) {
       item.error = e.what();
     }
@@ -178,8 +182,13 @@ struct Loader::Impl {
       walk.consecutive_failures = 0;
       return;
     }
-    ++stats.samples_failed;
-    spdlog::warn("[data] {}: skipped record {}: {}", source.name(), item.index, item.error);
+    if (item.filtered) {
+      ++stats.samples_filtered;
+      spdlog::debug("[data] {}: filtered record {}: {}", source.name(), item.index, item.error);
+    } else {
+      ++stats.samples_failed;
+      spdlog::warn("[data] {}: skipped record {}: {}", source.name(), item.index, item.error);
+    }
     if (++walk.consecutive_failures >= walk.share)
       fail(kWhere, "source '" + source.name() + "': none of the " + std::to_string(walk.share) +
                        " records of a whole epoch could be used; the last error: " + item.error);
@@ -267,7 +276,8 @@ nlohmann::json Loader::state() const {
           {"rank", m.options.rank},
           {"world_size", m.options.world_size},
           {"sources", sources},
-          {"stats", {{"samples_read", m.stats.samples_read}, {"samples_failed", m.stats.samples_failed}}}};
+          {"stats", {{"samples_read", m.stats.samples_read}, {"samples_failed", m.stats.samples_failed},
+                     {"samples_filtered", m.stats.samples_filtered}}}};
 }
 
 void Loader::restore(const nlohmann::json& state) {
@@ -306,7 +316,8 @@ void Loader::restore(const nlohmann::json& state) {
   const auto batches = state_value<int64_t>(state, "batches");
   if (batches < 0) fail(kWhere, "loader state has " + std::to_string(batches) + " batches, expected >= 0");
   LoaderStats restored{state_value<int64_t>(stats, "samples_read", "loader state stats"),
-                       state_value<int64_t>(stats, "samples_failed", "loader state stats")};
+                       state_value<int64_t>(stats, "samples_failed", "loader state stats"),
+                       stats.value("samples_filtered", int64_t{0})};
 
   // Samples prepared ahead belong to the old position; workers finishing one write into an item
   // nobody holds any more.

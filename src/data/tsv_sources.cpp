@@ -80,7 +80,7 @@ class LaionSource final : public TsvSource {
     // Only sizes below 384 matter, so long digit strings need no exact value.
     const auto size_of = [](const std::string& s) { return s.size() > 6 ? int64_t{1000000} : std::stoll(s); };
     if (options.stage != StageKind::Align && (size_of(cols[3]) < 384 || size_of(cols[4]) < 384))
-      fail(kind_, where + ": image is " + cols[3] + "x" + cols[4] + ", below the 384-pixel minimum outside the align stage");
+      filter_out(kind_, where + ": image is " + cols[3] + "x" + cols[4] + ", below the 384-pixel minimum outside the align stage");
     Sample sample;
     sample.caption = cols[1];
     sample.sequence = text::laion_sequence(tokenizer_of(options), cols[1]);
@@ -101,7 +101,7 @@ class InstructPix2PixSource final : public TsvSource {
     require_columns(cols, 4, where, "input caption, edit, then input and edited image per seed");
     const size_t seed = uniform_below(rng, (cols.size() - 2) / 2);
     if (options.stage == StageKind::Align)
-      fail(kind_, where + ": an image editing sample; the align stage takes captions only");
+      filter_out(kind_, where + ": an image editing sample; the align stage takes captions only");
     Sample sample;
     sample.sequence = text::instruct_pix2pix_sequence(tokenizer_of(options), drop_caption ? "" : cols[0], cols[1],
                                                       static_cast<size_t>(options.image_token_length));
@@ -165,7 +165,7 @@ class OpenImagesSource final : public TsvSource {
     const bool drop_object = uniform(rng) < 0.5;
     require_columns(cols, 3, where, "caption, entity tags, image, then two crops per tag");
     if (options.stage == StageKind::Align)
-      fail(kind_, where + ": a sample with entity images; the align stage takes captions only");
+      filter_out(kind_, where + ": a sample with entity images; the align stage takes captions only");
     const std::u32string caption = unicode::decode_utf8(cols[0]);
     const auto entities = select_entities(caption, split(cols[1], ','));
 

@@ -58,6 +58,21 @@ void prepare_output(const fs::path& model, const fs::path& kosmosg_source, const
   }
 }
 
+// A run killed after its last checkpoint (or before its first) logged updates that this run does
+// again: keep the lines up to update `last`.
+void drop_metrics_after(const fs::path& path, int64_t last) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const auto json = io::Json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (json.is_object() && json.value("update", int64_t{0}) > last) continue;
+    kept += line + "\n";
+  }
+  write_text_atomically(path.string(), kept);
+}
+
 std::string format_duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
   char buf[32];
@@ -228,6 +243,7 @@ RunSummary run_training(const RunOptions& o) {
     checkpoints.save(trainer.num_updates(), stage->trainable_state(), trainer.optimizer().state(), state);
   };
 
+  drop_metrics_after(out / "metrics.jsonl", trainer.num_updates());
   std::ofstream metrics(out / "metrics.jsonl", std::ios::app);
   if (!metrics) fail("train", "cannot write " + (out / "metrics.jsonl").string());
   const auto start = std::chrono::steady_clock::now();
@@ -256,7 +272,8 @@ RunSummary run_training(const RunOptions& o) {
                      {"sample_size", r.sample_size}, {"samples", batch_samples},
                      {"samples_per_s", static_cast<double>(batch_samples) / update_seconds},
                      {"source", batches.front().source},
-                     {"samples_failed", loader.stats().samples_failed}};
+                     {"samples_failed", loader.stats().samples_failed},
+                     {"samples_filtered", loader.stats().samples_filtered}};
     for (const auto& [k, v] : r.logs) line[k] = v;
     line["precision"] = o.precision;
     metrics << line.dump() << "\n" << std::flush;
@@ -276,9 +293,11 @@ RunSummary run_training(const RunOptions& o) {
   summary.last_update = trainer.num_updates();
   summary.samples_read = loader.stats().samples_read;
   summary.samples_failed = loader.stats().samples_failed;
+  summary.samples_filtered = loader.stats().samples_filtered;
   if (!o.quiet)
-    spdlog::info("{} stage: {} updates done; model folder {} ({} samples read, {} skipped)", data::stage_name(o.stage),
-                 summary.last_update, o.out_dir, summary.samples_read, summary.samples_failed);
+    spdlog::info("{} stage: {} updates done; model folder {} ({} samples read, {} unreadable, {} filtered out)",
+                 data::stage_name(o.stage), summary.last_update, o.out_dir, summary.samples_read,
+                 summary.samples_failed, summary.samples_filtered);
   return summary;
 }
 

@@ -219,6 +219,10 @@ TEST_F(CliTrain, AKilledRunKeepsItsLastCheckpoint) {
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(kosmosg::train::CheckpointManager(out.string(), 3).load_latest()->state.at("trainer").at("num_updates"),
             done + 2);
+  // Updates logged after the last checkpoint of a killed run are logged once, by the run that redid them.
+  const auto m = read_metrics(out);
+  ASSERT_EQ(m.size(), static_cast<size_t>(done + 2));
+  for (size_t i = 0; i < m.size(); ++i) EXPECT_EQ(m[i].at("update").get<int64_t>(), static_cast<int64_t>(i + 1));
 }
 
 TEST_F(CliTrain, BadSamplesAreSkippedAndCounted) {
@@ -229,6 +233,16 @@ TEST_F(CliTrain, BadSamplesAreSkippedAndCounted) {
   const auto m = read_metrics(out);
   ASSERT_EQ(m.size(), 4u);
   EXPECT_GE(m.back().at("samples_failed").get<int64_t>(), 1);
+
+  // Records the align stage leaves out by design (images) are filtered, not failures: a mixed
+  // manifest trains.
+  const fs::path mixed = work_ / "mixed_align";
+  r = run_cli(train("align", data("instruct.jsonl"), mixed, "--steps 3 --batch-size 1 --seed 3"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto ma = read_metrics(mixed);
+  ASSERT_EQ(ma.size(), 3u);
+  EXPECT_EQ(ma.back().at("samples_failed").get<int64_t>(), 0);
+  EXPECT_GE(ma.back().at("samples_filtered").get<int64_t>(), 2);
 }
 
 TEST_F(CliTrain, RefusesWhatCannotWork) {

@@ -23,8 +23,10 @@ struct LoaderOptions {
   double max_failure_fraction = 0.1;  // an Error when more than this fraction of read samples failed (after 20 reads)
 };
 
+// Records read; of those, unreadable ones (failed, which count toward max_failure_fraction) and
+// ones the filters leave out (filtered, which do not).
 struct LoaderStats {
-  int64_t samples_read = 0, samples_failed = 0;
+  int64_t samples_read = 0, samples_failed = 0, samples_filtered = 0;
 };
 
 // Batch k comes from the source drawn by weight with an RNG seeded by (seed, k); within a source,

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kosmosg/data/sample.h"
+#include "kosmosg/error.h"
 
 namespace kosmosg::data {
 
@@ -21,6 +22,13 @@ class Source {
   // for the official per-sample random choices. Throws kosmosg::Error (naming file and line) when
   // the record cannot be used (unreadable, filtered out, or unfit for the stage).
   virtual Sample prepare(int64_t index, std::mt19937_64& rng, const SampleOptions& options) const = 0;
+};
+
+// A record the official filters or the stage leave out (caption too long, image too small, an
+// image record in the align stage, no target in the instruct stage): skipped and counted apart
+// from records that cannot be read.
+struct FilteredOut : Error {
+  using Error::Error;
 };
 
 // "[KIND:]PATH[:WEIGHT]" as the command line takes it; KIND is one of jsonl, laion,

@@ -49,7 +49,7 @@ struct RunOptions {
 struct RunSummary {
   int64_t first_update = 0, last_update = 0;  // updates done before and after this run
   double last_loss = 0;
-  int64_t samples_read = 0, samples_failed = 0;
+  int64_t samples_read = 0, samples_failed = 0, samples_filtered = 0;
 };
 
 // Runs the stage; throws kosmosg::Error on bad input. Everything already written stays valid.
