@@ -9,6 +9,8 @@
 #include <cstring>
 #include <fstream>
 
+#include <zlib.h>
+
 #include "kosmosg/error.h"
 
 namespace kosmosg::io {
@@ -140,6 +142,7 @@ ZipReader ZipReader::open(const std::string& path) {
     auto bad = [&](const std::string& what) { where("entry '" + e.name + "': " + what); };
     if (flags & 1) bad("encrypted entries are not supported");
     e.method = rd16(h + 10);
+    e.crc32 = rd32(h + 16);
     e.compressed_size = rd32(h + 20);
     e.size = rd32(h + 24);
     uint64_t local = rd32(h + 42);
@@ -207,7 +210,22 @@ ZipBytes ZipReader::bytes(const std::string& name) const {
   if (e.method != 0)
     fail(kOp, impl_->path + ": entry '" + name + "' is compressed (method " + std::to_string(e.method) +
                   "); only stored entries can be read, as torch.save writes them");
-  return {static_cast<uint8_t*>(impl_->map) + e.data_offset, e.size};
+  uint8_t* data = static_cast<uint8_t*>(impl_->map) + e.data_offset;
+  uLong crc = ::crc32(0L, Z_NULL, 0);
+  // zlib takes at most 4 GiB per call.
+  for (uint64_t done = 0; done < e.size;) {
+    const uInt chunk = static_cast<uInt>(std::min<uint64_t>(e.size - done, uint64_t{1} << 30));
+    crc = ::crc32(crc, data + done, chunk);
+    done += chunk;
+  }
+  if (static_cast<uint32_t>(crc) != e.crc32) {
+    char found[16], stated[16];
+    std::snprintf(found, sizeof found, "%08x", static_cast<unsigned>(crc));
+    std::snprintf(stated, sizeof stated, "%08x", static_cast<unsigned>(e.crc32));
+    fail(kOp, impl_->path + ": entry '" + name + "' is damaged: its CRC-32 is " + found +
+                  " but the archive records " + stated);
+  }
+  return {data, e.size};
 }
 
 std::shared_ptr<const void> ZipReader::keep_alive() const { return impl_; }

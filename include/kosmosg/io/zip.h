@@ -16,6 +16,7 @@ struct ZipEntry {
   uint64_t data_offset = 0;    // where the entry's bytes start in the file
   uint64_t compressed_size = 0;
   uint64_t size = 0;           // uncompressed size
+  uint32_t crc32 = 0;          // of the uncompressed bytes, as the central directory states it
 };
 
 // Bytes of a stored entry inside the mapping; valid while any copy of the ZipReader (or the
@@ -41,7 +42,8 @@ class ZipReader {
   std::vector<std::string> names() const;
   bool contains(const std::string& name) const;
   const ZipEntry& entry(const std::string& name) const;
-  // The bytes of a stored entry; a compressed entry is an error naming it.
+  // The bytes of a stored entry, checked against its CRC-32 (as PyTorch's reader does); a
+  // compressed or damaged entry is an error naming it.
   ZipBytes bytes(const std::string& name) const;
   // Keeps the mapping alive (e.g. inside a tensor's deleter) after the reader is gone.
   std::shared_ptr<const void> keep_alive() const;
