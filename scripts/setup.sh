@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(cmake g++ make pkg-config ccache
   libtorch-dev libopenblas-dev libgloo-dev
-  libopencv-dev libsentencepiece-dev nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev)
+  libopencv-dev libsentencepiece-dev nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
