@@ -17,6 +17,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/safetensors.h"
+#include "kosmosg/train/stage.h"
 
 namespace kosmosg::test {
 
@@ -49,6 +50,23 @@ inline std::string write_tiny_controlnet(const std::string& dir, double cond_gai
     if (name.rfind("controlnet_cond_embedding.", 0) == 0) tensor = tensor.mul(cond_gain);
   io::save_safetensors(dir + "/diffusion_pytorch_model.safetensors", weights);
   return dir;
+}
+
+// A golden training case's model (shared/golden/kosmosg/train_*): its config and param.* weights,
+// with the UNet, VAE and scheduler when the case has them.
+inline train::StageModels golden_stage_models(const io::SafeTensors& file) {
+  const auto model = io::parse_json(file.metadata().at("config"), file.path()).at("model");
+  train::StageModels m;
+  m.kosmosg_config = model;
+  m.kosmosg = file.tensors("param.");
+  if (model.contains("unet")) {
+    m.unet_config = model.at("unet");
+    m.vae_config = model.at("vae");
+    m.scheduler_config = model.at("noise_scheduler");
+    m.unet = file.tensors("param.diffusion_unet.unet.");
+    m.vae = file.tensors("param.vae.vae.");
+  }
+  return m;
 }
 
 // Expects `f` to throw a kosmosg::Error whose message contains every one of `parts`.

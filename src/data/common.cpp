@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "data/internal.h"
+#include "kosmosg/data/loader.h"
 #include "kosmosg/error.h"
 #include "kosmosg/io/image.h"
 
@@ -20,12 +21,6 @@ uint64_t splitmix64(uint64_t x) {
 bool is_ascii_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1C && c <= 0x1F); }
 
 }  // namespace
-
-uint64_t mix(std::initializer_list<uint64_t> values) {
-  uint64_t h = splitmix64(values.size());
-  for (uint64_t v : values) h = splitmix64(h ^ splitmix64(v));
-  return h;
-}
 
 double uniform(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
@@ -175,3 +170,13 @@ void check_caption_length(const std::string& caption, size_t spm_tokens, const S
 }
 
 }  // namespace kosmosg::data::detail
+
+namespace kosmosg::data {
+
+uint64_t mix_seeds(std::initializer_list<uint64_t> values) {
+  uint64_t h = detail::splitmix64(values.size());
+  for (uint64_t v : values) h = detail::splitmix64(h ^ detail::splitmix64(v));
+  return h;
+}
+
+}  // namespace kosmosg::data

@@ -12,9 +12,6 @@
 
 namespace kosmosg::data::detail {
 
-// splitmix64-based hash of a sequence of values: the seed of every generator the loader uses.
-uint64_t mix(std::initializer_list<uint64_t> values);
-
 // Uniform double in [0, 1) from the top 53 bits (the same on every standard library).
 double uniform(std::mt19937_64& rng);
 // Uniform integer in [0, n), unbiased (rejection), n >= 1.

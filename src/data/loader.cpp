@@ -70,7 +70,7 @@ struct Loader::Impl {
   std::vector<std::thread> threads;
 
   size_t choose_source(int64_t batch) const {
-    std::mt19937_64 rng(detail::mix({kBatchDomain, options.seed, static_cast<uint64_t>(batch)}));
+    std::mt19937_64 rng(mix_seeds({kBatchDomain, options.seed, static_cast<uint64_t>(batch)}));
     const double u = detail::uniform(rng) * cumulative.back();
     size_t last = 0;
     for (size_t s = 0; s < sources.size(); ++s) {
@@ -87,7 +87,7 @@ struct Loader::Impl {
     if (walk.permutation_epoch != epoch) {
       walk.permutation.resize(static_cast<size_t>(sources[s]->size()));
       std::iota(walk.permutation.begin(), walk.permutation.end(), int64_t{0});
-      std::mt19937_64 rng(detail::mix({kPermutationDomain, options.seed, s, static_cast<uint64_t>(epoch)}));
+      std::mt19937_64 rng(mix_seeds({kPermutationDomain, options.seed, s, static_cast<uint64_t>(epoch)}));
       for (size_t i = walk.permutation.size(); i > 1; --i)
         std::swap(walk.permutation[i - 1], walk.permutation[detail::uniform_below(rng, i)]);
       walk.permutation_epoch = epoch;
@@ -95,7 +95,7 @@ struct Loader::Impl {
     auto item = std::make_shared<Item>();
     item->source = s;
     item->index = walk.permutation[static_cast<size_t>(options.rank + cursor * options.world_size)];
-    item->seed = detail::mix({kSampleDomain, options.seed, s, static_cast<uint64_t>(epoch),
+    item->seed = mix_seeds({kSampleDomain, options.seed, s, static_cast<uint64_t>(epoch),
                               static_cast<uint64_t>(item->index)});
     return item;
   }

@@ -87,13 +87,6 @@ std::string image_name(size_t prompt_index, int64_t image_index) {
   return name;
 }
 
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  io::write_file_atomically(path.string(), [&](std::FILE* f) {
-    if (std::fwrite(text.data(), 1, text.size(), f) != text.size())
-      fail(kRun, "cannot write " + path.string());
-  });
-}
-
 at::Tensor stack_pixels(const std::vector<at::Tensor>& images, at::Tensor (*transform)(const at::Tensor&)) {
   std::vector<at::Tensor> pixels;
   pixels.reserve(images.size());
@@ -477,8 +470,8 @@ DreamBenchResult run_dreambench(const DreamBenchOptions& options, const Generate
   summary["per_subject"] = io::Json::object();
   for (const auto& [name, images] : by_subject) summary["per_subject"][name] = summary_scores(images);
   fs::create_directories(out);
-  write_text_atomically(out / "scores.jsonl", lines);
-  write_text_atomically(out / "summary.json", summary.dump(1) + "\n");
+  io::write_text_atomically((out / "scores.jsonl").string(), lines);
+  io::write_text_atomically((out / "summary.json").string(), summary.dump(1) + "\n");
   return result;
 }
 

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "kosmosg/error.h"
@@ -276,6 +277,20 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
     }
     if (!ok) fail(kOp, "cannot write " + path + ": " + errno_text());
   });
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  write_file_atomically(path, [&](std::FILE* f) {
+    if (std::fwrite(text.data(), 1, text.size(), f) != text.size()) fail("write", "cannot write " + path + ": " + errno_text());
+  });
+}
+
+void link_or_copy(const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::remove(to, ec);
+  fs::create_hard_link(from, to, ec);
+  if (ec) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
 }
 
 }  // namespace kosmosg::io

@@ -99,16 +99,7 @@ io::TensorMap stored(const io::TensorMap& tensors, bool float32) {
 }
 
 void write_json(const fs::path& path, const io::Json& json) {
-  const std::string text = json.dump(2) + "\n";
-  io::write_file_atomically(path.string(), [&](std::FILE* f) {
-    if (std::fwrite(text.data(), 1, text.size(), f) != text.size()) fail(kOp, "cannot write " + path.string());
-  });
-}
-
-void link_or_copy(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::create_hard_link(from, to, ec);
-  if (ec) fs::copy_file(from, to);
+  io::write_text_atomically(path.string(), json.dump(2) + "\n");
 }
 
 void reuse_component(const fs::path& sd15, const std::string& part, const fs::path& out) {
@@ -116,7 +107,7 @@ void reuse_component(const fs::path& sd15, const std::string& part, const fs::pa
   if (!fs::is_directory(src)) fail(kOp, "--sd15 " + sd15.string() + " has no " + part + "/ folder");
   fs::create_directories(out / part);
   for (const auto& e : fs::directory_iterator(src))
-    if (e.is_regular_file()) link_or_copy(e.path(), out / part / e.path().filename());
+    if (e.is_regular_file()) io::link_or_copy(e.path().string(), (out / part / e.path().filename()).string());
 }
 
 // Builds the diffusers component from `config`, loads `weights` strictly (so a wrong config or a

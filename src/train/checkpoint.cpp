@@ -44,12 +44,6 @@ std::string read_text(const fs::path& path) {
 
 }  // namespace
 
-void write_text_atomically(const std::string& path, const std::string& text) {
-  io::write_file_atomically(path, [&](std::FILE* f) {
-    if (std::fwrite(text.data(), 1, text.size(), f) != text.size()) fail("checkpoint", "cannot write " + path);
-  });
-}
-
 CheckpointManager::CheckpointManager(std::string out_dir, int64_t keep_last)
     : folder_((fs::path(out_dir) / "checkpoints").string()), keep_last_(keep_last) {
   if (keep_last < 1) fail("checkpoint", "keep_last is " + std::to_string(keep_last) + ", expected at least 1");
@@ -66,12 +60,12 @@ std::string CheckpointManager::save(int64_t step, const io::TensorMap& trainable
   fs::create_directories(staging);
   io::save_safetensors((staging / "trainable.safetensors").string(), trainable, {{"format", "pt"}});
   io::save_safetensors((staging / "optimizer.safetensors").string(), optimizer);
-  write_text_atomically((staging / "state.json").string(), state.dump(2) + "\n");
+  io::write_text_atomically((staging / "state.json").string(), state.dump(2) + "\n");
   sync_folder(staging);
   if (fs::exists(final_dir)) fs::remove_all(final_dir);  // the same step saved again (a resumed run)
   fs::rename(staging, final_dir);
   sync_folder(root);
-  write_text_atomically((root / "latest").string(), name + "\n");
+  io::write_text_atomically((root / "latest").string(), name + "\n");
 
   std::vector<std::string> steps;
   for (const auto& e : fs::directory_iterator(root)) {

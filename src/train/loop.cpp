@@ -12,6 +12,7 @@
 #include "kosmosg/data/loader.h"
 #include "kosmosg/data/source.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/safetensors.h"
 #include "kosmosg/text/clip_tokenizer.h"
 #include "kosmosg/text/kosmosg_tokenizer.h"
 #include "kosmosg/train/checkpoint.h"
@@ -20,20 +21,6 @@ namespace kosmosg::train {
 namespace {
 
 namespace fs = std::filesystem;
-
-// splitmix64: decorrelates the seeds of consecutive updates.
-uint64_t mix(uint64_t seed, uint64_t step) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (step + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-  return z ^ (z >> 31);
-}
-
-void link_or_copy(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::create_hard_link(from, to, ec);
-  if (ec) fs::copy_file(from, to, fs::copy_options::overwrite_existing);
-}
 
 // Makes `out` a model folder: the starting folder's other parts (diffusers components, the CLIP
 // teacher, model_index.json) linked in, kosmosg/ with its config and tokenizer files.
@@ -47,9 +34,9 @@ void prepare_output(const fs::path& model, const fs::path& kosmosg_source, const
     if (e.is_directory()) {
       fs::create_directories(out / name);
       for (const auto& f : fs::directory_iterator(e.path()))
-        if (f.is_regular_file()) link_or_copy(f.path(), out / name / f.path().filename());
+        if (f.is_regular_file()) io::link_or_copy(f.path().string(), (out / name / f.path().filename()).string());
     } else if (e.is_regular_file()) {
-      link_or_copy(e.path(), out / name);
+      io::link_or_copy(e.path().string(), (out / name).string());
     }
   }
   for (const char* file : {"config.json", "sentencepiece.bpe.model", "dict.txt"}) {
@@ -70,7 +57,7 @@ void drop_metrics_after(const fs::path& path, int64_t last) {
     if (json.is_object() && json.value("update", int64_t{0}) > last) continue;
     kept += line + "\n";
   }
-  write_text_atomically(path.string(), kept);
+  io::write_text_atomically(path.string(), kept);
 }
 
 std::string format_duration(double seconds) {
@@ -239,7 +226,7 @@ RunSummary run_training(const RunOptions& o) {
                       {"data", loader.state()},
                       // Every random draw of update n comes from generators seeded with (seed, n),
                       // so the seed is the whole RNG state.
-                      {"rng", {{"seed", o.seed}, {"scheme", "splitmix64(seed, update)"}}}};
+                      {"rng", {{"seed", o.seed}, {"scheme", "data::mix_seeds(domain, seed, update)"}}}};
     checkpoints.save(trainer.num_updates(), stage->trainable_state(), trainer.optimizer().state(), state);
   };
 
@@ -251,12 +238,15 @@ RunSummary run_training(const RunOptions& o) {
   while (trainer.num_updates() < target) {
     const int64_t n = trainer.num_updates();
     const auto update_start = std::chrono::steady_clock::now();
-    at::manual_seed(mix(o.seed, static_cast<uint64_t>(n)));  // dropout
-    at::Generator generator = at::detail::createCPUGenerator(mix(o.seed ^ 0x5eedULL, static_cast<uint64_t>(n)));
+    // Dropout draws from the default generator, the stage's own draws from `generator`.
+    constexpr uint64_t kDropoutDomain = 101, kDrawDomain = 102;
+    at::manual_seed(data::mix_seeds({kDropoutDomain, o.seed, static_cast<uint64_t>(n)}));
+    at::Generator generator =
+        at::detail::createCPUGenerator(data::mix_seeds({kDrawDomain, o.seed, static_cast<uint64_t>(n)}));
     std::vector<data::Batch> batches;
     for (int64_t i = 0; i < o.update_freq; ++i) batches.push_back(loader.next());
     std::vector<std::function<StageLoss()>> forwards;
-    for (const auto& b : batches) forwards.push_back([&, b] { return stage->forward(b, generator); });
+    for (const auto& b : batches) forwards.push_back([&stage, &generator, &b] { return stage->forward(b, generator); });
     const UpdateResult r = trainer.update(forwards);
     int64_t batch_samples = 0;
     for (const auto& b : batches) batch_samples += b.nsentences;

@@ -104,7 +104,7 @@ double clip_grad_norm(const NamedParameters& parameters, double max_norm) {
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> norms;
   for (const auto& [name, p] : parameters)
-    if (p.grad().defined()) norms.push_back(p.grad().to(at::kFloat).norm().to(p.grad().device()));
+    if (p.grad().defined()) norms.push_back(p.grad().to(at::kFloat).norm());
   if (norms.empty()) return 0;
   const double total = norms.size() == 1 ? norms[0].item<double>() : at::stack(norms).norm().item<double>();
   if (max_norm > 0 && std::isfinite(total)) {

@@ -218,12 +218,15 @@ class LMStage : public Stage {
     for (const char* prefix : {"gpt_model.", "img_model.", "img_connector."})
       if (!has_prefix(m.kosmosg, prefix))
         fail("train", std::string("the lm stage needs the ") + prefix + "* weights, which the model has none of");
-    kosmosg_->gpt_model->load(models::strip_prefix(m.kosmosg, "gpt_model."), load_options("kosmosg (gpt_model.*)"));
-    kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
-    load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
-    // The aligner is carried along untouched so the output stays a complete model folder.
-    if (has_prefix(m.kosmosg, "aligner.encoder_proj."))
-      load_component(*kosmosg_->aligner, without_n(m.kosmosg), "aligner.", "kosmosg");
+    // The aligner, when there is one, is carried along untouched so the output stays a complete
+    // model folder; a stage-1 start has none yet.
+    if (has_prefix(m.kosmosg, "aligner.encoder_proj.")) {
+      kosmosg_->load(m.kosmosg, load_options("kosmosg"));
+    } else {
+      kosmosg_->gpt_model->load(models::strip_prefix(m.kosmosg, "gpt_model."), load_options("kosmosg (gpt_model.*)"));
+      kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
+      load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
+    }
     for (const char* child : {"gpt_model", "img_model", "img_connector", "aligner"})
       root_->register_module(child, kosmosg_->named_children()[child]);
     select_trainable([&](const std::string& name) {
@@ -249,13 +252,6 @@ class LMStage : public Stage {
     out.logs["loss"] = out.loss.item<double>() / static_cast<double>(out.sample_size);
     out.logs["tokens"] = static_cast<double>(out.sample_size);
     out.outputs["logits"] = logits;
-    return out;
-  }
-
-  static io::TensorMap without_n(const io::TensorMap& weights) {
-    io::TensorMap out;
-    for (const auto& [name, t] : weights)
-      if (!starts_with(name, "aligner.decoder") && !starts_with(name, "aligner.clip_encoder.")) out.emplace(name, t);
     return out;
   }
 };

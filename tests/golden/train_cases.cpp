@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "harness.h"
+#include "support.h"
 #include "kosmosg/train/stage.h"
 #include "kosmosg/train/trainer.h"
 
@@ -37,21 +38,6 @@ std::vector<std::string> names_of(const Case& c, const std::string& key) {
   return kosmosg::io::parse_json(c.file.metadata().at(key), c.name + " " + key).get<std::vector<std::string>>();
 }
 
-train::StageModels stage_models(const Case& c) {
-  const auto& model = c.config.at("model");
-  train::StageModels m;
-  m.kosmosg_config = model;
-  m.kosmosg = c.params();
-  if (model.contains("unet")) {
-    m.unet_config = model.at("unet");
-    m.vae_config = model.at("vae");
-    m.scheduler_config = model.at("noise_scheduler");
-    m.unet = c.params("diffusion_unet.unet.");
-    m.vae = c.params("vae.vae.");
-  }
-  return m;
-}
-
 train::OptimizationOptions optimization(const Case& c) {
   const auto& o = c.config.at("optimization");
   train::OptimizationOptions opt;
@@ -82,6 +68,15 @@ data::Batch batch_of(const Case& c) {
 }
 
 at::Tensor scalar(double v) { return at::full({1}, v, at::TensorOptions().dtype(at::kFloat)); }
+
+// The sample size, gradient norm and rate of update `s`; the rate is kept for check_final.
+void check_update(const Case& c, Report& report, const std::string& s, const train::UpdateResult& r,
+                  std::vector<double>& lrs) {
+  report.check(c, "sample_size_" + s, at::full({1}, r.sample_size, at::TensorOptions().dtype(at::kLong)));
+  report.check(c, "grad_norm_" + s, scalar(r.grad_norm));
+  report.check(c, "lr_" + s, scalar(r.lr));
+  lrs.push_back(r.lr);
+}
 
 // The checks every update case shares: the final trainable tensors, their change as a whole, the
 // frozen tensors untouched, and the tensors without gradient moved by weight decay alone.
@@ -135,7 +130,7 @@ void run_train_instruct(const Case& c, Report& report) {
   train::StageOptions options;
   options.no_freeze_layer = c.config.at("model").at("no_freeze_layer").get<std::string>();
   options.official_vit_checkpoint = !names_of(c, "trainable_without_gradient").empty();
-  auto stage = train::make_stage(data::StageKind::Instruct, stage_models(c), options);
+  auto stage = train::make_stage(data::StageKind::Instruct, test::golden_stage_models(c.file), options);
   auto opt = optimization(c);
   train::Trainer trainer(*stage, opt);
   const data::Batch batch = batch_of(c);
@@ -152,16 +147,13 @@ void run_train_instruct(const Case& c, Report& report) {
     }});
     report.check(c, "latents_" + s, latents);
     report.check(c, "loss_" + s, scalar(r.loss * static_cast<double>(r.sample_size)));
-    report.check(c, "sample_size_" + s, at::full({1}, r.sample_size, at::TensorOptions().dtype(at::kLong)));
-    report.check(c, "grad_norm_" + s, scalar(r.grad_norm));
-    report.check(c, "lr_" + s, scalar(r.lr));
-    lrs.push_back(r.lr);
+    check_update(c, report, s, r, lrs);
   }
   check_final(c, report, *stage, lrs, opt.adam.weight_decay);
 }
 
 void run_train_align(const Case& c, Report& report) {
-  auto stage = train::make_stage(data::StageKind::Align, stage_models(c), {});
+  auto stage = train::make_stage(data::StageKind::Align, test::golden_stage_models(c.file), {});
   auto opt = optimization(c);
   train::Trainer trainer(*stage, opt);
   const data::Batch batch = batch_of(c);
@@ -173,16 +165,13 @@ void run_train_align(const Case& c, Report& report) {
     report.check(c, "loss_" + s, scalar(r.loss));
     report.check(c, "mse_loss_" + s, scalar(r.logs.at("mse_loss")));
     report.check(c, "rec_loss_" + s, scalar(r.logs.at("rec_loss")));
-    report.check(c, "sample_size_" + s, at::full({1}, r.sample_size, at::TensorOptions().dtype(at::kLong)));
-    report.check(c, "grad_norm_" + s, scalar(r.grad_norm));
-    report.check(c, "lr_" + s, scalar(r.lr));
-    lrs.push_back(r.lr);
+    check_update(c, report, s, r, lrs);
   }
   check_final(c, report, *stage, lrs, opt.adam.weight_decay);
 }
 
 void run_lm_loss(const Case& c, Report& report) {
-  auto stage = train::make_stage(data::StageKind::LM, stage_models(c), {});
+  auto stage = train::make_stage(data::StageKind::LM, test::golden_stage_models(c.file), {});
   stage->train_mode();
   auto out = stage->forward(batch_of(c), at::Generator());
   const at::Tensor mean = out.loss / static_cast<double>(out.sample_size);

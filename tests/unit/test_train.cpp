@@ -146,19 +146,8 @@ TEST(TrainCheckpoint, SavesLoadsKeepsTheLastAndIgnoresStaging) {
 
 // The golden training models: small but complete Kosmos-G models under the official names.
 train::StageModels golden_models(const std::string& name) {
-  const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/" + name + ".safetensors");
-  const auto config = io::parse_json(file.metadata().at("config"), name).at("model");
-  train::StageModels m;
-  m.kosmosg_config = config;
-  m.kosmosg = file.tensors("param.");
-  if (config.contains("unet")) {
-    m.unet_config = config.at("unet");
-    m.vae_config = config.at("vae");
-    m.scheduler_config = config.at("noise_scheduler");
-    m.unet = file.tensors("param.diffusion_unet.unet.");
-    m.vae = file.tensors("param.vae.vae.");
-  }
-  return m;
+  return test::golden_stage_models(
+      io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/" + name + ".safetensors"));
 }
 
 std::set<std::string> trainable_names(const train::Stage& stage) {

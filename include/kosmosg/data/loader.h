@@ -2,6 +2,7 @@
 // The training data loader: weighted mixing of sources (one source per batch), seeded per-epoch
 // permutations sharded over ranks, skip-and-count of bad records, threads preparing ahead, and a
 // JSON position from which a resumed run continues with bit-identical batches.
+#include <initializer_list>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -12,6 +13,10 @@
 #include "kosmosg/data/source.h"
 
 namespace kosmosg::data {
+
+// A splitmix64 hash of `values`: the seed of every generator the loader uses, and of the
+// trainer's per-update draws.
+uint64_t mix_seeds(std::initializer_list<uint64_t> values);
 
 struct LoaderOptions {
   std::vector<SourceSpec> sources;

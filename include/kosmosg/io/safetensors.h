@@ -53,4 +53,11 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
 void write_file_atomically(const std::string& path,
                            const std::function<void(std::FILE*)>& write);
 
+// Writes `text` to `path` atomically (write_file_atomically).
+void write_text_atomically(const std::string& path, const std::string& text);
+
+// Makes `to` a hard link of `from` (no copy of gigabytes of weights), or a copy where the file
+// system cannot link; an existing `to` is replaced.
+void link_or_copy(const std::string& from, const std::string& to);
+
 }  // namespace kosmosg::io

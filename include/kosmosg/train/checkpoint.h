@@ -36,7 +36,4 @@ class CheckpointManager {
   int64_t keep_last_;
 };
 
-// Writes `text` to `path` atomically (temporary file, fsync, rename).
-void write_text_atomically(const std::string& path, const std::string& text);
-
 }  // namespace kosmosg::train
