@@ -14,7 +14,8 @@ namespace kosmosg::cli {
 namespace {
 
 struct TrainArgs {
-  std::string stage, model, out, config, init_from, device = "cpu", precision;
+  std::string stage, model, out, config, init_from, device = "cpu", precision, dist_backend;
+  double dist_timeout_s = 600, dist_bucket_mb = 25;
   std::vector<std::string> data, sample_prompts, sample_images;
   int64_t sample_every = 0, sample_steps = 20;
   std::optional<int64_t> steps, batch_size, save_every, keep_last, workers, update_freq, log_every;
@@ -83,6 +84,14 @@ int run_train(const TrainArgs& a) {
     o.sample_every = a.sample_every;
     o.on_sample = [&a](int64_t update) { write_samples(a, update); };
   }
+  o.launch = train::LaunchInfo::from_environment();
+  o.distributed.backend = a.dist_backend;
+  if (!(a.dist_timeout_s > 0 && a.dist_timeout_s <= 7 * 24 * 3600))
+    fail("train", "--dist-timeout " + std::to_string(a.dist_timeout_s) + " must be a number of seconds in (0, 604800]");
+  o.distributed.timeout = std::chrono::milliseconds(static_cast<int64_t>(a.dist_timeout_s * 1000));
+  if (!(a.dist_bucket_mb > 0 && a.dist_bucket_mb <= 4096))
+    fail("train", "--dist-bucket-mb " + std::to_string(a.dist_bucket_mb) + " must be in (0, 4096]");
+  o.distributed.bucket_bytes = std::max<int64_t>(1, static_cast<int64_t>(a.dist_bucket_mb * (1 << 20)));
   train::run_training(o);
   return 0;
 }
@@ -118,6 +127,9 @@ Command add_train(CLI::App& app) {
   sub->add_option("--sample-prompt", a->sample_prompts, "A prompt for the sample images (repeat); each <i> takes the next --sample-image")->needs(every);
   sub->add_option("--sample-image", a->sample_images, "An image for the sample prompts' <i> slots, in order (repeat)");
   sub->add_option("--sample-steps", a->sample_steps, "Sampler steps of the sample images")->capture_default_str();
+  sub->add_option("--dist-backend", a->dist_backend, "Data-parallel backend: gloo (CPU) or nccl (CUDA); default: follows --device. Ranks come from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), Slurm or Open MPI; see scripts/launch.sh")->check(CLI::IsMember({"gloo", "nccl"}));
+  sub->add_option("--dist-timeout", a->dist_timeout_s, "Seconds after which a rendezvous that cannot complete, or a rank that died or hangs, stops every rank with an error naming it")->capture_default_str();
+  sub->add_option("--dist-bucket-mb", a->dist_bucket_mb, "Size of the gradient buckets all-reduced while backward runs (DDP's bucket_cap_mb)")->capture_default_str();
   sub->add_flag("--quiet", a->quiet, "No table or progress lines");
   return {sub, [a] { return run_train(*a); }};
 }

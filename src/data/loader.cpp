@@ -31,6 +31,11 @@ struct Item {
   bool filtered = false;  // left out by a filter rather than unreadable
 };
 
+// A rank's share of a source's epoch permutation: the elements i with i % world == rank.
+int64_t rank_share(int64_t size, int64_t rank, int64_t world) {
+  return size > rank ? (size - rank + world - 1) / world : 0;
+}
+
 template <typename T>
 T state_value(const nlohmann::json& state, const std::string& key, const std::string& what = "loader state") {
   const auto it = state.find(key);
@@ -56,6 +61,10 @@ struct Loader::Impl {
     std::deque<std::shared_ptr<Item>> pending;  // positions consumed, consumed + 1, ... already created
   };
 
+  struct Saved;
+  Saved parse(const nlohmann::json& state) const;
+  void reposition(const std::vector<int64_t>& consumed, int64_t batch_count, const LoaderStats& restored);
+
   LoaderOptions options;
   std::vector<std::unique_ptr<Source>> sources;
   std::vector<double> cumulative;  // running sum of the weights
@@ -70,7 +79,9 @@ struct Loader::Impl {
   std::vector<std::thread> threads;
 
   size_t choose_source(int64_t batch) const {
-    std::mt19937_64 rng(mix_seeds({kBatchDomain, options.seed, static_cast<uint64_t>(batch)}));
+    // Each rank draws its own source for a batch, as each official worker does.
+    std::mt19937_64 rng(
+        mix_seeds({kBatchDomain, options.seed, static_cast<uint64_t>(options.rank), static_cast<uint64_t>(batch)}));
     const double u = detail::uniform(rng) * cumulative.back();
     size_t last = 0;
     for (size_t s = 0; s < sources.size(); ++s) {
@@ -104,6 +115,7 @@ struct Loader::Impl {
     std::mt19937_64 rng(item.seed);
     try {
       item.sample = sources[item.source]->prepare(item.index, rng, options.sample);
+      item.sample->seed = item.seed;
     } catch (const FilteredOut& e) {
       item.error = e.what();
       item.filtered = true;
@@ -232,7 +244,7 @@ Loader::Loader(LoaderOptions options) : impl_(std::make_unique<Impl>()) {
     m.cumulative.push_back(total);
     Impl::Walk walk;
     const int64_t size = m.sources.back()->size();
-    walk.share = size > options.rank ? (size - options.rank + options.world_size - 1) / options.world_size : 0;
+    walk.share = rank_share(size, options.rank, options.world_size);
     if (walk.share == 0 && spec.weight > 0)
       fail(kWhere, spec.path + ": " + std::to_string(size) + " records, too few for rank " +
                        std::to_string(options.rank) + " of " + std::to_string(options.world_size) + " to get any");
@@ -280,58 +292,129 @@ nlohmann::json Loader::state() const {
                      {"samples_filtered", m.stats.samples_filtered}}}};
 }
 
-void Loader::restore(const nlohmann::json& state) {
-  Impl& m = *impl_;
+// A saved loader position, checked against this loader's seed and sources.
+struct Loader::Impl::Saved {
+  int64_t batches = 0, rank = 0, world_size = 1;
+  LoaderStats stats;
+  std::vector<std::pair<int64_t, int64_t>> epoch_cursor;  // per source
+};
+
+Loader::Impl::Saved Loader::Impl::parse(const nlohmann::json& state) const {
   if (!state.is_object()) fail(kWhere, "loader state is " + state.dump() + ", expected an object");
   const auto seed = state_value<uint64_t>(state, "seed");
-  if (seed != m.options.seed)
+  if (seed != options.seed)
     fail(kWhere, "loader state was saved with seed " + std::to_string(seed) + ", this loader has seed " +
-                     std::to_string(m.options.seed));
-  const auto rank = state_value<int64_t>(state, "rank"), world = state_value<int64_t>(state, "world_size");
-  if (rank != m.options.rank || world != m.options.world_size)
-    fail(kWhere, "loader state was saved by rank " + std::to_string(rank) + " of " + std::to_string(world) +
-                     ", this loader is rank " + std::to_string(m.options.rank) + " of " +
-                     std::to_string(m.options.world_size));
-  const auto sources = state_value<nlohmann::json>(state, "sources");
-  if (!sources.is_array() || sources.size() != m.sources.size())
-    fail(kWhere, "loader state has " + std::to_string(sources.is_array() ? sources.size() : 0) +
-                     " sources, this loader has " + std::to_string(m.sources.size()));
-  std::vector<int64_t> consumed;
-  for (size_t s = 0; s < m.sources.size(); ++s) {
+                     std::to_string(options.seed));
+  Saved saved;
+  saved.rank = state_value<int64_t>(state, "rank");
+  saved.world_size = state_value<int64_t>(state, "world_size");
+  if (saved.world_size < 1 || saved.rank < 0 || saved.rank >= saved.world_size)
+    fail(kWhere, "loader state names rank " + std::to_string(saved.rank) + " of world size " +
+                     std::to_string(saved.world_size));
+  const auto saved_sources = state_value<nlohmann::json>(state, "sources");
+  if (!saved_sources.is_array() || saved_sources.size() != sources.size())
+    fail(kWhere, "loader state has " + std::to_string(saved_sources.is_array() ? saved_sources.size() : 0) +
+                     " sources, this loader has " + std::to_string(sources.size()));
+  for (size_t s = 0; s < sources.size(); ++s) {
     const std::string what = "loader state source " + std::to_string(s);
-    const auto name = state_value<std::string>(sources[s], "name", what);
-    const auto size = state_value<int64_t>(sources[s], "size", what);
-    if (name != m.sources[s]->name() || size != m.sources[s]->size())
+    const auto name = state_value<std::string>(saved_sources[s], "name", what);
+    const auto size = state_value<int64_t>(saved_sources[s], "size", what);
+    if (name != sources[s]->name() || size != sources[s]->size())
       fail(kWhere, what + " is '" + name + "' with " + std::to_string(size) + " records, this loader's is '" +
-                       m.sources[s]->name() + "' with " + std::to_string(m.sources[s]->size()));
-    const auto epoch = state_value<int64_t>(sources[s], "epoch", what);
-    const auto cursor = state_value<int64_t>(sources[s], "cursor", what);
-    const int64_t share = m.walks[s].share;
+                       sources[s]->name() + "' with " + std::to_string(sources[s]->size()));
+    const auto epoch = state_value<int64_t>(saved_sources[s], "epoch", what);
+    const auto cursor = state_value<int64_t>(saved_sources[s], "cursor", what);
+    const int64_t share = rank_share(size, saved.rank, saved.world_size);
     if (epoch < 0 || cursor < 0 || (share > 0 && cursor >= share) || (share == 0 && (epoch | cursor) != 0))
       fail(kWhere, what + " ('" + name + "'): epoch " + std::to_string(epoch) + " cursor " + std::to_string(cursor) +
-                       " is outside this rank's " + std::to_string(share) + " records per epoch");
-    consumed.push_back(epoch * share + cursor);
+                       " is outside rank " + std::to_string(saved.rank) + "'s " + std::to_string(share) +
+                       " records per epoch");
+    saved.epoch_cursor.emplace_back(epoch, cursor);
   }
   const auto stats = state_value<nlohmann::json>(state, "stats");
-  const auto batches = state_value<int64_t>(state, "batches");
-  if (batches < 0) fail(kWhere, "loader state has " + std::to_string(batches) + " batches, expected >= 0");
-  LoaderStats restored{state_value<int64_t>(stats, "samples_read", "loader state stats"),
-                       state_value<int64_t>(stats, "samples_failed", "loader state stats"),
-                       stats.value("samples_filtered", int64_t{0})};
+  saved.batches = state_value<int64_t>(state, "batches");
+  if (saved.batches < 0) fail(kWhere, "loader state has " + std::to_string(saved.batches) + " batches, expected >= 0");
+  saved.stats = {state_value<int64_t>(stats, "samples_read", "loader state stats"),
+                 state_value<int64_t>(stats, "samples_failed", "loader state stats"),
+                 stats.value("samples_filtered", int64_t{0})};
+  return saved;
+}
 
+void Loader::Impl::reposition(const std::vector<int64_t>& consumed, int64_t batch_count, const LoaderStats& restored) {
   // Samples prepared ahead belong to the old position; workers finishing one write into an item
   // nobody holds any more.
   {
-    std::lock_guard<std::mutex> lock(m.mutex);
-    m.tasks.clear();
+    std::lock_guard<std::mutex> lock(mutex);
+    tasks.clear();
   }
+  for (size_t s = 0; s < sources.size(); ++s) {
+    walks[s].pending.clear();
+    walks[s].consumed = consumed[s];
+    walks[s].consecutive_failures = 0;
+  }
+  batches = batch_count;
+  stats = restored;
+}
+
+void Loader::restore(const nlohmann::json& state) {
+  Impl& m = *impl_;
+  const Impl::Saved saved = m.parse(state);
+  if (saved.rank != m.options.rank || saved.world_size != m.options.world_size)
+    fail(kWhere, "loader state was saved by rank " + std::to_string(saved.rank) + " of " +
+                     std::to_string(saved.world_size) + ", this loader is rank " + std::to_string(m.options.rank) +
+                     " of " + std::to_string(m.options.world_size));
+  std::vector<int64_t> consumed;
+  for (size_t s = 0; s < m.sources.size(); ++s)
+    consumed.push_back(saved.epoch_cursor[s].first * m.walks[s].share + saved.epoch_cursor[s].second);
+  m.reposition(consumed, saved.batches, saved.stats);
+}
+
+void Loader::restore_from_ranks(const std::vector<nlohmann::json>& states) {
+  Impl& m = *impl_;
+  if (states.empty()) fail(kWhere, "no loader state to restore");
+  std::vector<Impl::Saved> saved;
+  for (const auto& state : states) saved.push_back(m.parse(state));
+  const int64_t old_world = saved.front().world_size;
+  for (size_t r = 0; r < saved.size(); ++r)
+    if (saved[r].world_size != old_world || saved[r].rank != static_cast<int64_t>(r))
+      fail(kWhere, "loader state " + std::to_string(r) + " of " + std::to_string(saved.size()) + " is rank " +
+                       std::to_string(saved[r].rank) + " of " + std::to_string(saved[r].world_size) +
+                       ", expected one state per rank in rank order");
+  if (static_cast<int64_t>(saved.size()) != old_world)
+    fail(kWhere, std::to_string(saved.size()) + " loader states for a run of " + std::to_string(old_world) + " ranks");
+  if (old_world == m.options.world_size) return restore(states[static_cast<size_t>(m.options.rank)]);
+
+  // Another number of ranks: in each source, every element below the first one some old rank had
+  // not reached in the earliest epoch any old rank was in has been read; all ranks go on from there.
+  std::vector<int64_t> consumed;
   for (size_t s = 0; s < m.sources.size(); ++s) {
-    m.walks[s].pending.clear();
-    m.walks[s].consumed = consumed[s];
-    m.walks[s].consecutive_failures = 0;
+    const int64_t size = m.sources[s]->size();
+    int64_t epoch = -1, first_unread = size;
+    for (int64_t r = 0; r < old_world; ++r) {
+      if (rank_share(size, r, old_world) == 0) continue;
+      const auto [e, cursor] = saved[static_cast<size_t>(r)].epoch_cursor[s];
+      const int64_t unread = r + cursor * old_world;
+      if (epoch < 0 || e < epoch) {
+        epoch = e;
+        first_unread = unread;
+      } else if (e == epoch) {
+        first_unread = std::min(first_unread, unread);
+      }
+    }
+    const int64_t rank = m.options.rank, world = m.options.world_size;
+    const int64_t cursor = first_unread > rank ? (first_unread - rank + world - 1) / world : 0;
+    consumed.push_back(std::max<int64_t>(epoch, 0) * m.walks[s].share + cursor);
   }
-  m.batches = batches;
-  m.stats = restored;
+  int64_t batches = 0;
+  LoaderStats total;
+  for (const auto& sv : saved) {
+    batches = std::max(batches, sv.batches);
+    total.samples_read += sv.stats.samples_read;
+    total.samples_failed += sv.stats.samples_failed;
+    total.samples_filtered += sv.stats.samples_filtered;
+  }
+  // The counts are global figures now: rank 0 carries them so that their sum over ranks stays right.
+  m.reposition(consumed, batches, m.options.rank == 0 ? total : LoaderStats{});
 }
 
 const LoaderStats& Loader::stats() const { return impl_->stats; }

@@ -34,6 +34,7 @@ Batch collate(const std::vector<Sample>& samples, const std::string& source) {
     images.insert(images.end(), s.images.begin(), s.images.end());
     if (s.target.defined()) targets.push_back(s.target);
     batch.captions.push_back(s.caption);
+    batch.sample_seeds.push_back(s.seed);
     batch.ntokens += static_cast<int64_t>(s.sequence.doc.size());
   }
   auto text = text::collate_training(sequences);

@@ -132,11 +132,20 @@ RunSummary run_training(const RunOptions& o) {
   if (target < 1) fail("train", "nothing to do: give --steps N (updates to reach) or max_update in the config");
 
   const fs::path model(o.model_dir), out(o.out_dir);
+  std::string device_name = o.device;
+  std::shared_ptr<ProcessGroup> group;
+  if (o.launch.world_size > 1 || !o.distributed.backend.empty()) {
+    if (device_name == "cuda") device_name = "cuda:" + std::to_string(o.launch.local_rank);
+    group = ProcessGroup::connect(o.launch, o.distributed, device_name);
+  }
+  const int64_t rank = group ? group->rank() : 0, world_size = group ? group->world_size() : 1;
+  const bool main_rank = rank == 0, quiet = o.quiet || !main_rank;
   CheckpointManager checkpoints(o.out_dir, o.keep_last);
   std::optional<Checkpoint> resumed;
   if (o.resume) {
     resumed = checkpoints.load_latest();
-    if (!resumed) spdlog::warn("--resume: {} has no checkpoint yet, starting from update 0", checkpoints.folder());
+    if (!resumed && main_rank)
+      spdlog::warn("--resume: {} has no checkpoint yet, starting from update 0", checkpoints.folder());
   } else if (fs::exists(out / "checkpoints" / "latest")) {
     fail("train", o.out_dir + " already holds a training run; pass --resume to continue it or choose another --out");
   }
@@ -156,16 +165,23 @@ RunSummary run_training(const RunOptions& o) {
     models.kosmosg_config = io::read_json((kosmosg_source / "config.json").string());
     models.kosmosg = io::SafeTensors::open((kosmosg_source / "model.safetensors").string()).tensors();
   }
-  const c10::Device device(o.device);
+  const c10::Device device(device_name);
   OptimizationOptions optimization = o.optimization;
   optimization.precision = PrecisionPolicy::parse(o.precision, device.type());
   optimization.loss_scaling = optimization.precision.compute == at::kHalf;
   StageOptions stage_options = o.stage_options;
   stage_options.frozen_dtype = optimization.precision.compute;
+  // Parameters the starting weights lack (AlignerNet's N before the align stage) start from a draw
+  // the seed decides.
+  constexpr uint64_t kInitDomain = 100;
+  at::manual_seed(data::mix_seeds({kInitDomain, o.seed}));
   auto stage = make_stage(o.stage, models, stage_options);
   stage->model().to(device);
 
-  if (!o.quiet) {
+  if (!quiet) {
+    if (group)
+      spdlog::info("data parallel: {} ranks over {} (launched by {}, rendezvous {}:{})", world_size, group->backend(),
+                   o.launch.launcher, o.launch.master_addr, o.launch.master_port);
     std::fprintf(stderr, "%-44s %14s %14s\n", "module", "parameters", "trainable");
     int64_t all = 0, trained = 0;
     for (const auto& row : stage->summary()) {
@@ -198,58 +214,86 @@ RunSummary run_training(const RunOptions& o) {
   }
   lo.batch_size = o.batch_size;
   lo.seed = o.seed;
+  lo.rank = rank;
+  lo.world_size = world_size;
   lo.workers = o.workers;
   lo.max_failure_fraction = o.max_failure_fraction;
   data::Loader loader(lo);
 
-  Trainer trainer(*stage, optimization);
+  Trainer trainer(*stage, optimization, group, o.distributed.bucket_bytes);
   if (resumed) {
     stage->load_trainable(resumed->trainable, resumed->dir + "/trainable.safetensors");
     trainer.optimizer().load_state(resumed->optimizer);
     trainer.load_state(resumed->state.at("trainer"));
-    loader.restore(resumed->state.at("data"));
-    spdlog::info("resumed from {} at update {}", resumed->dir, trainer.num_updates());
+    std::vector<io::Json> data_states;
+    if (resumed->state.contains("data_ranks"))
+      data_states = resumed->state.at("data_ranks").get<std::vector<io::Json>>();
+    else
+      data_states.push_back(resumed->state.at("data"));
+    loader.restore_from_ranks(data_states);
+    if (main_rank)
+      spdlog::info("resumed from {} at update {} (saved by {} rank(s), now {})", resumed->dir, trainer.num_updates(),
+                   data_states.size(), world_size);
   }
-  prepare_output(model, kosmosg_source, out);
+  if (group) {
+    // Every replica starts from rank 0's weights, as DDP's constructor makes them.
+    std::vector<at::Tensor> state;
+    for (const auto& p : stage->model().parameters()) state.push_back(p);
+    for (const auto& b : stage->model().buffers()) state.push_back(b);
+    group->broadcast(state);
+  }
+  if (main_rank) prepare_output(model, kosmosg_source, out);
 
   RunSummary summary;
   summary.first_update = trainer.num_updates();
   auto save_model = [&] {
+    if (!main_rank) return;
     io::save_safetensors((out / "kosmosg" / "model.safetensors").string(), stage->kosmosg_state(),
                          {{"format", "pt"}, {"stage", data::stage_name(o.stage)},
                           {"num_updates", std::to_string(trainer.num_updates())}});
   };
   auto save = [&] {
+    const io::Json data_state = loader.state();
+    io::Json data_ranks = io::Json::array();
+    if (group)
+      for (const auto& text : group->all_gather_text(data_state.dump())) data_ranks.push_back(io::Json::parse(text));
+    if (!main_rank) return;
     save_model();
     io::Json state = {{"stage", data::stage_name(o.stage)},
                       {"trainer", trainer.state()},
-                      {"data", loader.state()},
+                      {"world_size", world_size},
+                      {"data", data_state},
                       // Every random draw of update n comes from generators seeded with (seed, n),
                       // so the seed is the whole RNG state.
                       {"rng", {{"seed", o.seed}, {"scheme", "data::mix_seeds(domain, seed, update)"}}}};
+    if (group) state["data_ranks"] = data_ranks;
     checkpoints.save(trainer.num_updates(), stage->trainable_state(), trainer.optimizer().state(), state);
   };
 
-  drop_metrics_after(out / "metrics.jsonl", trainer.num_updates());
-  std::ofstream metrics(out / "metrics.jsonl", std::ios::app);
-  if (!metrics) fail("train", "cannot write " + (out / "metrics.jsonl").string());
+  std::ofstream metrics;
+  if (main_rank) {
+    drop_metrics_after(out / "metrics.jsonl", trainer.num_updates());
+    metrics.open(out / "metrics.jsonl", std::ios::app);
+    if (!metrics) fail("train", "cannot write " + (out / "metrics.jsonl").string());
+  }
   const auto start = std::chrono::steady_clock::now();
   int64_t samples = 0;
   while (trainer.num_updates() < target) {
     const int64_t n = trainer.num_updates();
     const auto update_start = std::chrono::steady_clock::now();
-    // Dropout draws from the default generator, the stage's own draws from `generator`.
+    if (group) group->heartbeat(n);
+    // Dropout draws from the default generator, the stage's own draws from `generator` (rows with
+    // a sample seed from their own); each rank draws its own.
     constexpr uint64_t kDropoutDomain = 101, kDrawDomain = 102;
-    at::manual_seed(data::mix_seeds({kDropoutDomain, o.seed, static_cast<uint64_t>(n)}));
-    at::Generator generator =
-        at::detail::createCPUGenerator(data::mix_seeds({kDrawDomain, o.seed, static_cast<uint64_t>(n)}));
+    const auto r64 = static_cast<uint64_t>(rank), n64 = static_cast<uint64_t>(n);
+    at::manual_seed(data::mix_seeds({kDropoutDomain, o.seed, n64, r64}));
+    at::Generator generator = at::detail::createCPUGenerator(data::mix_seeds({kDrawDomain, o.seed, n64, r64}));
     std::vector<data::Batch> batches;
     for (int64_t i = 0; i < o.update_freq; ++i) batches.push_back(loader.next());
     std::vector<std::function<StageLoss()>> forwards;
     for (const auto& b : batches) forwards.push_back([&stage, &generator, &b] { return stage->forward(b, generator); });
     const UpdateResult r = trainer.update(forwards);
-    int64_t batch_samples = 0;
-    for (const auto& b : batches) batch_samples += b.nsentences;
+    const int64_t batch_samples = r.samples;
     samples += batch_samples;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double update_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - update_start).count();
@@ -266,25 +310,31 @@ RunSummary run_training(const RunOptions& o) {
                      {"samples_filtered", loader.stats().samples_filtered}};
     for (const auto& [k, v] : r.logs) line[k] = v;
     line["precision"] = o.precision;
-    metrics << line.dump() << "\n" << std::flush;
-    if (!o.quiet && (trainer.num_updates() % std::max<int64_t>(o.log_every, 1) == 0 || trainer.num_updates() == target))
-      std::fprintf(stderr, "[%s] update %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  scale %g  %.2f samples/s  ETA %s%s\n",
+    if (group) {
+      line["world_size"] = world_size;
+      line["comm_wait_s"] = r.communication_wait_s;
+    }
+    if (main_rank) metrics << line.dump() << "\n" << std::flush;
+    if (!quiet && (trainer.num_updates() % std::max<int64_t>(o.log_every, 1) == 0 || trainer.num_updates() == target))
+      std::fprintf(stderr, "[%s] update %lld/%lld  loss %.4f  lr %.3g  gnorm %.3f  scale %g  %.2f samples/s%s  ETA %s%s\n",
                    data::stage_name(o.stage), static_cast<long long>(trainer.num_updates()), static_cast<long long>(target),
                    r.loss, r.lr, r.grad_norm, r.loss_scale, static_cast<double>(samples) / seconds,
+                   group ? ("  comm " + std::to_string(static_cast<int64_t>(r.communication_wait_s * 1000)) + " ms").c_str() : "",
                    format_duration(eta).c_str(), r.applied ? "" : "  (overflow: update skipped)");
     if (o.save_every > 0 && r.applied && trainer.num_updates() % o.save_every == 0 && trainer.num_updates() < target)
       save();
-    if (o.sample_every > 0 && o.on_sample && r.applied && trainer.num_updates() % o.sample_every == 0) {
+    if (main_rank && o.sample_every > 0 && o.on_sample && r.applied && trainer.num_updates() % o.sample_every == 0) {
       save_model();
       o.on_sample(trainer.num_updates());
     }
   }
   if (trainer.num_updates() > summary.first_update || !resumed) save();
+  if (group) group->barrier();  // every rank ends once rank 0's output is complete
   summary.last_update = trainer.num_updates();
   summary.samples_read = loader.stats().samples_read;
   summary.samples_failed = loader.stats().samples_failed;
   summary.samples_filtered = loader.stats().samples_filtered;
-  if (!o.quiet)
+  if (!quiet)
     spdlog::info("{} stage: {} updates done; model folder {} ({} samples read, {} unreadable, {} filtered out)",
                  data::stage_name(o.stage), summary.last_update, o.out_dir, summary.samples_read,
                  summary.samples_failed, summary.samples_filtered);

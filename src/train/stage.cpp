@@ -5,6 +5,9 @@
 #include <cmath>
 #include <filesystem>
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "kosmosg/data/loader.h"
 #include "kosmosg/error.h"
 #include "kosmosg/nn/autocast.h"
 #include "kosmosg/models/aligner.h"
@@ -18,6 +21,10 @@ namespace kosmosg::train {
 namespace {
 
 namespace fs = std::filesystem;
+
+// A batch row's noise, timestep and condition drop come from a generator seeded by its sample's
+// seed in this domain.
+constexpr uint64_t kRowDrawDomain = 103;
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
@@ -248,6 +255,7 @@ class LMStage : public Stage {
     StageLoss out;
     out.loss = nll.masked_select(scored).sum();
     out.sample_size = scored.sum().item<int64_t>();
+    out.samples = target.size(0);
     if (out.sample_size == 0) fail("train", "an lm batch has no scored token (every loss-mask position is 0 or padding)");
     out.logs["loss"] = out.loss.item<double>() / static_cast<double>(out.sample_size);
     out.logs["tokens"] = static_cast<double>(out.sample_size);
@@ -320,6 +328,7 @@ class AlignStage : public Stage {
     StageLoss loss;
     loss.loss = out.mse_loss + out.rec_loss;
     loss.sample_size = 1;
+    loss.samples = static_cast<int64_t>(batch.captions.size());
     loss.logs["loss"] = loss.loss.item<double>();
     loss.logs["mse_loss"] = out.mse_loss.item<double>();
     loss.logs["rec_loss"] = out.rec_loss.item<double>();
@@ -383,13 +392,20 @@ class InstructStage : public Stage {
 
   StageLoss forward(const data::Batch& batch, at::Generator generator) override {
     const models::DiagonalGaussian posterior = encode_targets(batch);
-    InstructDraws draws;
-    draws.vae_noise = at::randn(posterior.mean.sizes(), generator, at::TensorOptions().dtype(at::kFloat))
-                          .to(posterior.mean.options());
-    auto d = loss_.draw(posterior.mean, generator);
-    draws.noise = d.noise;
-    draws.timesteps = d.timesteps;
-    draws.random_p = d.random_p;
+    const int64_t rows = posterior.mean.size(0);
+    const bool own_seeds = static_cast<int64_t>(batch.sample_seeds.size()) == rows;
+    std::vector<at::Tensor> vae_noise, noise, timesteps, random_p;
+    for (int64_t b = 0; b < rows; ++b) {
+      at::Generator row_generator =
+          own_seeds ? at::detail::createCPUGenerator(data::mix_seeds({kRowDrawDomain, batch.sample_seeds[b]})) : generator;
+      const at::Tensor mean = posterior.mean.narrow(0, b, 1);
+      vae_noise.push_back(at::randn(mean.sizes(), row_generator, at::TensorOptions().dtype(at::kFloat)).to(mean.options()));
+      auto d = loss_.draw(mean, row_generator);
+      noise.push_back(d.noise);
+      timesteps.push_back(d.timesteps);
+      random_p.push_back(d.random_p);
+    }
+    InstructDraws draws{at::cat(vae_noise), at::cat(noise), at::cat(timesteps), at::cat(random_p)};
     return forward_with_draws(batch, posterior, draws);
   }
 
@@ -420,6 +436,7 @@ class InstructStage : public Stage {
     StageLoss loss;
     loss.loss = out.loss;
     loss.sample_size = batch.nsentences > 0 ? batch.nsentences : src.size(0);
+    loss.samples = src.size(0);
     loss.logs["loss"] = out.loss.item<double>() / static_cast<double>(loss.sample_size);
     loss.outputs["latents"] = latents;
     return loss;

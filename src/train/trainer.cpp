@@ -34,13 +34,18 @@ PrecisionPolicy PrecisionPolicy::parse(const std::string& name, c10::DeviceType 
   fail("precision", "'" + name + "' is not a precision (float32, bfloat16 or float16)");
 }
 
-Trainer::Trainer(Stage& stage, OptimizationOptions options)
+Trainer::Trainer(Stage& stage, OptimizationOptions options, std::shared_ptr<ProcessGroup> group,
+                 int64_t bucket_bytes)
     : stage_(stage),
       options_(options),
       optimizer_(stage.trainable(), options.adam),
-      scaler_(options.scaler) {
+      scaler_(options.scaler),
+      group_(std::move(group)) {
   if (stage.trainable().empty()) fail("train", "the stage has no trainable parameter");
+  if (group_) reducer_ = std::make_unique<GradientReducer>(group_, stage.trainable(), bucket_bytes);
 }
+
+Trainer::~Trainer() = default;
 
 UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micro_batches) {
   if (micro_batches.empty()) fail("train", "an update needs at least one micro-batch");
@@ -52,7 +57,9 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
   UpdateResult r;
   r.loss_scale = options_.loss_scaling ? scaler_.scale() : 1.0;
   double loss_sum = 0;
-  for (const auto& forward : micro_batches) {
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    const auto& forward = micro_batches[i];
+    if (reducer_) reducer_->begin(i + 1 == micro_batches.size());
     StageLoss out;
     {
       nn::AutocastGuard autocast(options_.precision.device, options_.precision.compute);
@@ -61,8 +68,22 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
     out.loss = out.loss.to(at::kFloat);
     loss_sum += out.loss.item<double>();
     r.sample_size += out.sample_size;
+    r.samples += out.samples;
     for (const auto& [key, value] : out.logs) r.logs[key] += value / static_cast<double>(micro_batches.size());
     (r.loss_scale == 1.0 ? out.loss : out.loss * r.loss_scale).backward();
+  }
+  if (group_) {
+    reducer_->finish();
+    r.communication_wait_s = reducer_->last_wait_seconds();
+    // One all-reduce for the scalars: every rank's stage logs the same keys.
+    std::vector<double> sums{loss_sum, static_cast<double>(r.sample_size), static_cast<double>(r.samples)};
+    for (const auto& [key, value] : r.logs) sums.push_back(value);
+    group_->all_reduce_sum(sums);
+    loss_sum = sums[0];
+    r.sample_size = static_cast<int64_t>(std::llround(sums[1]));
+    r.samples = static_cast<int64_t>(std::llround(sums[2]));
+    size_t k = 3;
+    for (auto& [key, value] : r.logs) value = sums[k++] / static_cast<double>(group_->world_size());
   }
   r.loss = loss_sum / static_cast<double>(std::max<int64_t>(r.sample_size, 1));
 

@@ -353,6 +353,48 @@ TEST(DataLoader, RanksPartitionAnEpoch) {
   EXPECT_EQ(unique.size(), 11u);
 }
 
+TEST(DataLoader, RanksResumeWithAnotherWorldSizeWithoutSkipping) {
+  const auto dir = temp_dir("reshard");
+  const auto manifest = write_manifest(dir, 13);
+  auto opts = loader_options({{"", manifest.string()}});
+  opts.batch_size = 1;
+  // Two ranks read unevenly (rank 1 is two samples behind), then save.
+  std::vector<nlohmann::json> states;
+  std::multiset<std::string> seen;
+  for (int64_t rank : {0, 1}) {
+    auto o = opts;
+    o.rank = rank;
+    o.world_size = 2;
+    data::Loader loader(o);
+    for (int i = 0; i < (rank == 0 ? 4 : 2); ++i) seen.insert(loader.next().captions[0]);
+    states.push_back(loader.state());
+  }
+  // Three ranks go on: together they finish the epoch, and nothing unread is skipped.
+  std::multiset<std::string> after;
+  for (int64_t rank : {0, 1, 2}) {
+    auto o = opts;
+    o.rank = rank;
+    o.world_size = 3;
+    data::Loader loader(o);
+    loader.restore_from_ranks(states);
+    while (loader.state()["sources"][0]["epoch"] == 0) after.insert(loader.next().captions[0]);
+  }
+  std::set<std::string> all(seen.begin(), seen.end());
+  all.insert(after.begin(), after.end());
+  EXPECT_EQ(all.size(), 13u);
+  // Rank 0 had read elements 0, 2, 4, 6 and rank 1 elements 1, 3: elements from 5 on are read
+  // again by the new ranks, and element 6, which rank 0 had read ahead, is the only repeat.
+  EXPECT_EQ(seen.size() + after.size(), 14u);
+  // The same number of ranks restores exactly.
+  auto o = opts;
+  o.rank = 1;
+  o.world_size = 2;
+  data::Loader exact(o);
+  exact.restore_from_ranks(states);
+  EXPECT_EQ(exact.state(), states[1]);
+  test::expect_error([&] { exact.restore_from_ranks({states[1], states[0]}); }, {"rank order"});
+}
+
 TEST(DataLoader, MixesSourcesByWeight) {
   const auto dir = temp_dir("mix");
   std::vector<data::SourceSpec> specs;

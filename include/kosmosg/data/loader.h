@@ -50,6 +50,11 @@ class Loader {
   nlohmann::json state() const;
   // Continues exactly at the next batch of a saved state; errors name what does not fit.
   void restore(const nlohmann::json& state);
+  // Continues from the states of every rank of a run, in rank order: exactly when the number of
+  // ranks is the same; otherwise each source goes on from the first element of the earliest epoch
+  // that some old rank had not read, so that nothing is skipped (and only what ranks had read
+  // ahead of the slowest is read again).
+  void restore_from_ranks(const std::vector<nlohmann::json>& states);
   const LoaderStats& stats() const;
   // The opened sources, in the order of LoaderOptions::sources.
   const std::vector<std::unique_ptr<Source>>& sources() const;

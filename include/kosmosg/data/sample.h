@@ -38,15 +38,19 @@ struct Sample {
   std::vector<at::Tensor> images;   // MLLM images [3,S,S] float (CLIP-normalised), in slot order
   at::Tensor target;                // [3,H,W] float in [-1,1]; undefined unless stage Instruct
   std::string caption;              // caption of the target / the text (align teacher input); may be empty
+  uint64_t seed = 0;                // the sample's own seed (the loader's, from its source, epoch and index)
 };
 
 // A collated batch: src_tokens, target, img_gpt_input_mask (uint8), gpt_loss_mask (uint8), all [B,T]
 // as text::collate_training; images [N,3,S,S] (all samples' images in order; undefined when none);
 // target_images [B,3,H,W] (undefined unless every sample has one); nsentences = B; ntokens = sum of
-// the documents' lengths; source = the source's name.
+// the documents' lengths; source = the source's name; sample_seeds = each row's Sample::seed, from
+// which the trainer draws that row's noise, so that the draws do not depend on how samples are
+// split over ranks and micro-batches.
 struct Batch {
   at::Tensor src_tokens, target, img_gpt_input_mask, gpt_loss_mask, images, target_images;
   std::vector<std::string> captions;
+  std::vector<uint64_t> sample_seeds;
   int64_t nsentences = 0, ntokens = 0;
   std::string source;
 };

@@ -9,6 +9,7 @@
 
 #include "kosmosg/data/sample.h"
 #include "kosmosg/io/config.h"
+#include "kosmosg/train/distributed.h"
 #include "kosmosg/train/stage.h"
 #include "kosmosg/train/trainer.h"
 
@@ -40,6 +41,11 @@ struct RunOptions {
   // date and `on_sample(update)` runs (the CLI writes sample images from the folder).
   int64_t sample_every = 0;
   std::function<void(int64_t update)> on_sample;
+  // Data parallelism: a process group is formed when the launch has more than one rank or a
+  // backend is named. Rank r reads the r-th share of the data; rank 0 alone writes the output
+  // (which must be on a file system every rank reads, for --resume).
+  LaunchInfo launch;
+  DistributedOptions distributed;
 
   // The training config layout of configs/train/*.json; keys absent keep the current values.
   void apply_config(const io::Json& config, const std::string& what);
@@ -49,7 +55,7 @@ struct RunOptions {
 struct RunSummary {
   int64_t first_update = 0, last_update = 0;  // updates done before and after this run
   double last_loss = 0;
-  int64_t samples_read = 0, samples_failed = 0, samples_filtered = 0;
+  int64_t samples_read = 0, samples_failed = 0, samples_filtered = 0;  // this rank's
 };
 
 // Runs the stage; throws kosmosg::Error on bad input. Everything already written stays valid.

@@ -24,6 +24,7 @@ namespace kosmosg::train {
 struct StageLoss {
   at::Tensor loss;
   int64_t sample_size = 1;
+  int64_t samples = 0;  // rows of the batch
   std::map<std::string, double> logs;  // "loss" (per sample size) and the stage's parts
   std::map<std::string, at::Tensor> outputs;  // intermediates: "logits" (lm), "latents" (instruct)
 };
@@ -76,7 +77,8 @@ class Stage {
   const NamedParameters& trainable() const { return trainable_; }
   std::vector<ModuleSummary> summary() const;
 
-  // The forward and loss on `batch`, drawing the stage's random numbers from `generator`.
+  // The forward and loss on `batch`. A row's random draws come from its sample seed when the batch
+  // carries them (then they do not depend on the batch split), from `generator` otherwise.
   virtual StageLoss forward(const data::Batch& batch, at::Generator generator) = 0;
 
   // The conditioning weights as a Kosmos-G folder stores them (kosmosg/model.safetensors): every

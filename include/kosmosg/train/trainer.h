@@ -5,6 +5,7 @@
 // of the global norm, the fp16 overflow check, then Adam with the rate of the updates done so far.
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include <c10/core/ScalarType.h>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/train/distributed.h"
 #include "kosmosg/train/optim.h"
 #include "kosmosg/train/stage.h"
 
@@ -43,15 +45,22 @@ struct UpdateResult {
   double grad_norm = 0;     // before clipping
   double lr = 0;            // the rate this update used
   double loss_scale = 1;
-  int64_t sample_size = 0;
-  std::map<std::string, double> logs;  // the stages' parts, averaged over micro-batches
+  int64_t sample_size = 0;  // summed over micro-batches and ranks
+  int64_t samples = 0;      // rows trained on, over micro-batches and ranks
+  double communication_wait_s = 0;  // all-reduce time the backward pass did not hide
+  std::map<std::string, double> logs;  // the stages' parts, averaged over micro-batches and ranks
 };
 
 class Trainer {
  public:
-  Trainer(Stage& stage, OptimizationOptions options);
+  // With a process group, gradients (in buckets of `bucket_bytes`), sample sizes and logs are
+  // summed over its ranks (reference §6.6): every rank then applies the same update.
+  Trainer(Stage& stage, OptimizationOptions options, std::shared_ptr<ProcessGroup> group = nullptr,
+          int64_t bucket_bytes = DistributedOptions().bucket_bytes);
+  ~Trainer();
 
-  // One update from the forwards of its micro-batches (gradient accumulation: several).
+  // One update from the forwards of its micro-batches (gradient accumulation: several); only
+  // the last micro-batch's backward communicates.
   UpdateResult update(const std::vector<std::function<StageLoss()>>& micro_batches);
 
   // Updates applied so far (fairseq's num_updates; skipped updates do not count).
@@ -69,6 +78,8 @@ class Trainer {
   OptimizationOptions options_;
   FairseqAdam optimizer_;
   DynamicLossScaler scaler_;
+  std::shared_ptr<ProcessGroup> group_;
+  std::unique_ptr<GradientReducer> reducer_;
   int64_t num_updates_ = 0;
 };
 
