@@ -7,7 +7,8 @@
 
 namespace kosmosg {
 
-// Sets LibTorch's intra-op thread count (0 = every core) and returns the count in use.
+// Sets LibTorch's intra-op thread count (0 = every core; more than the cores is an error) and
+// returns the count in use.
 // Debian's LibTorch starts with one thread, so every entry point calls this.
 int configure_threads(int threads);
 

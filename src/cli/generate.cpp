@@ -1,6 +1,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -22,6 +23,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// One run writes at most this many images: a typo in --num-images must not fill the disk.
+constexpr int64_t kMaxImagesPerRun = 1000;
+
 struct GenerateArgs {
   std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
   std::vector<std::string> images, loras;
@@ -33,7 +37,7 @@ struct GenerateArgs {
   std::string device = "cpu", dtype = "auto";
   int64_t steps = 25, num_images = 1;
   double guidance = 7.5;
-  std::optional<uint64_t> seed;
+  std::optional<std::string> seed;
   int threads = 0;
   bool quiet = false;
 };
@@ -58,17 +62,31 @@ struct LoraArg {
   double scale = 1.0;
 };
 
-// FILE[:SCALE]; a suffix after the last ':' that is not a number belongs to the file name.
+// FILE[:SCALE]; a suffix after the last ':' that is not a number belongs to the file name when a
+// file has that whole name.
 LoraArg parse_lora_arg(const std::string& text) {
+  if (text.empty()) fail("lora", "--lora needs a file (FILE or FILE:SCALE)");
   const auto colon = text.rfind(':');
   if (colon != std::string::npos && colon + 1 < text.size()) {
     const std::string tail = text.substr(colon + 1);
     char* end = nullptr;
     const double scale = std::strtod(tail.c_str(), &end);
     if (end && *end == '\0' && std::isfinite(scale)) return {text.substr(0, colon), scale};
+    std::error_code ec;
+    if (!fs::exists(text, ec))
+      fail("lora", "--lora " + text + ": the scale '" + tail + "' is not a finite number, and no file is named " +
+                       text + " (expected FILE or FILE:SCALE)");
   }
-  if (text.empty()) fail("lora", "--lora needs a file (FILE or FILE:SCALE)");
   return {text, 1.0};
+}
+
+// A seed as digits, 0 to 2^64 - 1: CLI11 would wrap "-1" around to the top seed.
+uint64_t parse_seed(const std::string& text) {
+  uint64_t seed = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), seed);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size())
+    fail("seed", "--seed '" + text + "' is not a whole number from 0 to " + std::to_string(UINT64_MAX));
+  return seed;
 }
 
 // One value per ControlNet from a repeated option: none (the default for all), one (for all) or
@@ -101,7 +119,10 @@ void check_output(const std::string& out) {
 
 int run_generate(const GenerateArgs& a) {
   if (a.steps < 1) fail("steps", "--steps must be at least 1, got " + std::to_string(a.steps));
-  if (a.num_images < 1) fail("num-images", "--num-images must be at least 1, got " + std::to_string(a.num_images));
+  if (a.num_images < 1 || a.num_images > kMaxImagesPerRun)
+    fail("num-images", "--num-images must be from 1 to " + std::to_string(kMaxImagesPerRun) + ", got " +
+                           std::to_string(a.num_images) + " (run again with another --seed for more)");
+  pipeline::check_guidance(a.guidance);
   const auto kinds = diffusion::scheduler_kinds();
   if (std::find(kinds.begin(), kinds.end(), a.sampler) == kinds.end()) {
     std::string valid;
@@ -114,17 +135,25 @@ int run_generate(const GenerateArgs& a) {
   const auto device = parse_device(a.device);
   const auto dtype = parse_dtype(a.dtype, device);
   const int threads = configure_threads(a.threads);
-  const uint64_t seed = a.seed ? *a.seed : std::random_device{}();
+  const uint64_t seed = a.seed ? parse_seed(*a.seed) : std::random_device{}();
+  // Image i uses seed + i, which must not wrap around to 0.
+  if (seed > UINT64_MAX - static_cast<uint64_t>(a.num_images - 1))
+    fail("seed", "--seed " + std::to_string(seed) + " with --num-images " + std::to_string(a.num_images) +
+                     " runs past the largest seed " + std::to_string(UINT64_MAX));
 
   // Inputs are read before the model loads, so a bad file fails fast.
   std::vector<at::Tensor> images;
   for (const auto& path : a.images) images.push_back(io::read_image(path));
-  std::optional<at::Tensor> init_image;
-  if (!a.init_image.empty()) {
-    if (!(a.strength > 0.0 && a.strength <= 1.0))
-      fail("strength", "--strength " + c10::str(a.strength) + " must be in (0, 1]");
-    init_image = io::read_image(a.init_image);
-  }
+  if (!a.init_image.empty() && !(a.strength > 0.0 && a.strength <= 1.0))
+    fail("strength", "--strength " + c10::str(a.strength) + " must be in (0, 1]");
+  // The init and control images are decoded once the output size is checked, as without --size
+  // the first of them sets it: a huge picture is refused from its header, before it is decoded.
+  // Their headers are checked now, so that a bad file still fails before the model loads.
+  const std::string sized_by = !a.init_image.empty() ? a.init_image
+                               : a.control_images.empty() ? std::string() : a.control_images[0];
+  std::optional<std::pair<int64_t, int64_t>> sized_by_size;
+  if (!sized_by.empty()) sized_by_size = io::read_image_size(sized_by);
+  for (const auto& path : a.control_images) io::read_image_size(path);
   const size_t n_control = a.controlnets.size();
   if (a.control_images.size() != n_control)
     fail("control-image", "got " + std::to_string(a.control_images.size()) + " --control-image for " +
@@ -136,8 +165,6 @@ int run_generate(const GenerateArgs& a) {
   const auto control_scales = per_controlnet(a.control_scales, n_control, 1.0, "control-scale");
   const auto control_starts = per_controlnet(a.control_starts, n_control, 0.0, "control-start");
   const auto control_ends = per_controlnet(a.control_ends, n_control, 1.0, "control-end");
-  std::vector<at::Tensor> control_images;
-  for (const auto& path : a.control_images) control_images.push_back(io::read_image(path));
   std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
   for (const auto& text : a.loras) {
     auto arg = parse_lora_arg(text);
@@ -190,10 +217,13 @@ int run_generate(const GenerateArgs& a) {
   std::pair<int64_t, int64_t> default_size{default_side, default_side};
   // As diffusers' img2img and ControlNet pipelines: the input picture's own size, rounded down to
   // the latent grid.
-  const at::Tensor* sized_by = init_image ? &*init_image : control_images.empty() ? nullptr : &control_images[0];
-  if (sized_by) default_size = {sized_by->size(1) / scale * scale, sized_by->size(0) / scale * scale};
+  if (sized_by_size) default_size = {sized_by_size->first / scale * scale, sized_by_size->second / scale * scale};
   const auto [width, height] = size ? *size : default_size;
   pipeline::check_image_size(width, height, scale);
+  std::optional<at::Tensor> init_image;
+  if (!a.init_image.empty()) init_image = io::read_image(a.init_image);
+  std::vector<at::Tensor> control_images;
+  for (const auto& path : a.control_images) control_images.push_back(io::read_image(path));
   for (size_t k = 0; k < n_control; ++k) {
     auto& guide = guides[k];
     guide.model->to(device, dtype);
@@ -275,13 +305,13 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--image", a->images, "An input image for the next <i> of the prompt (repeat in order; Kosmos-G only)");
   sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch)");
   sub->add_option("--steps", a->steps, "Sampler steps")->capture_default_str();
-  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale (<= 1 disables it)")->capture_default_str();
+  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale, 0 to 100 (<= 1 disables it)")->capture_default_str();
   sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, euler, euler-a or pndm")->capture_default_str();
-  sub->add_option("--seed", a->seed, "Seed of the initial noise; image i uses seed+i (default: random)");
+  sub->add_option("--seed", a->seed, "Seed of the initial noise, 0 to 2^64-1; image i uses seed+i (default: random)");
   sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model's native size)");
-  sub->add_option("--num-images", a->num_images, "How many images")->capture_default_str();
+  sub->add_option("--num-images", a->num_images, "How many images (at most 1000)")->capture_default_str();
   sub->add_option("--out", a->out, "Output PNG; several images get _0, _1, ... before .png")->capture_default_str();
-  sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  sub->add_option("--threads", a->threads, "CPU threads, at most the number of cores (0 = all cores)")->capture_default_str();
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--dtype", a->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
   auto* lora = sub->add_option("--lora", a->loras, "A LoRA .safetensors file (Kohya/A1111 or diffusers) with an optional strength, FILE[:SCALE] (default 1); repeat for several")->type_name("FILE[:SCALE]");

@@ -1,7 +1,10 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
 
+#include <c10/util/Exception.h>
+
 #include <cstdio>
+#include <new>
 
 #include "cli/commands.h"
 #include "kosmosg/error.h"
@@ -23,6 +26,13 @@ int main(int argc, char** argv) {
       if (c.app->parsed()) return c.run();
   } catch (const kosmosg::Error& e) {
     std::fprintf(stderr, "kosmosg: error: %s\n", e.what());
+    return 1;
+  } catch (const c10::Error& e) {
+    // LibTorch's what() carries a C++ backtrace, which is for its developers, not for users.
+    std::fprintf(stderr, "kosmosg: error: LibTorch: %s\n", e.what_without_backtrace());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "kosmosg: error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kosmosg: error: %s\n", e.what());

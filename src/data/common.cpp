@@ -6,6 +6,7 @@
 #include "data/internal.h"
 #include "kosmosg/data/loader.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/file.h"
 #include "kosmosg/io/image.h"
 
 namespace kosmosg::data::detail {
@@ -34,6 +35,7 @@ uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
 }
 
 void LineIndex::add_file(const std::string& path) {
+  io::require_regular_file(path, "data");  // a FIFO or device would block or never end
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("data", path + ": cannot be opened for reading");
   const auto file = static_cast<uint32_t>(files_.size());

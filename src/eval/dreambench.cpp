@@ -46,7 +46,7 @@ std::map<std::string, std::string> string_map(const io::Json& json, const std::s
   std::map<std::string, std::string> out;
   for (const auto& [name, value] : it->items()) {
     if (!value.is_string() || value.get<std::string>().empty())
-      fail(kSpec, where + ": '" + key + "' entry '" + name + "' is " + value.dump() +
+      fail(kSpec, where + ": '" + key + "' entry '" + name + "' is " + io::brief(value) +
                       ", expected a non-empty string");
     if (!plain_file_name(name))
       fail(kSpec, where + ": '" + key + "' has the subject name '" + name +
@@ -64,7 +64,7 @@ std::vector<std::string> templates(const io::Json& json, const std::string& key,
   std::vector<std::string> out;
   for (const auto& value : *it) {
     if (!value.is_string())
-      fail(kSpec, where + ": '" + key + "' holds " + value.dump() + ", expected strings");
+      fail(kSpec, where + ": '" + key + "' holds " + io::brief(value) + ", expected strings");
     const auto text = value.get<std::string>();
     const auto first = text.find("{}");
     if (first == std::string::npos || text.find("{}", first + 2) != std::string::npos)

@@ -3,10 +3,10 @@
 #include <ATen/Parallel.h>
 
 #include <array>
+#include <cctype>
+#include <climits>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "kosmosg/error.h"
+#include "kosmosg/io/file.h"
 #include "kosmosg/io/safetensors.h"
 #include "text/unicode.h"
 
@@ -31,46 +32,162 @@ namespace {
 constexpr const char* kRead = "image";
 constexpr const char* kResize = "resize";
 constexpr const char* kPng = "png";
+// The largest image file read: a BMP at the pixel limit is 537 MB.
+constexpr uint64_t kMaxImageFileBytes = 1ull << 30;
 
 std::string dims(int64_t w, int64_t h) { return std::to_string(w) + "x" + std::to_string(h); }
-
-std::string read_bytes(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::exists(path, ec)) fail(kRead, path + ": no such file");
-  if (std::filesystem::is_directory(path, ec)) fail(kRead, path + ": is a folder, expected an image file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(kRead, path + ": cannot be opened for reading");
-  std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail(kRead, path + ": read error");
-  return data;
-}
 
 uint32_t be32(const unsigned char* p) {
   return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) | p[3];
 }
+uint32_t le32(const unsigned char* p) {
+  return (uint32_t(p[3]) << 24) | (uint32_t(p[2]) << 16) | (uint32_t(p[1]) << 8) | p[0];
+}
+uint32_t le16(const unsigned char* p) { return uint32_t(p[0]) | (uint32_t(p[1]) << 8); }
 
-// Width and height from a PNG or JPEG header, so that oversized images are refused before
-// they are decoded; {0, 0} for other formats (checked after decoding).
-std::pair<int64_t, int64_t> header_size(const std::string& data) {
+using Size = std::pair<int64_t, int64_t>;
+
+// JPEG: the first frame header (SOF) before the scan; bytes between markers are skipped as
+// libjpeg skips them.
+std::optional<Size> jpeg_size(const unsigned char* b, size_t n) {
+  for (size_t i = 2; i + 9 < n;) {
+    if (b[i] != 0xFF || b[i + 1] == 0xFF) {
+      ++i;
+      continue;
+    }
+    const unsigned char marker = b[i + 1];
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) {  // no length field
+      i += 2;
+      continue;
+    }
+    if (marker == 0xDA || marker == 0xD9) return std::nullopt;  // scan or end before a frame
+    const size_t len = (size_t(b[i + 2]) << 8) | b[i + 3];
+    const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (sof) return Size{(int64_t(b[i + 7]) << 8) | b[i + 8], (int64_t(b[i + 5]) << 8) | b[i + 6]};
+    i += 2 + len;
+  }
+  return std::nullopt;
+}
+
+// WebP: the VP8 (lossy), VP8L (lossless) or VP8X (extended) chunk after the RIFF header.
+std::optional<Size> webp_size(const unsigned char* b, size_t n) {
+  if (n >= 30 && std::memcmp(b + 12, "VP8 ", 4) == 0 && b[23] == 0x9D && b[24] == 0x01 && b[25] == 0x2A)
+    return Size{le16(b + 26) & 0x3FFF, le16(b + 28) & 0x3FFF};
+  if (n >= 25 && std::memcmp(b + 12, "VP8L", 4) == 0 && b[20] == 0x2F) {
+    const uint32_t bits = le32(b + 21);
+    return Size{(bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1};
+  }
+  if (n >= 30 && std::memcmp(b + 12, "VP8X", 4) == 0) {
+    const auto w = int64_t(b[24]) | (int64_t(b[25]) << 8) | (int64_t(b[26]) << 16);
+    const auto h = int64_t(b[27]) | (int64_t(b[28]) << 8) | (int64_t(b[29]) << 16);
+    return Size{w + 1, h + 1};
+  }
+  return std::nullopt;
+}
+
+// TIFF: ImageWidth (256) and ImageLength (257) of the first image file directory.
+std::optional<Size> tiff_size(const unsigned char* b, size_t n) {
+  const bool little = b[0] == 'I';
+  auto u16 = [&](size_t at) { return little ? le16(b + at) : (uint32_t(b[at]) << 8) | b[at + 1]; };
+  auto u32 = [&](size_t at) { return little ? le32(b + at) : be32(b + at); };
+  const size_t ifd = u32(4);
+  if (ifd > n || n - ifd < 2) return std::nullopt;
+  const size_t count = u16(ifd);
+  int64_t w = -1, h = -1;
+  for (size_t k = 0; k < count && ifd + 2 + 12 * (k + 1) <= n; ++k) {
+    const size_t e = ifd + 2 + 12 * k;
+    const uint32_t tag = u16(e), type = u16(e + 2);
+    const int64_t value = type == 3 ? int64_t(u16(e + 8)) : type == 4 ? int64_t(u32(e + 8)) : -1;
+    if (tag == 256) w = value;
+    if (tag == 257) h = value;
+  }
+  if (w < 0 || h < 0) return std::nullopt;
+  return Size{w, h};
+}
+
+// PNM (P1-P6): whitespace-separated ASCII width and height after the magic, '#' comments between.
+// PAM (P7): WIDTH and HEIGHT lines.
+std::optional<Size> pnm_size(const unsigned char* b, size_t n) {
+  size_t i = 2;
+  auto number = [&]() -> int64_t {
+    while (i < n && (std::isspace(b[i]) || b[i] == '#')) {
+      if (b[i] == '#')
+        while (i < n && b[i] != '\n') ++i;
+      else
+        ++i;
+    }
+    int64_t v = -1;
+    while (i < n && std::isdigit(b[i]) && v < (int64_t(1) << 40)) v = (v < 0 ? 0 : v * 10) + (b[i++] - '0');
+    return v;
+  };
+  int64_t w = -1, h = -1;
+  if (b[1] != '7') {
+    w = number();
+    h = number();
+  } else {
+    const std::string header(reinterpret_cast<const char*>(b), std::min<size_t>(n, 4096));
+    auto field = [&](const std::string& name) -> int64_t {
+      const size_t at = header.find("\n" + name + " ");
+      if (at == std::string::npos) return -1;
+      i = at + name.size() + 2;
+      return number();
+    };
+    w = field("WIDTH");
+    h = field("HEIGHT");
+  }
+  if (w < 0 || h < 0) return std::nullopt;
+  return Size{w, h};
+}
+
+// The format and size an image file declares in its header, read before anything is decoded so
+// that an oversized image costs nothing. OpenCV has no header-only API, and its own guard (2^30
+// pixels, fixed when the library loads) is far above ours, so the formats accepted are exactly
+// those whose headers are read here; others that OpenCV might decode are refused.
+struct Header {
+  const char* format;
+  int64_t width, height;
+};
+
+Header read_header(const std::string& data, const std::string& what) {
   const auto* b = reinterpret_cast<const unsigned char*>(data.data());
   const size_t n = data.size();
-  if (n >= 24 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0 && std::memcmp(b + 12, "IHDR", 4) == 0)
-    return {be32(b + 16), be32(b + 20)};
-  if (n >= 4 && b[0] == 0xFF && b[1] == 0xD8) {
-    for (size_t i = 2; i + 9 < n;) {
-      if (b[i] != 0xFF) break;
-      const unsigned char marker = b[i + 1];
-      if (marker == 0xFF) {
-        ++i;
-        continue;
-      }
-      const size_t len = (size_t(b[i + 2]) << 8) | b[i + 3];
-      const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-      if (sof) return {(int64_t(b[i + 7]) << 8) | b[i + 8], (int64_t(b[i + 5]) << 8) | b[i + 6]};
-      i += 2 + len;
-    }
+  if (n == 0) fail(kRead, what + ": no image data (0 bytes)");
+  const char* format = nullptr;
+  std::optional<Size> size;
+  if (n >= 8 && std::memcmp(b, "\x89PNG\r\n\x1a\n", 8) == 0) {
+    format = "PNG";
+    if (n >= 24 && std::memcmp(b + 12, "IHDR", 4) == 0) size = Size{be32(b + 16), be32(b + 20)};
+  } else if (n >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) {
+    format = "JPEG";
+    size = jpeg_size(b, n);
+  } else if (n >= 2 && b[0] == 'B' && b[1] == 'M') {
+    format = "BMP";
+    // BITMAPCOREHEADER (12 bytes) has 16-bit sizes, the later headers signed 32-bit ones (a
+    // negative height is a top-down image).
+    if (n >= 26 && le32(b + 14) == 12)
+      size = Size{le16(b + 18), le16(b + 20)};
+    else if (n >= 26)
+      size = Size{std::abs(int64_t(static_cast<int32_t>(le32(b + 18)))),
+                  std::abs(int64_t(static_cast<int32_t>(le32(b + 22))))};
+  } else if (n >= 16 && std::memcmp(b, "RIFF", 4) == 0 && std::memcmp(b + 8, "WEBP", 4) == 0) {
+    format = "WebP";
+    size = webp_size(b, n);
+  } else if (n >= 8 && (std::memcmp(b, "II*\0", 4) == 0 || std::memcmp(b, "MM\0*", 4) == 0)) {
+    format = "TIFF";
+    size = tiff_size(b, n);
+  } else if (n >= 3 && b[0] == 'P' && b[1] >= '1' && b[1] <= '7' && std::isspace(b[2])) {
+    format = "PNM";
+    size = pnm_size(b, n);
   }
-  return {0, 0};
+  if (!format)
+    fail(kRead, what + ": cannot be decoded: not an image in a supported format (PNG, JPEG, BMP, WebP, TIFF or PNM)");
+  if (!size)
+    fail(kRead, what + ": cannot be decoded: its " + std::string(format) +
+                    " header declares no size (corrupt or truncated)");
+  if (size->first == 0 || size->second == 0)
+    fail(kRead, what + ": the " + std::string(format) + " header declares an empty image of " +
+                    dims(size->first, size->second) + " pixels");
+  return {format, size->first, size->second};
 }
 
 void check_pixels(const std::string& path, int64_t w, int64_t h, int64_t max_pixels) {
@@ -279,22 +396,31 @@ std::string text_chunk(const std::string& path, const std::string& keyword, cons
 }  // namespace
 
 at::Tensor read_image(const std::string& path, int64_t max_pixels) {
-  return decode_image(read_bytes(path), path, max_pixels);
+  return decode_image(read_file(path, kRead, kMaxImageFileBytes), path, max_pixels);
+}
+
+std::pair<int64_t, int64_t> read_image_size(const std::string& path, int64_t max_pixels) {
+  const Header header = read_header(read_file(path, kRead, kMaxImageFileBytes), path);
+  check_pixels(path, header.width, header.height, max_pixels);
+  return {header.width, header.height};
 }
 
 at::Tensor decode_image(const std::string& data, const std::string& what, int64_t max_pixels) {
-  if (data.empty()) fail(kRead, what + ": no image data (0 bytes)");
-  const auto [hw, hh] = header_size(data);
-  check_pixels(what, hw, hh, max_pixels);
+  const Header header = read_header(data, what);
+  check_pixels(what, header.width, header.height, max_pixels);
+  if (data.size() > static_cast<size_t>(INT_MAX))
+    fail(kRead, what + ": " + std::to_string(data.size()) + " bytes of image data, more than OpenCV decodes");
   cv::Mat mat;
   try {
     mat = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8U, const_cast<char*>(data.data())),
                        cv::IMREAD_UNCHANGED);
-  } catch (const cv::Exception& e) {
-    fail(kRead, what + ": cannot be decoded (" + e.msg + ")");
+  } catch (const cv::Exception&) {
+    // OpenCV's message is the text of a failed assertion, which tells a user nothing.
+    mat = cv::Mat();
   }
   if (mat.empty() || mat.dims != 2)
-    fail(kRead, what + ": not a decodable image (corrupt, truncated or of an unsupported format)");
+    fail(kRead, what + ": the " + std::string(header.format) +
+                    " data cannot be decoded (corrupt, truncated or an unsupported variant)");
   check_pixels(what, mat.cols, mat.rows, max_pixels);
   if (mat.depth() != CV_8U && mat.depth() != CV_16U)
     fail(kRead, what + ": unsupported sample type (OpenCV depth " + std::to_string(mat.depth()) +
@@ -401,9 +527,7 @@ void write_png(const std::string& path, const at::Tensor& hwc_u8, const std::map
 }
 
 std::map<std::string, std::string> read_png_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(kPng, path + ": cannot be opened for reading");
-  const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string data = read_file(path, kPng, kMaxImageFileBytes);
   if (data.size() < 8 || data.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) fail(kPng, path + ": not a PNG file");
   std::map<std::string, std::string> out;
   for (size_t pos = 8;;) {

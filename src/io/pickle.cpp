@@ -14,6 +14,10 @@ constexpr const char* kOp = "pickle";
 constexpr size_t kMaxDepth = 1000;
 constexpr int kMaxProtocol = 5;
 constexpr size_t kMaxTensorDims = 64;
+// The work a pickle may cause (values copied plus bytes of dict keys encoded): this many units
+// per input byte, plus an allowance for small pickles. torch.save's pickles need about one.
+constexpr uint64_t kWorkPerByte = 16;
+constexpr uint64_t kWorkAllowance = 1 << 20;
 
 // What an accepted global does when it is called (REDUCE / NEWOBJ).
 enum class Callable { Dict, DefaultDict, List, Long, RebuildTensor, RebuildParameter, Inert, Object };
@@ -134,23 +138,28 @@ const char* opcode_name(uint8_t op) {
   }
 }
 
+enum class KeyCode { Hashable, Unhashable, TooLong };
+
 // Appends an unambiguous encoding of a hashable value to `out`, equal exactly when Python would
 // find the keys equal (True == 1 == 1.0); objects and tensors hash by identity, as in Python.
-// Returns false for unhashable values (list, dict) and for keys nested deeper than kMaxDepth.
-bool encode_key(const PickleValue& v, std::string& out, size_t depth) {
+// Unhashable are lists, dicts and keys nested deeper than kMaxDepth. The encoding stops once it
+// passes `max_bytes`: a tuple holding one shared tuple twice, nested n deep, encodes to 2^n bytes.
+KeyCode encode_key(const PickleValue& v, std::string& out, size_t depth, size_t max_bytes) {
   using K = PickleValue::Kind;
-  if (depth > kMaxDepth) return false;
+  if (depth > kMaxDepth) return KeyCode::Unhashable;
   auto length_prefixed = [&](char tag, const std::string& s) {
+    if (s.size() > max_bytes - std::min(max_bytes, out.size())) return KeyCode::TooLong;
     out += tag;
     out += std::to_string(s.size());
     out += ':';
     out += s;
+    return KeyCode::Hashable;
   };
   char buf[32];
   switch (v.kind()) {
-    case K::None: out += 'N'; return true;
-    case K::Bool: out += v.as_bool() ? "i1;" : "i0;"; return true;
-    case K::Int: out += 'i' + std::to_string(v.as_int()) + ';'; return true;
+    case K::None: out += 'N'; return KeyCode::Hashable;
+    case K::Bool: out += v.as_bool() ? "i1;" : "i0;"; return KeyCode::Hashable;
+    case K::Int: out += 'i' + std::to_string(v.as_int()) + ';'; return KeyCode::Hashable;
     case K::Float: {
       const double d = v.as_float();
       if (std::isfinite(d) && d == std::trunc(d) && std::fabs(d) < 9.2e18) {
@@ -161,36 +170,45 @@ bool encode_key(const PickleValue& v, std::string& out, size_t depth) {
         std::snprintf(buf, sizeof buf, "f%016llx;", static_cast<unsigned long long>(bits));
         out += buf;
       }
-      return true;
+      return KeyCode::Hashable;
     }
-    case K::String: length_prefixed('s', v.as_string()); return true;
-    case K::Bytes: length_prefixed('b', v.as_bytes()); return true;
-    case K::Global: length_prefixed('g', v.as_global().full_name()); return true;
+    case K::String: return length_prefixed('s', v.as_string());
+    case K::Bytes: return length_prefixed('b', v.as_bytes());
+    case K::Global: return length_prefixed('g', v.as_global().full_name());
     case K::Tuple: {
       const auto& items = v.as_tuple();
       out += 't' + std::to_string(items.size()) + '(';
-      for (const auto& item : items)
-        if (!encode_key(item, out, depth + 1)) return false;
+      for (const auto& item : items) {
+        const KeyCode code = encode_key(item, out, depth + 1, max_bytes);
+        if (code != KeyCode::Hashable) return code;
+        if (out.size() > max_bytes) return KeyCode::TooLong;
+      }
       out += ')';
-      return true;
+      return KeyCode::Hashable;
     }
     case K::Object:
       std::snprintf(buf, sizeof buf, "o%p;", static_cast<const void*>(&v.as_object()));
       out += buf;
-      return true;
+      return KeyCode::Hashable;
     case K::Tensor:
       std::snprintf(buf, sizeof buf, "T%p;", static_cast<const void*>(v.as_tensor().unsafeGetTensorImpl()));
       out += buf;
-      return true;
+      return KeyCode::Hashable;
     case K::List:
-    case K::Dict: return false;
+    case K::Dict: return KeyCode::Unhashable;
   }
-  return false;
+  return KeyCode::Unhashable;
 }
 
-std::optional<std::string> key_of(const PickleValue& v) {
+// The encoding of `v` as a dict key, or nullopt (with `code` saying why).
+std::optional<std::string> key_of(const PickleValue& v, size_t max_bytes = SIZE_MAX, KeyCode* code = nullptr) {
   std::string out;
-  if (!encode_key(v, out, 0)) return std::nullopt;
+  const KeyCode c = encode_key(v, out, 0, max_bytes);
+  if (code) *code = c;
+  if (c != KeyCode::Hashable || out.size() > max_bytes) {
+    if (code && c == KeyCode::Hashable) *code = KeyCode::TooLong;
+    return std::nullopt;
+  }
   return out;
 }
 
@@ -234,12 +252,12 @@ PickleValue PickleValue::real(double v) {
 }
 PickleValue PickleValue::string(std::string v) {
   PickleValue p;
-  p.v_ = std::move(v);
+  p.v_ = std::make_shared<const std::string>(std::move(v));
   return p;
 }
 PickleValue PickleValue::bytes(std::string v) {
   PickleValue p;
-  p.v_ = Bytes{std::move(v)};
+  p.v_ = std::make_shared<const Bytes>(Bytes{std::move(v)});
   return p;
 }
 PickleValue PickleValue::tensor(at::Tensor v) {
@@ -305,11 +323,11 @@ double PickleValue::as_float() const {
   wrong_kind(*this, "float");
 }
 const std::string& PickleValue::as_string() const {
-  if (auto* s = std::get_if<std::string>(&v_)) return *s;
+  if (auto* s = std::get_if<std::shared_ptr<const std::string>>(&v_)) return **s;
   wrong_kind(*this, "str");
 }
 const std::string& PickleValue::as_bytes() const {
-  if (auto* b = std::get_if<Bytes>(&v_)) return b->data;
+  if (auto* b = std::get_if<std::shared_ptr<const Bytes>>(&v_)) return (*b)->data;
   wrong_kind(*this, "bytes");
 }
 const std::vector<PickleValue>& PickleValue::as_list() const {
@@ -385,7 +403,7 @@ void PickleDict::insert(std::string code, PickleValue key, PickleValue value) {
 class Unpickler {
  public:
   Unpickler(const uint8_t* data, size_t size, const UnpickleOptions& options)
-      : data_(data), size_(size), options_(options) {}
+      : data_(data), size_(size), options_(options), work_limit_(kWorkPerByte * size + kWorkAllowance) {}
 
   PickleValue run() {
     try {
@@ -409,6 +427,20 @@ class Unpickler {
     std::snprintf(code, sizeof code, "0x%02x", op_);
     fail(kOp, options_.source + ": " + what + " (opcode " + (name ? name : code) + " at byte " +
                   std::to_string(op_pos_) + ")");
+  }
+
+  // Charges `units` of work (values copied, bytes of dict keys encoded) to the budget of this
+  // input: memo and DUP let a few bytes stand for a value used many times, so every conversion
+  // that copies or encodes a value pays for it, and the total stays a fixed multiple of the size.
+  void charge(uint64_t units) {
+    work_ += units;
+    if (work_ > work_limit_)
+      error("the data expands to more than the " + std::to_string(work_limit_) + " values this pickle of " +
+            std::to_string(size_) + " bytes may produce (shared values copied over and over)");
+  }
+  std::vector<PickleValue> charged_copy(const std::vector<PickleValue>& items) {
+    charge(items.size());
+    return items;
   }
 
   const uint8_t* take(uint64_t n) {
@@ -498,8 +530,13 @@ class Unpickler {
     error("expected a dict to set items in, found " + v.describe());
   }
   void set_item(PickleDict& d, PickleValue key, PickleValue value) {
-    auto k = key_of(key);
+    KeyCode code = KeyCode::Hashable;
+    auto k = key_of(key, static_cast<size_t>(work_limit_ - work_), &code);
+    if (code == KeyCode::TooLong)
+      error("a dict key " + key.describe() + " expands to more than the " + std::to_string(work_limit_) +
+            " values this pickle of " + std::to_string(size_) + " bytes may produce (a tuple shared within itself)");
     if (!k) error("a dict key must be hashable, found " + key.describe());
+    charge(k->size());
     d.insert(std::move(*k), std::move(key), std::move(value));
   }
   void set_items(PickleDict& d, std::vector<PickleValue> kv) {
@@ -516,11 +553,14 @@ class Unpickler {
 
   void copy_pairs(PickleDict& d, const PickleValue& from) {
     if (from.kind() == K::Dict) {
+      charge(from.as_dict().items.size());
       for (const auto& [k, v] : from.as_dict().items) set_item(d, k, v);
       return;
     }
     if (from.kind() != K::List && from.kind() != K::Tuple) error("cannot build a dict from " + from.describe());
-    for (const auto& pair : from.kind() == K::List ? from.as_list() : from.as_tuple()) {
+    const auto& pairs = from.kind() == K::List ? from.as_list() : from.as_tuple();
+    charge(pairs.size());
+    for (const auto& pair : pairs) {
       if ((pair.kind() != K::Tuple && pair.kind() != K::List) ||
           (pair.kind() == K::Tuple ? pair.as_tuple() : pair.as_list()).size() != 2)
         error("cannot build a dict from an item that is not a pair: " + pair.describe());
@@ -607,8 +647,8 @@ class Unpickler {
       case Callable::List: {
         arity(0, 1);
         if (args.empty()) return new_list();
-        if (args[0].kind() == K::List) return new_list(args[0].as_list());
-        if (args[0].kind() == K::Tuple) return new_list(args[0].as_tuple());
+        if (args[0].kind() == K::List) return new_list(charged_copy(args[0].as_list()));
+        if (args[0].kind() == K::Tuple) return new_list(charged_copy(args[0].as_tuple()));
         error("cannot build a list from " + args[0].describe());
       }
       case Callable::Long: {
@@ -783,14 +823,14 @@ class Unpickler {
           PickleValue args = pop();
           PickleValue callable = pop();
           if (args.kind() != K::Tuple) error("REDUCE needs an argument tuple, found " + args.describe());
-          push(call(callable, args.as_tuple()));
+          push(call(callable, charged_copy(args.as_tuple())));
           break;
         }
         case 0x81: {
           PickleValue args = pop();
           PickleValue cls = pop();
           if (args.kind() != K::Tuple) error("NEWOBJ needs an argument tuple, found " + args.describe());
-          push(call(cls, args.as_tuple()));
+          push(call(cls, charged_copy(args.as_tuple())));
           break;
         }
         case 0x92: {
@@ -799,7 +839,7 @@ class Unpickler {
           PickleValue cls = pop();
           if (args.kind() != K::Tuple || kwargs.kind() != K::Dict || !kwargs.as_dict().items.empty())
             error("NEWOBJ_EX is supported only with an argument tuple and no keyword arguments");
-          push(call(cls, args.as_tuple()));
+          push(call(cls, charged_copy(args.as_tuple())));
           break;
         }
         case 'b': {
@@ -951,6 +991,8 @@ class Unpickler {
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleValue> memo_;
   std::vector<PickleValue> nodes_;
+  uint64_t work_ = 0;
+  const uint64_t work_limit_;
 };
 
 PickleValue unpickle(const uint8_t* data, size_t size, const UnpickleOptions& options) {

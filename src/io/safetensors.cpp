@@ -11,12 +11,16 @@
 #include <set>
 
 #include "kosmosg/error.h"
+#include "kosmosg/io/config.h"
+#include "kosmosg/io/file.h"
 
 namespace kosmosg::io {
 namespace {
 
 constexpr const char* kOp = "safetensors";
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+// LibTorch's limit on a tensor's dimensions.
+constexpr size_t kMaxDims = 64;
 
 struct DTypeEntry {
   const char* name;
@@ -62,18 +66,8 @@ struct SafeTensors::Impl {
 
 SafeTensors SafeTensors::open(const std::string& path) {
   auto where = [&](const std::string& what) { fail(kOp, path + ": " + what); };
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) where("cannot open: " + errno_text());
-  struct stat st {};
-  if (fstat(fd, &st) != 0) {
-    ::close(fd);
-    where("cannot stat: " + errno_text());
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    where("is not a regular file");
-  }
-  const auto file_size = static_cast<uint64_t>(st.st_size);
+  uint64_t file_size = 0;
+  const int fd = open_regular_file(path, kOp, file_size);
   if (file_size < 8) {
     ::close(fd);
     where("file is " + std::to_string(file_size) +
@@ -99,6 +93,10 @@ SafeTensors SafeTensors::open(const std::string& path) {
   std::string duplicate;
   nlohmann::json::parser_callback_t track_keys = [&](int depth, nlohmann::json::parse_event_t ev,
                                                      nlohmann::json& parsed) {
+    // A header nests three levels; deeper values would overflow the stack of nlohmann's
+    // recursive copy and dump.
+    if (depth > static_cast<int>(kMaxJsonDepth))
+      where("the header is nested more than " + std::to_string(kMaxJsonDepth) + " levels deep");
     if (ev == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string()) {
       auto key = parsed.get<std::string>();
       if (!top_keys.insert(key).second && duplicate.empty()) duplicate = key;
@@ -138,11 +136,17 @@ SafeTensors SafeTensors::open(const std::string& path) {
     const DTypeEntry* dt = find_dtype(info.dtype);
     if (!dt) bad("unsupported dtype '" + info.dtype + "'");
     if (!v["shape"].is_array()) bad("shape is not an array");
-    uint64_t numel = 1;
+    if (v["shape"].size() > kMaxDims) bad("shape has " + std::to_string(v["shape"].size()) + " dimensions");
+    // Every dimension is checked, zero or not: behind a 0 a dimension of 2^63 or more would
+    // still turn negative as an int64 and reach LibTorch.
+    uint64_t numel = 1, nonzero = 1;
     for (const auto& d : v["shape"]) {
       if (!d.is_number_unsigned()) bad("shape holds a value that is not a non-negative integer");
       const uint64_t n = d.get<uint64_t>();
-      if (n != 0 && numel > data_size / n) bad("shape " + v["shape"].dump() + " is larger than the file");
+      if (n != 0 && nonzero > static_cast<uint64_t>(INT64_MAX) / n)
+        bad("shape " + brief(v["shape"]) + " has more elements than a tensor can index (2^63)");
+      if (n != 0) nonzero *= n;
+      if (n != 0 && numel > data_size / n) bad("shape " + brief(v["shape"]) + " is larger than the file");
       numel *= n;
       info.shape.push_back(static_cast<int64_t>(n));
     }
@@ -156,7 +160,7 @@ SafeTensors SafeTensors::open(const std::string& path) {
           "] lie outside the data section of " + std::to_string(data_size) + " bytes");
     if (end - begin != numel * dt->size)
       bad("data_offsets span " + std::to_string(end - begin) + " bytes but " + info.dtype +
-          " × " + v["shape"].dump() + " needs " + std::to_string(numel * dt->size));
+          " × " + brief(v["shape"]) + " needs " + std::to_string(numel * dt->size));
     info.begin = begin;
     info.end = end;
     if (end > begin) ranges.emplace_back(begin, name);

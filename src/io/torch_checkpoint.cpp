@@ -1,10 +1,13 @@
 #include "kosmosg/io/torch_checkpoint.h"
 
-#include <cerrno>
+#include <unistd.h>
+
 #include <cstring>
-#include <fstream>
+#include <unordered_map>
+#include <vector>
 
 #include "kosmosg/error.h"
+#include "kosmosg/io/file.h"
 #include "kosmosg/io/zip.h"
 
 namespace kosmosg::io {
@@ -12,6 +15,10 @@ namespace {
 
 constexpr const char* kOp = "checkpoint";
 constexpr int kMaxInterpolationRounds = 16;
+// A config's JSON may repeat what its pickle shares (omegaconf shares little) up to this many
+// times its stored size, plus an allowance; beyond that sharing is an expansion attack.
+constexpr uint64_t kJsonGrowth = 16;
+constexpr uint64_t kJsonAllowance = 1 << 20;
 
 using K = PickleValue::Kind;
 
@@ -120,6 +127,68 @@ const PickleValue& state_entry(const PickleObject& o, const char* name, const st
 
 nlohmann::json to_json(const PickleValue& v, const std::string& what, const std::string& path);
 
+// What converting a value to JSON produces, in values plus string bytes, counted twice: `expanded`
+// as the JSON will hold it (a shared container once per reference) and `stored` as the value tree
+// holds it (each container once). Follows to_json's path through omegaconf objects; saturates.
+class JsonSize {
+ public:
+  uint64_t expanded(const PickleValue& v) {
+    const void* id = node(v);
+    if (id) {
+      auto done = sizes_.find(id);
+      if (done != sizes_.end()) return done->second;
+    }
+    uint64_t size = 1;
+    if (v.kind() == K::String) size += v.as_string().size();
+    const auto inner = children(v);
+    for (const PickleValue* child : inner) size = add(size, expanded(*child));
+    if (id) {
+      stored_ = add(stored_, 1 + inner.size());
+      sizes_.emplace(id, size);
+    } else {
+      stored_ = add(stored_, size);
+    }
+    return size;
+  }
+  uint64_t stored() const { return stored_; }
+
+ private:
+  static uint64_t add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+  static const void* node(const PickleValue& v) {
+    switch (v.kind()) {
+      case K::List: return &v.as_list();
+      case K::Tuple: return &v.as_tuple();
+      case K::Dict: return &v.as_dict();
+      case K::Object: return &v.as_object();
+      default: return nullptr;
+    }
+  }
+  static std::vector<const PickleValue*> children(const PickleValue& v) {
+    std::vector<const PickleValue*> out;
+    auto items = [&](const std::vector<PickleValue>& list) {
+      for (const auto& item : list) out.push_back(&item);
+    };
+    switch (v.kind()) {
+      case K::List: items(v.as_list()); break;
+      case K::Tuple: items(v.as_tuple()); break;
+      case K::Dict:
+        for (const auto& [key, value] : v.as_dict().items) out.push_back(&key), out.push_back(&value);
+        break;
+      case K::Object: {
+        const PickleObject& o = v.as_object();
+        if (o.state.kind() != K::Dict) break;
+        for (const char* name : {"_val", "_content"})
+          if (const PickleValue* inner = o.state.as_dict().find(name)) out.push_back(inner);
+        break;
+      }
+      default: break;
+    }
+    return out;
+  }
+  std::unordered_map<const void*, uint64_t> sizes_;
+  uint64_t stored_ = 0;
+};
+
 nlohmann::json sequence_to_json(const std::vector<PickleValue>& items, const std::string& what,
                                 const std::string& path) {
   nlohmann::json out = nlohmann::json::array();
@@ -177,10 +246,13 @@ nlohmann::json to_json(const PickleValue& v, const std::string& what, const std:
 
 // Resolves whole-string absolute interpolations "${a.b.c}" of scalars against `root`, as omegaconf
 // does when a value is read; anything else (relative or embedded interpolations) stays as written.
-bool resolve_interpolations(nlohmann::json& node, const nlohmann::json& root) {
+// Each substitution's bytes are taken from `budget`, which bounds what references to one long
+// value can add up to.
+bool resolve_interpolations(nlohmann::json& node, const nlohmann::json& root, uint64_t& budget,
+                            const std::string& what) {
   bool changed = false;
   if (node.is_object() || node.is_array()) {
-    for (auto& child : node) changed = resolve_interpolations(child, root) || changed;
+    for (auto& child : node) changed = resolve_interpolations(child, root, budget, what) || changed;
     return changed;
   }
   if (!node.is_string()) return false;
@@ -199,6 +271,9 @@ bool resolve_interpolations(nlohmann::json& node, const nlohmann::json& root) {
   }
   // Only scalars are substituted: copying containers could grow a hostile config without bound.
   if (target->is_structured()) return false;
+  const uint64_t cost = 1 + (target->is_string() ? target->get_ref<const std::string&>().size() : 0);
+  if (cost > budget) fail(kOp, what + ": its interpolations ${...} expand to more text than the config holds");
+  budget -= cost;
   nlohmann::json value = *target;
   node = std::move(value);
   return true;
@@ -207,21 +282,28 @@ bool resolve_interpolations(nlohmann::json& node, const nlohmann::json& root) {
 }  // namespace
 
 nlohmann::json pickle_to_json(const PickleValue& value, const std::string& what) {
+  JsonSize size;
+  const uint64_t expanded = size.expanded(value);
+  const uint64_t limit = kJsonGrowth * size.stored() + kJsonAllowance;
+  if (expanded > limit)
+    fail(kOp, what + ": its shared parts would expand to " +
+                  (expanded == UINT64_MAX ? std::string("more than 2^64") : std::to_string(expanded)) +
+                  " JSON values, more than the " + std::to_string(limit) + " allowed for the " +
+                  std::to_string(size.stored()) + " it holds");
   return to_json(value, what, "");
 }
 
 PickleValue load_torch_checkpoint(const std::string& path) {
-  {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) fail(kOp, path + ": cannot open: " + std::strerror(errno));
+  if (!is_zip_file(path)) {
+    uint64_t size = 0;
+    const int fd = open_regular_file(path, kOp, size);
     unsigned char first = 0;
-    in.read(reinterpret_cast<char*>(&first), 1);
-    if (!is_zip_file(path)) {
-      if (in && first == 0x80)
-        fail(kOp, path + ": this is the legacy (non-zip) torch.save format, which is not supported; "
-                         "re-save it with torch.save from PyTorch 1.6 or newer");
-      fail(kOp, path + ": not a PyTorch checkpoint (no ZIP signature)");
-    }
+    const bool pickle = ::read(fd, &first, 1) == 1 && first == 0x80;
+    ::close(fd);
+    if (pickle)
+      fail(kOp, path + ": this is the legacy (non-zip) torch.save format, which is not supported; "
+                       "re-save it with torch.save from PyTorch 1.6 or newer");
+    fail(kOp, path + ": not a PyTorch checkpoint (no ZIP signature)");
   }
   ZipReader zip = ZipReader::open(path);
   const std::string archive = archive_of(zip);
@@ -261,7 +343,10 @@ FairseqCheckpoint read_fairseq_checkpoint(PickleValue state, const std::string& 
   }
   if (const PickleValue* cfg = top.find("cfg"); cfg && !cfg->is_none()) {
     out.cfg = pickle_to_json(*cfg, path + ": cfg");
-    for (int round = 0; round < kMaxInterpolationRounds && resolve_interpolations(out.cfg, out.cfg); ++round) {
+    uint64_t budget = kJsonGrowth * JsonSize().expanded(*cfg) + kJsonAllowance;
+    for (int round = 0; round < kMaxInterpolationRounds &&
+                        resolve_interpolations(out.cfg, out.cfg, budget, path + ": cfg");
+         ++round) {
     }
   }
   if (const PickleValue* history = top.find("optimizer_history");

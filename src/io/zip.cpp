@@ -7,11 +7,11 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 
 #include <zlib.h>
 
 #include "kosmosg/error.h"
+#include "kosmosg/io/file.h"
 
 namespace kosmosg::io {
 namespace {
@@ -52,25 +52,22 @@ struct ZipReader::Impl {
 };
 
 bool is_zip_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  char magic[4] = {};
-  if (!in.read(magic, 4)) return false;
-  return magic[0] == 'P' && magic[1] == 'K' &&
+  // Without blocking: a FIFO must not stall the check (it is then refused as no regular file).
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return false;
+  struct stat st {};
+  unsigned char magic[4] = {};
+  const bool read = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && ::read(fd, magic, 4) == 4;
+  ::close(fd);
+  return read && magic[0] == 'P' && magic[1] == 'K' &&
          ((magic[2] == 3 && magic[3] == 4) || (magic[2] == 5 && magic[3] == 6));
 }
 
 ZipReader ZipReader::open(const std::string& path) {
   auto where = [&](const std::string& what) { fail(kOp, path + ": " + what); };
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) where(std::string("cannot open: ") + std::strerror(errno));
-  struct stat st {};
-  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    where("is not a readable regular file");
-  }
   auto impl = std::make_shared<Impl>();
   impl->path = path;
-  impl->size = static_cast<uint64_t>(st.st_size);
+  const int fd = open_regular_file(path, kOp, impl->size);
   if (impl->size < kEndSize) {
     ::close(fd);
     where("file is " + std::to_string(impl->size) +

@@ -6,6 +6,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/nn/attention.h"
+#include "models/config_checks.h"
 
 namespace kosmosg::models {
 namespace {
@@ -47,7 +48,7 @@ const io::Json& sub_config(const io::Json& json, const std::string& key, const s
   static const io::Json empty = io::Json::object();
   auto it = json.find(key);
   if (it == json.end() || it->is_null()) return empty;
-  if (!it->is_object()) fail(what, "'" + key + "' is " + it->dump() + ", expected an object");
+  if (!it->is_object()) fail(what, "'" + key + "' is " + io::brief(*it) + ", expected an object");
   return *it;
 }
 
@@ -328,8 +329,8 @@ CLIPTextModel load_clip_text_model(const std::string& folder) {
   const auto config_path = (std::filesystem::path(folder) / "config.json").string();
   if (!std::filesystem::exists(config_path))
     fail("load_clip_text_model", folder + " has no config.json");
-  auto config = CLIPTextConfig::from_json(io::read_json(config_path), config_path);
-  CLIPTextModel model(config);
+  auto model = detail::build_module<CLIPTextModel>(CLIPTextConfig::from_json(io::read_json(config_path), config_path),
+                                                   config_path);
   io::LoadOptions options;
   options.source_name = folder;
   io::load_weights(*model, io::read_component_weights(folder, {"model"}), options);

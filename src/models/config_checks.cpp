@@ -6,15 +6,22 @@ void require_setting(const io::Json& json, const std::string& key, const io::Jso
                      const std::string& what) {
   auto it = json.find(key);
   if (it == json.end() || it->is_null() || *it == supported) return;
-  fail(what, "key '" + key + "' is " + it->dump() + ", but only " + supported.dump() +
+  fail(what, "key '" + key + "' is " + io::brief(*it) + ", but only " + supported.dump() +
                  " is supported (the Kosmos-G setting)");
 }
 
 void require_positive(int64_t value, const std::string& key, const std::string& what,
-                      bool allow_zero) {
-  if (value > 0 || (allow_zero && value == 0)) return;
+                      bool allow_zero, int64_t max) {
+  if ((value > 0 || (allow_zero && value == 0)) && value <= max) return;
   fail(what, "key '" + key + "' is " + std::to_string(value) + ", expected a " +
-                 (allow_zero ? "non-negative" : "positive") + " number");
+                 (allow_zero ? "non-negative" : "positive") + " number of at most " + std::to_string(max));
+}
+
+void require_at_most_max(const std::vector<int64_t>& values, const std::string& key, const std::string& what) {
+  for (int64_t v : values)
+    if (v > kMaxConfigSize)
+      fail(what, "key '" + key + "' holds " + std::to_string(v) + ", more than the " +
+                     std::to_string(kMaxConfigSize) + " this tool accepts");
 }
 
 void require_heads(int64_t width, int64_t heads, const std::string& what) {

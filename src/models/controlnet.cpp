@@ -6,6 +6,7 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/weights.h"
+#include "models/config_checks.h"
 #include "models/unet_blocks.h"
 
 namespace kosmosg::models {
@@ -173,7 +174,7 @@ ControlNetModel load_controlnet(const std::string& dir) {
   if (class_name != "ControlNetModel")
     fail(what, dir + " holds a " + (class_name.empty() ? std::string("model without _class_name") : class_name) +
                    ", not a ControlNetModel");
-  ControlNetModel model(ControlNetConfig::from_json(json));
+  auto model = detail::build_module<ControlNetModel>(ControlNetConfig::from_json(json), (root / "config.json").string());
   io::LoadOptions options;
   options.source_name = dir;
   io::load_weights(*model, io::read_component_weights(dir, {"diffusion_pytorch_model"}), options);

@@ -25,7 +25,7 @@ int64_t image_size_from(const io::Json& json, int64_t fallback, const std::strin
   if (it == json.end() || it->is_null()) return fallback;
   if (it->is_array()) {
     if (it->size() != 1 || !(*it)[0].is_number_integer())
-      fail(what, "img_size is " + it->dump() + ", expected one integer or a list of one");
+      fail(what, "img_size is " + io::brief(*it) + ", expected one integer or a list of one");
     return (*it)[0].get<int64_t>();
   }
   return io::config_value(json, "img_size", fallback, what);

@@ -6,6 +6,12 @@
 #include "models/config_checks.h"
 
 namespace kosmosg::models {
+namespace {
+
+// Vocabularies are larger than other sizes (Kosmos-G's has 64,007 entries).
+constexpr int64_t kMaxVocabSize = 1 << 20;
+
+}  // namespace
 
 MLLMConfig MLLMConfig::from_json(const io::Json& json, const std::string& what) {
   using io::config_value;
@@ -28,7 +34,7 @@ MLLMConfig MLLMConfig::from_json(const io::Json& json, const std::string& what) 
   c.subln = config_value<bool>(json, "subln", c.subln, what);
   c.layer_norm_eps = config_value<double>(json, "layer_norm_eps", c.layer_norm_eps, what);
 
-  detail::require_positive(c.vocab_size, "vocab_size", what);
+  detail::require_positive(c.vocab_size, "vocab_size", what, false, kMaxVocabSize);
   detail::require_positive(c.embed_dim, "decoder_embed_dim", what);
   detail::require_positive(c.ffn_dim, "decoder_ffn_embed_dim", what);
   detail::require_positive(c.layers, "decoder_layers", what, /*allow_zero=*/true);

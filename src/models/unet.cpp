@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "kosmosg/error.h"
+#include "models/config_checks.h"
 #include "models/unet_blocks.h"
 
 namespace kosmosg::models {
@@ -23,10 +24,10 @@ std::vector<int64_t> per_block_ints(const io::Json& json, const std::string& key
   auto it = json.find(key);
   if (it == json.end() || it->is_null()) return std::vector<int64_t>(blocks, fallback);
   if (it->is_number_integer()) return std::vector<int64_t>(blocks, it->get<int64_t>());
-  if (!it->is_array()) config_error(key, "is " + it->dump() + "; expected an integer or a list");
+  if (!it->is_array()) config_error(key, "is " + io::brief(*it) + "; expected an integer or a list");
   std::vector<int64_t> values;
   for (const auto& v : *it) {
-    if (!v.is_number_integer()) config_error(key, "is " + it->dump() + "; expected integers");
+    if (!v.is_number_integer()) config_error(key, "is " + io::brief(*it) + "; expected integers");
     values.push_back(v.get<int64_t>());
   }
   if (values.size() != blocks)
@@ -42,10 +43,10 @@ std::vector<bool> per_block_bools(const io::Json& json, const std::string& key, 
   if (it == json.end() || it->is_null()) return std::vector<bool>(blocks, false);
   if (it->is_boolean()) return std::vector<bool>(blocks, it->get<bool>());
   if (!it->is_array() || it->size() != blocks)
-    config_error(key, "is " + it->dump() + "; expected a boolean or one per down block");
+    config_error(key, "is " + io::brief(*it) + "; expected a boolean or one per down block");
   std::vector<bool> values;
   for (const auto& v : *it) {
-    if (!v.is_boolean()) config_error(key, "is " + it->dump() + "; expected booleans");
+    if (!v.is_boolean()) config_error(key, "is " + io::brief(*it) + "; expected booleans");
     values.push_back(v.get<bool>());
   }
   return values;
@@ -55,14 +56,14 @@ void require_null(const io::Json& json, const std::string& key, const std::strin
   auto it = json.find(key);
   if (it != json.end() && !it->is_null())
     config_error(key,
-                 "is " + it->dump() + ", but " + feature + " is not supported (expected null)");
+                 "is " + io::brief(*it) + ", but " + feature + " is not supported (expected null)");
 }
 
 template <typename T>
 void require_value(const io::Json& json, const std::string& key, const T& supported) {
   const T value = io::config_value<T>(json, key, supported, kWhat);
   if (value != supported)
-    config_error(key, "is " + json.at(key).dump() + "; only " + io::Json(supported).dump() +
+    config_error(key, "is " + io::brief(json.at(key)) + "; only " + io::Json(supported).dump() +
                           " is supported");
 }
 
@@ -150,6 +151,15 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
     blocks::parse_activation(c.timestep_post_act, std::string(kWhat) + ": timestep_post_act");
   c.conv_in_kernel = io::config_value<int64_t>(json, "conv_in_kernel", 3, kWhat);
   c.conv_out_kernel = io::config_value<int64_t>(json, "conv_out_kernel", 3, kWhat);
+  detail::require_at_most_max(c.block_out_channels, "block_out_channels", kWhat);
+  detail::require_at_most_max(c.layers_per_block, "layers_per_block", kWhat);
+  detail::require_at_most_max(c.attention_heads, "attention_head_dim", kWhat);
+  detail::require_at_most_max(c.cross_attention_dim, "cross_attention_dim", kWhat);
+  detail::require_at_most_max(c.transformer_layers_per_block, "transformer_layers_per_block", kWhat);
+  detail::require_at_most_max({c.in_channels, c.out_channels, c.sample_size, c.norm_num_groups, c.time_embedding_dim,
+                               c.conv_in_kernel, c.conv_out_kernel},
+                              "in_channels, out_channels, sample_size, norm_num_groups, time_embedding_dim or conv_*_kernel",
+                              kWhat);
 
   require_null(json, "class_embed_type", "a class embedding");
   require_null(json, "num_class_embeds", "a class embedding");

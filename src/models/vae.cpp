@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "kosmosg/error.h"
+#include "models/config_checks.h"
 #include "models/unet_blocks.h"
 
 namespace kosmosg::models {
@@ -130,6 +131,9 @@ AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::Json& json) {
                                              std::to_string(c.norm_num_groups) + ")");
   if (c.layers_per_block <= 0) config_error("layers_per_block", "must be positive");
   if (c.latent_channels <= 0) config_error("latent_channels", "must be positive");
+  detail::require_at_most_max(c.block_out_channels, "block_out_channels", kWhat);
+  detail::require_at_most_max({c.in_channels, c.out_channels, c.layers_per_block, c.latent_channels, c.sample_size},
+                              "in_channels, out_channels, layers_per_block, latent_channels or sample_size", kWhat);
   return c;
 }
 

@@ -1,24 +1,32 @@
 #include "kosmosg/pipeline/convert.h"
 
+#include <signal.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/builtin_configs.h"
+#include "kosmosg/io/file.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/io/torch_checkpoint.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/kosmosg.h"
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/vae.h"
+#include "models/config_checks.h"
 
 namespace kosmosg::pipeline {
 namespace {
 
 namespace fs = std::filesystem;
 constexpr const char* kOp = "convert";
+// The output is written into `<out>.partial-<pid>` beside it and renamed into place when complete.
+constexpr const char* kStagingInfix = ".partial-";
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 bool ends_with(const std::string& s, const std::string& suffix) {
@@ -32,6 +40,33 @@ io::Json pick(const io::Json& override, const io::Json& fallback, const std::str
   if (fallback.is_object() && fallback.contains(fallback_key) && !fallback[fallback_key].is_null())
     return fallback[fallback_key];
   return official;
+}
+
+// Checks the shape of a --sizes file before any value is used: an object of sections, each an
+// object; the Kosmos-G sections hold positive integers (mlp_ratio a positive number), except
+// the "official" notes beside them. The diffusers sections are checked by their configs.
+void check_sizes(const io::Json& sizes, const std::string& file) {
+  if (!sizes.is_object()) fail(kOp, "--sizes " + file + ": expected a JSON object, found " + io::brief(sizes));
+  for (const char* section : {"mllm", "vision", "connector", "aligner", "unet", "vae", "scheduler"}) {
+    const auto it = sizes.find(section);
+    if (it == sizes.end() || it->is_null()) continue;
+    if (!it->is_object())
+      fail(kOp, "--sizes " + file + ": '" + section + "' is " + io::brief(*it) + ", expected an object");
+    const std::string name(section);
+    if (name == "unet" || name == "vae" || name == "scheduler") continue;
+    for (auto entry = it->begin(); entry != it->end(); ++entry) {
+      if (entry.key() == "official") continue;
+      const io::Json& v = entry.value();
+      int64_t integer = 0;
+      const bool ok = entry.key() == "mlp_ratio"
+                          ? v.is_number() && v.get<double>() > 0 && v.get<double>() <= models::detail::kMaxConfigSize
+                          : io::detail::to_integer(v, integer) && integer > 0 && integer <= models::detail::kMaxConfigSize;
+      if (!ok)
+        fail(kOp, "--sizes " + file + ": '" + name + "." + entry.key() + "' is " + io::brief(v) + ", expected a " +
+                      (entry.key() == "mlp_ratio" ? "positive number" : "positive integer") + " of at most " +
+                      std::to_string(models::detail::kMaxConfigSize));
+    }
+  }
 }
 
 // The conditioning model's config: the sizes file first, then the checkpoint's own model
@@ -48,8 +83,8 @@ io::Json kosmosg_config(const io::Json& sizes, const io::Json& cfg_model, int64_
   mllm["decoder_attention_heads"] = pick(s_mllm, cfg_model, "heads", "decoder_attention_heads", official["mllm"]["decoder_attention_heads"]);
   mllm["decoder_ffn_embed_dim"] = pick(s_mllm, cfg_model, "ffn", "decoder_ffn_embed_dim", official["mllm"]["decoder_ffn_embed_dim"]);
   mllm["vocab_size"] = vocab_size;
-  const double width = mllm["decoder_embed_dim"].get<double>();
-  mllm["embed_scale"] = std::sqrt(width);
+  const double width = io::config_value<double>(mllm, "decoder_embed_dim", 0.0, "converted config");
+  mllm["embed_scale"] = std::sqrt(std::max(width, 0.0));
 
   auto& vision = config["vision"];
   for (const char* key : {"image_size", "patch_size", "width", "layers", "mlp_ratio"})
@@ -115,7 +150,7 @@ void reuse_component(const fs::path& sd15, const std::string& part, const fs::pa
 template <typename Module, typename Config>
 void write_component(const fs::path& dir, const io::Json& config, const io::TensorMap& weights,
                      const std::string& source, bool float32) {
-  Module module(Config::from_json(config));
+  auto module = models::detail::build_module<Module>(Config::from_json(config), dir.filename().string() + " config");
   io::LoadOptions load;
   load.source_name = source;
   io::load_weights(*module, weights, load);
@@ -123,6 +158,26 @@ void write_component(const fs::path& dir, const io::Json& config, const io::Tens
   write_json(dir / "config.json", config);
   io::save_safetensors((dir / "diffusion_pytorch_model.safetensors").string(), stored(weights, float32),
                        {{"format", "pt"}, {"source", source}});
+}
+
+// Removes `<out>.partial-<pid>` folders left by conversions that were killed (their process is
+// gone); a conversion still running keeps its own.
+void remove_stale_staging(const fs::path& out) {
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  const std::string prefix = out.filename().string() + kStagingInfix;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string digits = name.substr(prefix.size());
+    pid_t pid = 0;
+    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+    if (digits.empty() || error != std::errc() || end != digits.data() + digits.size() || pid <= 0) continue;
+    if (::kill(pid, 0) != 0 && errno == ESRCH) {
+      spdlog::info("removing {}, left by an interrupted conversion", entry.path().string());
+      fs::remove_all(entry.path(), ec);
+    }
+  }
 }
 
 io::Json merged(io::Json base, const io::Json& overrides) {
@@ -137,14 +192,25 @@ ConvertReport convert_checkpoint(const ConvertOptions& options) {
   const fs::path out(options.out_dir);
   if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
     fail(kOp, "output folder " + out.string() + " already exists and is not empty");
+  // As generate's --out: the folder the output goes into must exist, nothing is created above it.
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  if (!fs::is_directory(parent))
+    fail(kOp, "the folder " + parent.string() + " that would hold " + out.string() + " does not exist");
+  io::require_regular_file(options.checkpoint, kOp);
   const fs::path tokenizer_dir = options.tokenizer_dir ? fs::path(*options.tokenizer_dir)
                                                        : fs::path(options.checkpoint).parent_path();
-  for (const char* file : {"sentencepiece.bpe.model", "dict.txt"})
-    if (!fs::exists(tokenizer_dir / file))
+  for (const char* file : {"sentencepiece.bpe.model", "dict.txt"}) {
+    std::error_code ec;
+    if (!fs::exists(tokenizer_dir / file, ec))
       fail(kOp, (tokenizer_dir / file).string() + " not found: the folder needs the official tokenizer "
                                                   "files (pass --tokenizer DIR)");
+    io::require_regular_file((tokenizer_dir / file).string(), kOp);
+  }
   io::Json sizes = io::Json::object();
-  if (options.sizes_file) sizes = io::read_json(*options.sizes_file);
+  if (options.sizes_file) {
+    sizes = io::read_json(*options.sizes_file);
+    check_sizes(sizes, *options.sizes_file);
+  }
 
   const auto checkpoint = io::read_fairseq_checkpoint(options.checkpoint);
   const io::TensorMap& state = checkpoint.model;
@@ -176,14 +242,16 @@ ConvertReport convert_checkpoint(const ConvertOptions& options) {
     kosmosg_weights.emplace(name, t);
   }
   {
-    models::KosmosGModel model(models::KosmosGConfig::from_json(config, "converted config"));
+    auto model = models::detail::build_module<models::KosmosGModel>(
+        models::KosmosGConfig::from_json(config, "converted config"), "converted config");
     io::LoadOptions load;
     load.source_name = options.checkpoint;
     load.strict = has_aligner;  // a stage-1 checkpoint has no aligner yet
     model->load(kosmosg_weights, load);
   }
 
-  const fs::path staging = out.parent_path() / (out.filename().string() + ".partial-" + std::to_string(::getpid()));
+  remove_stale_staging(out);
+  const fs::path staging = out.parent_path() / (out.filename().string() + kStagingInfix + std::to_string(::getpid()));
   fs::remove_all(staging);
   try {
     fs::create_directories(staging / "kosmosg");

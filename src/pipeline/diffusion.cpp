@@ -8,6 +8,7 @@
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/util/progress.h"
+#include "models/config_checks.h"
 
 namespace kosmosg::pipeline {
 
@@ -36,14 +37,16 @@ DiffusionDecoder::DiffusionDecoder(models::UNet2DConditionModel unet, models::Au
 
 DiffusionDecoder DiffusionDecoder::from_folder(const std::string& dir) {
   const fs::path root(dir);
-  auto unet_config = models::UNet2DConditionConfig::from_json(io::read_json((root / "unet" / "config.json").string()));
-  models::UNet2DConditionModel unet(unet_config);
+  const std::string unet_json = (root / "unet" / "config.json").string();
+  auto unet = models::detail::build_module<models::UNet2DConditionModel>(
+      models::UNet2DConditionConfig::from_json(io::read_json(unet_json)), unet_json);
   io::LoadOptions unet_load;
   unet_load.source_name = (root / "unet").string();
   io::load_weights(*unet, io::read_component_weights((root / "unet").string(), {"diffusion_pytorch_model"}), unet_load);
 
-  auto vae_config = models::AutoencoderKLConfig::from_json(io::read_json((root / "vae" / "config.json").string()));
-  models::AutoencoderKL vae(vae_config);
+  const std::string vae_json = (root / "vae" / "config.json").string();
+  auto vae = models::detail::build_module<models::AutoencoderKL>(
+      models::AutoencoderKLConfig::from_json(io::read_json(vae_json)), vae_json);
   io::LoadOptions vae_load;
   vae_load.source_name = (root / "vae").string();
   io::load_weights(*vae, io::read_component_weights((root / "vae").string(), {"diffusion_pytorch_model"}), vae_load);
@@ -156,8 +159,16 @@ void check_image_size(int64_t width, int64_t height, int64_t scale) {
   }
 }
 
+void check_guidance(double guidance) {
+  constexpr double kMaxGuidance = 100;
+  if (!(guidance >= 0 && guidance <= kMaxGuidance))
+    fail("guidance", "--guidance " + c10::str(guidance) + " must be a finite number from 0 to " +
+                         c10::str(kMaxGuidance) + " (<= 1 disables guidance)");
+}
+
 void DiffusionDecoder::check(const GenerateOptions& options) const {
   check_image_size(options.width, options.height, vae_scale());
+  check_guidance(options.sampling.guidance);
   if (options.sampling.steps < 1)
     fail("steps", "--steps must be at least 1, got " + std::to_string(options.sampling.steps));
   if (options.init_image) {

@@ -6,6 +6,7 @@
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/text/prompt_layout.h"
+#include "models/config_checks.h"
 
 namespace kosmosg::pipeline {
 
@@ -25,7 +26,8 @@ KosmosGPipeline KosmosGPipeline::from_folder(const std::string& dir) {
                                               "model.safetensors, sentencepiece.bpe.model and dict.txt)");
   KosmosGPipeline p;
   p.decoder_ = std::make_unique<DiffusionDecoder>(DiffusionDecoder::from_folder(dir));
-  p.model_ = models::KosmosGModel(models::KosmosGConfig::from_file((part / "config.json").string()));
+  const std::string config = (part / "config.json").string();
+  p.model_ = models::detail::build_module<models::KosmosGModel>(models::KosmosGConfig::from_file(config), config);
   io::LoadOptions load;
   load.source_name = (part / "model.safetensors").string();
   p.model_->load(io::SafeTensors::open(load.source_name).tensors(), load);

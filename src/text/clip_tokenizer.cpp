@@ -1,12 +1,14 @@
 #include "kosmosg/text/clip_tokenizer.h"
 
 #include <cstring>
-#include <fstream>
 #include <mutex>
+#include <queue>
 #include <sstream>
 #include <unordered_map>
 
 #include "kosmosg/error.h"
+#include "kosmosg/io/config.h"
+#include "kosmosg/io/file.h"
 #include "text/unicode.h"
 
 namespace kosmosg::text {
@@ -16,6 +18,10 @@ constexpr const char* kBos = "<|startoftext|>";
 constexpr const char* kEos = "<|endoftext|>";
 // transformers' CLIPTokenizer reads at most this many merges (49152 - 256 - 2).
 constexpr size_t kMaxMerges = 48894;
+// Longer words are merged afresh each time rather than kept, so the cache cannot grow without bound.
+constexpr size_t kMaxCachedWordBytes = 256;
+// CLIP's merges.txt is 512 KiB; anything near this is not a merges file.
+constexpr uint64_t kMaxMergesFileBytes = 64ull << 20;
 
 // GPT-2/CLIP byte-to-unicode table: printable Latin-1 bytes stand for themselves, the other 68
 // bytes for U+0100 onwards, so that every BPE symbol is a printable character.
@@ -114,69 +120,95 @@ struct CLIPTokenizer::Impl {
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<std::string>> cache;
 
-  // BPE of one byte-mapped word: merge the lowest-ranked adjacent pair everywhere, until none.
+  // BPE of one byte-mapped word, with the result of CLIP's Python loop: take the lowest-ranked
+  // adjacent pair, merge its occurrences left to right without overlap, repeat until no pair has a
+  // rank. Python rescans the word for every merge (quadratic: a 120,000-letter word took 25 s);
+  // here a heap holds the pairs, one round per rank, so a word costs O(n log n).
   std::vector<std::string> bpe(const std::string& word) const {
     {
       std::lock_guard<std::mutex> lock(cache_mutex);
       auto it = cache.find(word);
       if (it != cache.end()) return it->second;
     }
-    std::vector<std::string> parts = utf8_chars(word);
-    parts.back() += "</w>";
-    while (parts.size() > 1) {
-      size_t best = SIZE_MAX;
-      std::string first, second;
-      for (size_t i = 0; i + 1 < parts.size(); ++i) {
-        auto it = ranks.find(parts[i] + " " + parts[i + 1]);
-        if (it != ranks.end() && it->second < best) {
-          best = it->second;
-          first = parts[i];
-          second = parts[i + 1];
-        }
+    std::vector<std::string> symbol = utf8_chars(word);
+    symbol.back() += "</w>";
+    const size_t n = symbol.size();
+    constexpr size_t kNone = SIZE_MAX;
+    std::vector<size_t> prev(n), next(n);
+    std::vector<uint32_t> version(n, 0);  // bumped when a symbol grows, so stale pairs are skipped
+    std::vector<bool> alive(n, true);
+    for (size_t i = 0; i < n; ++i) prev[i] = i == 0 ? kNone : i - 1, next[i] = i + 1 == n ? kNone : i + 1;
+    struct Pair {
+      size_t rank, left, right;
+      uint32_t left_version, right_version;
+      // Lowest rank first, then leftmost: the order of Python's passes.
+      bool operator<(const Pair& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
+    std::priority_queue<Pair> pairs;
+    auto consider = [&](size_t left, size_t right) {
+      if (left == kNone || right == kNone) return;
+      auto it = ranks.find(symbol[left] + " " + symbol[right]);
+      if (it != ranks.end()) pairs.push({it->second, left, right, version[left], version[right]});
+    };
+    for (size_t i = 0; i + 1 < n; ++i) consider(i, i + 1);
+    std::vector<Pair> round;
+    std::vector<size_t> grown;
+    while (!pairs.empty()) {
+      // A merge makes pairs of other texts, hence of other ranks: a round sees exactly the
+      // occurrences Python's pass over the word sees.
+      const size_t rank = pairs.top().rank;
+      round.clear();
+      grown.clear();
+      while (!pairs.empty() && pairs.top().rank == rank) round.push_back(pairs.top()), pairs.pop();
+      for (const Pair& p : round) {
+        if (!alive[p.left] || !alive[p.right] || next[p.left] != p.right || version[p.left] != p.left_version ||
+            version[p.right] != p.right_version)
+          continue;
+        symbol[p.left] += symbol[p.right];
+        ++version[p.left];
+        alive[p.right] = false;
+        next[p.left] = next[p.right];
+        if (next[p.right] != kNone) prev[next[p.right]] = p.left;
+        grown.push_back(p.left);
       }
-      if (best == SIZE_MAX) break;
-      std::vector<std::string> merged;
-      for (size_t i = 0; i < parts.size();) {
-        if (i + 1 < parts.size() && parts[i] == first && parts[i + 1] == second) {
-          merged.push_back(first + second);
-          i += 2;
-        } else {
-          merged.push_back(parts[i++]);
-        }
+      for (size_t i : grown) {
+        consider(prev[i], i);
+        consider(i, next[i]);
       }
-      parts = std::move(merged);
     }
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    cache.emplace(word, parts);
+    std::vector<std::string> parts;
+    for (size_t i = 0; i != kNone; i = next[i]) parts.push_back(std::move(symbol[i]));
+    if (word.size() <= kMaxCachedWordBytes) {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      cache.emplace(word, parts);
+    }
     return parts;
   }
 
-  std::vector<std::string> tokenize_piece(const std::string& piece) const {
-    std::vector<std::string> out;
+  // The tokens of `piece`, stopping once `limit` are made (words after that are never merged).
+  void tokenize_piece(const std::string& piece, size_t limit, std::vector<std::string>& out) const {
     for (const auto& w : split_words(clean_text(piece))) {
+      if (out.size() >= limit) return;
       std::string mapped;
       for (unsigned char b : unicode::encode_utf8(w)) mapped += byte_symbol[b];
       auto parts = bpe(mapped);
       out.insert(out.end(), parts.begin(), parts.end());
     }
-    return out;
   }
 
   // Special tokens written in the text are split off first; the rest is cleaned piece by piece.
-  std::vector<std::string> tokenize(const std::string& text) const {
+  // `limit` bounds the work, not the result: the last word may carry it past the limit.
+  std::vector<std::string> tokenize(const std::string& text, size_t limit = SIZE_MAX) const {
     std::vector<std::string> out;
     size_t pos = 0;
-    while (pos <= text.size()) {
+    while (pos <= text.size() && out.size() < limit) {
       size_t next = std::string::npos, len = 0;
       for (const char* special : {kBos, kEos}) {
         const size_t at = text.find(special, pos);
         if (at < next) next = at, len = std::strlen(special);
       }
       const std::string piece = text.substr(pos, next == std::string::npos ? std::string::npos : next - pos);
-      if (!piece.empty()) {
-        auto toks = tokenize_piece(piece);
-        out.insert(out.end(), toks.begin(), toks.end());
-      }
+      if (!piece.empty()) tokenize_piece(piece, limit, out);
       if (next == std::string::npos) break;
       out.push_back(text.substr(next, len));
       pos = next + len;
@@ -187,19 +219,12 @@ struct CLIPTokenizer::Impl {
 
 CLIPTokenizer CLIPTokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
   auto impl = std::make_shared<Impl>();
-  std::ifstream vin(vocab_json);
-  if (!vin) fail("clip tokenizer", "cannot read vocabulary " + vocab_json + " (missing or unreadable)");
-  nlohmann::json vocab;
-  try {
-    vin >> vocab;
-  } catch (const nlohmann::json::exception& e) {
-    fail("clip tokenizer", vocab_json + ": not valid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json vocab = io::read_json(vocab_json);
   if (!vocab.is_object() || vocab.empty())
     fail("clip tokenizer", vocab_json + ": expected a non-empty JSON object mapping tokens to ids");
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
-      fail("clip tokenizer", vocab_json + ": token '" + token + "' has the id " + id.dump() +
+      fail("clip tokenizer", vocab_json + ": token '" + token + "' has the id " + io::brief(id) +
                                  ", expected a non-negative integer");
     impl->vocab.emplace(token, id.get<int64_t>());
   }
@@ -209,8 +234,7 @@ CLIPTokenizer CLIPTokenizer::from_files(const std::string& vocab_json, const std
   impl->bos = impl->vocab.at(kBos);
   impl->eos = impl->vocab.at(kEos);
 
-  std::ifstream min(merges_txt);
-  if (!min) fail("clip tokenizer", "cannot read merges " + merges_txt + " (missing or unreadable)");
+  std::istringstream min(io::read_file(merges_txt, "clip tokenizer", kMaxMergesFileBytes));
   std::string line;
   size_t line_no = 0;
   while (std::getline(min, line) && impl->ranks.size() < kMaxMerges) {
@@ -251,7 +275,7 @@ std::vector<int64_t> CLIPTokenizer::encode(const std::string& text, size_t max_l
   if (max_length < 2)
     fail("clip tokenizer", "max_length " + std::to_string(max_length) + " leaves no room for bos and eos");
   std::vector<int64_t> ids{impl_->bos};
-  for (const auto& tok : impl_->tokenize(text)) {
+  for (const auto& tok : impl_->tokenize(text, max_length - 2)) {
     if (ids.size() + 1 >= max_length) break;
     ids.push_back(token_id(tok));
   }

@@ -173,6 +173,7 @@ TEST(ApiGuide, EveryCodeBlockOfTheGuideIsCompiledHere) {
 TEST(ApiGuide, ExamplesRun) {
   const fs::path work = fs::temp_directory_path() / ("kosmosg_guide_" + std::to_string(::getpid()));
   fs::remove_all(work);
+  fs::create_directories(work);  // convert, as generate, writes into an existing folder
   const fs::path official = fs::path(shared_dir()) / "fixtures" / "kosmosg-official-tiny";
   auto unet = load_unet(shared_dir() + "/fixtures/tiny-sd15/unet");
   EXPECT_EQ(unet->config().block_out_channels.front(), 16);

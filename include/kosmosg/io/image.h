@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 
 namespace kosmosg::io {
 
@@ -13,9 +14,14 @@ namespace kosmosg::io {
 constexpr int64_t kMaxImagePixels = 178956970;
 
 // Decodes an image file into uint8 [H, W, 3] RGB: 16-bit samples are divided by 257 (rounded),
-// grey is replicated, alpha is composited onto white. Throws kosmosg::Error naming the file when it
-// is missing, unreadable or corrupt, or when width * height exceeds `max_pixels`.
+// grey is replicated, alpha is composited onto white. Accepts PNG, JPEG, BMP, WebP, TIFF and PNM,
+// whose headers are read before decoding. Throws kosmosg::Error naming the file when it is
+// missing, not a regular file, larger than 1 GiB, unreadable, corrupt or of another format, or when
+// width * height exceeds `max_pixels` (refused from the header, before any decoding).
 at::Tensor read_image(const std::string& path, int64_t max_pixels = kMaxImagePixels);
+// Width and height of an image file from its header alone (nothing is decoded), with the
+// checks of read_image that need no decoding.
+std::pair<int64_t, int64_t> read_image_size(const std::string& path, int64_t max_pixels = kMaxImagePixels);
 // Decodes the bytes of an image file (PNG, JPEG, ...) as read_image does; `what` names the data in
 // errors (e.g. "shard.tsv line 3 column 2").
 at::Tensor decode_image(const std::string& bytes, const std::string& what, int64_t max_pixels = kMaxImagePixels);

@@ -25,8 +25,9 @@ struct PickleGlobal {
   std::string full_name() const { return module + "." + name; }
 };
 
-// One node of an unpickled value tree. Containers are shared: when the pickle refers to the same
-// list, dict or object twice, both places hold the same node (and tensors the same storage).
+// One node of an unpickled value tree. Containers and strings are shared: when the pickle refers
+// to the same list, dict, object or string twice, both places hold the same node (and tensors the
+// same storage), so copying a value never copies its contents.
 class PickleValue {
  public:
   enum class Kind { None, Bool, Int, Float, String, Bytes, List, Tuple, Dict, Tensor, Global, Object };
@@ -73,7 +74,8 @@ class PickleValue {
   struct Tuple {
     std::vector<PickleValue> items;
   };
-  std::variant<std::monostate, bool, int64_t, double, std::string, Bytes, std::shared_ptr<List>,
+  std::variant<std::monostate, bool, int64_t, double, std::shared_ptr<const std::string>,
+               std::shared_ptr<const Bytes>, std::shared_ptr<List>,
                std::shared_ptr<Tuple>, std::shared_ptr<PickleDict>, at::Tensor, PickleGlobal,
                std::shared_ptr<PickleObject>>
       v_;
@@ -122,7 +124,9 @@ struct UnpickleOptions {
 // values; omegaconf's DictConfig, ListConfig, AnyNode, Metadata and ContainerMetadata become
 // inert objects. Any other global, a malformed opcode, truncation or stack underflow is an Error
 // naming the source. References back to an enclosing container (omegaconf's `_parent` links)
-// become None so that the tree is acyclic; nesting deeper than 1000 is an Error.
+// become None so that the tree is acyclic; nesting deeper than 1000 is an Error, and so is a
+// pickle whose shared values would be copied, or encoded as dict keys, into more than 16 values
+// (or key bytes) per byte of input: time and memory stay proportional to the input's size.
 PickleValue unpickle(const uint8_t* data, size_t size, const UnpickleOptions& options = {});
 
 }  // namespace kosmosg::io

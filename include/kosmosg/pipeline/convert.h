@@ -8,7 +8,7 @@ namespace kosmosg::pipeline {
 
 struct ConvertOptions {
   std::string checkpoint;                  // checkpoint_*.pt
-  std::string out_dir;                     // created; must not exist or be empty
+  std::string out_dir;                     // created; must not exist or be empty; its parent must exist
   std::optional<std::string> sizes_file;   // module sizes the official code fixes (like the fixture's sizes.json)
   std::optional<std::string> sd15_dir;     // reuse unet/, vae/, scheduler/ of this SD1.5 folder
   std::optional<std::string> tokenizer_dir;  // sentencepiece.bpe.model + dict.txt (default: beside the checkpoint)

@@ -125,6 +125,10 @@ class DiffusionDecoder {
 // `scale` no larger than 4096 per side. Errors name the offending value.
 void check_image_size(int64_t width, int64_t height, int64_t scale);
 
+// Checks a classifier-free guidance scale: a finite number from 0 to 100 (an infinite one turns
+// every image black, and beyond 100 the result is noise).
+void check_guidance(double guidance);
+
 // Images in [-1, 1] (N×3×H×W) → uint8 N×H×W×3, as diffusers' numpy_to_pil rounds them.
 at::Tensor to_uint8_images(const at::Tensor& images);
 
