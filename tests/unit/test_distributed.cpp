@@ -281,6 +281,14 @@ TEST_F(DistributedTrain, TwoRanksTrainAsOneProcessWithTheCombinedBatch) {
     const auto first = kosmosg::io::parse_json(line, "metrics");
     EXPECT_EQ(first.at("samples").get<int64_t>(), 4) << stage;
     EXPECT_EQ(first.at("world_size").get<int64_t>(), 2) << stage;
+    if (stage != "instruct") continue;
+    // Accumulating two micro-batches per rank (only the second communicates) is the same update
+    // again; the align loss is per micro-batch, like its per-worker sample size, so only instruct.
+    const fs::path accumulated = work_ / "instruct_accumulated";
+    const auto acc = run_job(train(stage, accumulated, common + " --batch-size 1 --update-freq 2"), 2,
+                             work_ / "instruct_accumulated.log");
+    ASSERT_EQ(acc.status, (std::vector<int>{0, 0})) << acc.logs[0] << acc.logs[1];
+    expect_same_weights(one, accumulated, 2e-5);
   }
 }
 
