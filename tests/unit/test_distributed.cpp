@@ -315,6 +315,24 @@ TEST_F(DistributedTrain, ResumesWithTheSameAndAnotherNumberOfRanks) {
   EXPECT_EQ(updates, (std::vector<int64_t>{1, 2, 3, 4}));
 }
 
+TEST_F(DistributedTrain, LaunchScriptStartsTheRanks) {
+  ASSERT_EQ(convert_.status, 0) << convert_.output;
+  const fs::path script = fs::path(__FILE__).parent_path().parent_path().parent_path() / "scripts" / "launch.sh";
+  const fs::path out = work_ / "launched";
+  const std::string cmd = "timeout 120 " + script.string() + " 2 " + KOSMOSG_CLI_PATH + " " +
+                          train("align", out, "--steps 2 --batch-size 2 --dist-timeout 60") + " 2>&1";
+  FILE* pipe = popen(cmd.c_str(), "r");
+  std::string output;
+  std::array<char, 4096> buf{};
+  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) output.append(buf.data(), n);
+  const int raw = pclose(pipe);
+  ASSERT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 0) << output;
+  std::ifstream metrics(out / "metrics.jsonl");
+  std::string line;
+  std::getline(metrics, line);
+  EXPECT_EQ(kosmosg::io::parse_json(line, "metrics").at("world_size").get<int64_t>(), 2);
+}
+
 // Starts a long two-rank run and waits until rank 0 has logged an update.
 std::vector<pid_t> start_long_run(const std::string& args, const fs::path& out, const fs::path& logs) {
   const int port = free_port();
