@@ -61,8 +61,7 @@ namespace fs = std::filesystem;
 
 struct ShapesEvalArgs {
   std::string data, model, images, out = "shapes-eval", sampler = "dpmpp-2m", device = "cpu", dtype = "auto";
-  bool ground_truth = false, quiet = false;
-  std::optional<bool> baseline;
+  bool ground_truth = false, quiet = false, baseline = false, no_baseline = false;
   std::optional<int64_t> limit, size;
   int64_t steps = 25;
   double guidance = 7.5;
@@ -118,14 +117,17 @@ int run_shapes(const ShapesEvalArgs& a) {
     settings["images"] = a.images;
     systems.emplace_back("images", eval::score_shapes(cases, world, [&a](const eval::ShapesCase& c) {
       const std::string path = case_image_path(a.images, c);
+      if (!fs::exists(path))
+        fail("shapes eval", "--images: " + path + " does not exist (expected the kosmosg/ or baseline/ folder of an "
+                            "earlier run with at least as many prompts; --limit scores fewer)");
       return std::pair{io::read_image(path), path};
     }));
   } else {
     const auto device = parse_device(a.device);
     const auto dtype = parse_dtype(a.dtype, device);
     configure_threads(a.threads);
-    const bool baseline = a.baseline.value_or(fs::exists(fs::path(a.model) / "text_encoder") &&
-                                              fs::exists(fs::path(a.model) / "model_index.json"));
+    const bool baseline = a.baseline || (!a.no_baseline && fs::exists(fs::path(a.model) / "text_encoder") &&
+                                         fs::exists(fs::path(a.model) / "model_index.json"));
     settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", a.sampler}, {"steps", a.steps},
                      {"guidance", a.guidance}, {"seed", a.seed}, {"baseline", baseline}});
     {
@@ -202,9 +204,10 @@ Command add_eval(CLI::App& app) {
                                                        "OUT/baseline: <split>/<n>.png)")->excludes(model);
   sh->add_flag("--ground-truth", s->ground_truth, "Score the world's own target images (the scorer's check: 100%)")
       ->excludes(model)->excludes(images);
-  sh->add_flag("--baseline,!--no-baseline", s->baseline,
-               "Also score the text-to-image decoder alone, each <i> replaced by the entity in words (default: when "
-               "the model folder has text_encoder/ and model_index.json)");
+  auto* baseline = sh->add_flag("--baseline", s->baseline,
+                                "Also score the text-to-image decoder alone, each <i> replaced by the entity in words "
+                                "(the default when the model folder has text_encoder/ and model_index.json)");
+  sh->add_flag("--no-baseline", s->no_baseline, "Score the Kosmos-G model only")->excludes(baseline);
   sh->add_option("--out", s->out, "Output folder: kosmosg/ and baseline/ images, report.json")->capture_default_str();
   sh->add_option("--limit", s->limit, "Only the first N prompts of each test manifest");
   sh->add_option("--steps", s->steps, "Sampler steps")->capture_default_str();

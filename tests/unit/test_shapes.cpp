@@ -429,3 +429,40 @@ TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("world.json"), std::string::npos) << r.output;
 }
+
+TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
+  const auto dir = temp_dir("cli_model");
+  const fs::path fixtures = fs::path(test::shared_dir()) / "fixtures";
+  const fs::path model = dir / "model", world = dir / "world", out = dir / "eval";
+  auto r = test::run_cli("convert " + (fixtures / "kosmosg-official-tiny" / "checkpoint_tiny.pt").string() + " " +
+                         model.string() + " --sizes " + (fixtures / "kosmosg-official-tiny" / "sizes.json").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* part : {"text_encoder", "tokenizer"})
+    fs::copy(fixtures / "tiny-sd15" / part, model / part, fs::copy_options::recursive);
+  r = test::run_cli("data shapes --quiet --out " + world.string() + " --count 4 --test-count 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = test::run_cli("eval shapes --quiet --model " + model.string() + " --data " + world.string() + " --out " +
+                    out.string() + " --limit 1 --steps 2 --threads 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  // The tiny model's images are noise: only that everything ran and was written matters.
+  const auto report = io::read_json((out / "report.json").string());
+  EXPECT_EQ(report.at("cases").size(), 8u);
+  EXPECT_TRUE(report.at("scores").contains("kosmosg"));
+  EXPECT_TRUE(report.at("scores").contains("baseline"));
+  EXPECT_EQ(report.at("scores").at("kosmosg").at("one-entity").at("text_fidelity").at("total"), 1);
+  for (const char* system : {"kosmosg", "baseline"})
+    for (const char* split : {"text", "one_entity", "two_entity", "edit"})
+      EXPECT_TRUE(fs::exists(out / system / split / "000000.png")) << system << " " << split;
+  // Scoring the saved images again gives the same verdicts.
+  r = test::run_cli("eval shapes --images " + (out / "kosmosg").string() + " --data " + world.string() +
+                    " --limit 1 --out " + (dir / "rescored").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto rescored = io::read_json((dir / "rescored" / "report.json").string());
+  for (size_t i = 0; i < 4; ++i)
+    for (const char* key : {"text", "subject", "edit"})
+      EXPECT_EQ(rescored.at("cases")[i].at(key), report.at("cases")[i].at(key)) << i << " " << key;
+  r = test::run_cli("eval shapes --images " + (out / "kosmosg").string() + " --data " + world.string() + " --out " +
+                    (dir / "rescored").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("000001.png does not exist"), std::string::npos) << r.output;
+}
