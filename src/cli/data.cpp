@@ -53,6 +53,7 @@ Command add_data(CLI::App& app) {
       ->capture_default_str();
   shapes->add_option("--held-out", o->held_out, "Shape x colour x background combinations held out for testing")
       ->capture_default_str();
+  shapes->add_option("--threads", o->threads, "Images drawn and written at once")->capture_default_str();
   shapes->add_flag("--quiet", o->quiet, "No progress lines");
   return {sub, [o] { return run_shapes(*o); }};
 }

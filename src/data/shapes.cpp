@@ -6,12 +6,14 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <opencv2/imgproc.hpp>
-#include <set>
+#include <thread>
 
 #include "data/internal.h"
 #include "kosmosg/data/loader.h"
@@ -202,24 +204,70 @@ struct Manifest {
   }
 };
 
-class WorldWriter {
- public:
-  WorldWriter(const ShapesOptions& options, ShapesWorld world) : o_(options), world_(std::move(world)) {}
+// Logs every tenth of `total` (and the last), so a long run shows it is moving.
+void log_progress(const char* what, int64_t done, int64_t total, bool quiet) {
+  const int64_t step = std::max<int64_t>(1, total / 10);
+  if (!quiet && (done % step == 0 || done == total)) spdlog::info("{}: {}/{}", what, done, total);
+}
 
-  void image(const std::string& relative, const at::Tensor& hwc_u8, const std::string& caption) {
-    io::write_png((fs::path(o_.out_dir) / relative).string(), hwc_u8, {{"caption", caption}});
-    ++images_;
+// The images of a world, listed while the manifests are built and then drawn and written by
+// several threads at once: each PNG is fsynced (io::write_png), so one thread would mostly wait.
+class ImageWriter {
+ public:
+  ImageWriter(const ShapesOptions& options, const ShapesWorld& world) : o_(options), world_(world) {}
+
+  void entity(const std::string& relative, ShapeKind kind, int color) {
+    jobs_.push_back({relative, {}, kind, color, true});
   }
-  void scene(const std::string& relative, const Scene& scene) {
-    image(relative, draw_shapes_scene(world_, scene), world_.caption(scene));
+  void scene(const std::string& relative, const Scene& scene) { jobs_.push_back({relative, scene, {}, 0, false}); }
+  int64_t size() const { return static_cast<int64_t>(jobs_.size()); }
+
+  void write_all() {
+    std::atomic<size_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    auto work = [&] {
+      for (size_t i = next++; i < jobs_.size(); i = next++) {
+        try {
+          write(jobs_[i]);
+        } catch (...) {
+          const std::lock_guard<std::mutex> lock(error_mutex);
+          if (!error) error = std::current_exception();
+          next = jobs_.size();
+        }
+        log_progress("images", ++done, size(), o_.quiet);
+      }
+    };
+    std::vector<std::thread> threads;
+    for (int64_t t = 1; t < o_.threads; ++t) threads.emplace_back(work);
+    work();
+    for (auto& t : threads) t.join();
+    if (error) std::rethrow_exception(error);
   }
-  int64_t images() const { return images_; }
-  const ShapesWorld& world() const { return world_; }
 
  private:
+  struct Job {
+    std::string file;
+    Scene scene;
+    ShapeKind kind;
+    int color;
+    bool entity;
+  };
+
+  void write(const Job& job) const {
+    const std::string path = (fs::path(o_.out_dir) / job.file).string();
+    if (job.entity) {
+      const Shape shape{job.kind, job.color, 0, 0, 0};
+      io::write_png(path, draw_shapes_entity(world_, job.kind, job.color), {{"caption", world_.words(shape)}});
+    } else {
+      io::write_png(path, draw_shapes_scene(world_, job.scene), {{"caption", world_.caption(job.scene)}});
+    }
+  }
+
   const ShapesOptions& o_;
-  ShapesWorld world_;
-  int64_t images_ = 0;
+  const ShapesWorld& world_;
+  std::vector<Job> jobs_;
 };
 
 void check_options(const ShapesOptions& o) {
@@ -229,12 +277,7 @@ void check_options(const ShapesOptions& o) {
     fail(kWhere, "test count is " + std::to_string(o.test_count) + ", expected at least 1 scene per test split");
   if (!(o.two_entity_fraction >= 0 && o.two_entity_fraction <= 1))
     fail(kWhere, "two-entity fraction is " + std::to_string(o.two_entity_fraction) + ", expected a number in [0, 1]");
-}
-
-// Logs every tenth of `total` (and the last), so a long run shows it is moving.
-void log_progress(const char* what, int64_t done, int64_t total, bool quiet) {
-  const int64_t step = std::max<int64_t>(1, total / 10);
-  if (!quiet && (done % step == 0 || done == total)) spdlog::info("{}: {}/{}", what, done, total);
+  if (o.threads < 1 || o.threads > 256) fail(kWhere, "threads is " + std::to_string(o.threads) + ", expected 1 to 256");
 }
 
 }  // namespace
@@ -390,16 +433,15 @@ at::Tensor draw_shapes_entity(const ShapesWorld& world, ShapeKind kind, int colo
 
 ShapesSummary write_shapes_world(const ShapesOptions& o) {
   check_options(o);
-  WorldWriter out(o, ShapesWorld::create(o.colors, o.kinds, o.image_size, o.held_out));
-  const ShapesWorld& world = out.world();
+  const ShapesWorld world = ShapesWorld::create(o.colors, o.kinds, o.image_size, o.held_out);
+  ImageWriter out(o, world);
   const fs::path root(o.out_dir);
   for (const char* sub : {"entities", "train", "test"}) fs::create_directories(root / sub);
   ShapesSummary summary;
 
   for (int c = 0; c < static_cast<int>(world.palette.size()); ++c)
     for (const ShapeKind kind : world.kinds) {
-      const Shape shape{kind, c, 0, 0, 0};
-      out.image(entity_file(world, shape), draw_shapes_entity(world, kind, c), world.words(shape));
+      out.entity(entity_file(world, Shape{kind, c, 0, 0, 0}), kind, c);
     }
 
   Manifest captions{"captions.jsonl"}, text_to_image{"text_to_image.jsonl"}, interleaved{"interleaved.jsonl"},
@@ -423,7 +465,6 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
       out.scene(edited_file, edited);
       edit.add({{"prompt", "<i> " + edit_instruction(world, edited.background)}, {"images", {file}}, {"target", edited_file}});
     }
-    log_progress("training scenes", n + 1, o.count, o.quiet);
   }
   for (int c = 0; c < static_cast<int>(world.palette.size()); ++c)
     for (const ShapeKind kind : world.kinds) {
@@ -473,10 +514,10 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
                    {"images", {stem + "_source.png"}},
                    {"target", stem + ".png"},
                    {"labels", l}});
-    log_progress("test scenes", n + 1, o.test_count, o.quiet);
   }
 
   // world.json and the manifests last: a run stopped early leaves no manifest naming missing images.
+  out.write_all();
   summary.train_scenes = o.count;
   summary.one_entity = one.lines;
   summary.two_entity = two.lines;
@@ -485,7 +526,7 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
   summary.test_one_entity = test_one.lines;
   summary.test_two_entity = test_two.lines;
   summary.test_edit = test_edit.lines;
-  summary.images = out.images();
+  summary.images = out.size();
   for (const Manifest* m : {&captions, &text_to_image, &interleaved, &one, &two, &edit, &test_text, &test_one,
                             &test_two, &test_edit})
     io::write_text_atomically((root / m->name).string(), m->text);

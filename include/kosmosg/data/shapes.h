@@ -102,6 +102,7 @@ struct ShapesOptions {
   std::vector<std::string> kinds = {"circle", "square", "triangle"};
   double two_entity_fraction = 0.3;  // share of training scenes with two shapes
   int64_t held_out = 6;
+  int64_t threads = 8;               // images drawn and written at once (writing waits on fsync)
   bool quiet = false;                // no progress output
 };
 
