@@ -1,6 +1,5 @@
-#include <spdlog/spdlog.h>
-
 #include <chrono>
+#include <cstdio>
 #include <memory>
 
 #include "cli/commands.h"

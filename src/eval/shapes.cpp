@@ -341,13 +341,15 @@ std::string shapes_report_json(const std::vector<std::pair<std::string, std::vec
       for (const auto& f : s.found.shapes)
         found_shapes.push_back(
             {{"kind", f.kind}, {"color", f.color}, {"area", f.area}, {"confidence", f.confidence}});
+      Json expected{{"background", s.expected.background}, {"shapes", expected_shapes}};
+      if (!s.expected.source_background.empty()) expected["source_background"] = s.expected.source_background;
       report["cases"].push_back({{"system", system},
                                  {"split", s.expected.split},
                                  {"index", s.expected.index},
                                  {"prompt", s.expected.prompt},
                                  {"words", s.expected.words},
                                  {"image", s.image},
-                                 {"expected", {{"background", s.expected.background}, {"shapes", expected_shapes}}},
+                                 {"expected", expected},
                                  {"found",
                                   {{"background", s.found.background},
                                    {"background_share", s.found.background_share},
