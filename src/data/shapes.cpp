@@ -362,7 +362,8 @@ ShapesWorld ShapesWorld::create(const std::vector<std::string>& colors, const st
     fail(kWhere, std::to_string(held_out) + " held-out combinations asked for, but only " +
                      std::to_string(world.held_out.size()) +
                      " can be held out while every kind-colour, kind-background and colour-background pair keeps a "
-                     "combination to train on");
+                     "combination to train on" +
+                     (world.kinds.size() == 1 ? " (with one shape kind none can: give at least 2)" : ""));
   return world;
 }
 
