@@ -1,11 +1,18 @@
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include "cli/commands.h"
+#include "kosmosg/error.h"
 #include "kosmosg/eval/dreambench.h"
+#include "kosmosg/eval/shapes.h"
 #include "kosmosg/io/image.h"
+#include "kosmosg/io/safetensors.h"
 #include "kosmosg/pipeline/kosmosg.h"
+#include "kosmosg/pipeline/stable_diffusion.h"
 #include "kosmosg/runtime.h"
 
 namespace kosmosg::cli {
@@ -50,10 +57,119 @@ int run_dreambench(EvalArgs& a) {
   return 0;
 }
 
+namespace fs = std::filesystem;
+
+struct ShapesEvalArgs {
+  std::string data, model, images, out = "shapes-eval", sampler = "dpmpp-2m", device = "cpu", dtype = "auto";
+  bool ground_truth = false, quiet = false, baseline = false, no_baseline = false;
+  std::optional<int64_t> limit, size;
+  int64_t steps = 25;
+  double guidance = 7.5;
+  uint64_t seed = 0;
+  int threads = 0;
+};
+
+// Where a system's image for a case is written, and read back by --images: DIR/<split>/<n>.png.
+std::string case_image_path(const std::string& dir, const eval::ShapesCase& c) {
+  char name[32];
+  std::snprintf(name, sizeof name, "%06lld.png", static_cast<long long>(c.index));
+  return (fs::path(dir) / c.split / name).string();
+}
+
+// Generates every case with `generate` (prompt text, the case's images, seed) into OUT/<system>/.
+eval::ShapesImageFn generating(const ShapesEvalArgs& a, const std::string& system,
+                               const std::function<at::Tensor(const eval::ShapesCase&, uint64_t)>& generate) {
+  return [&a, system, generate](const eval::ShapesCase& c) {
+    const uint64_t seed = a.seed + static_cast<uint64_t>(c.index);
+    const at::Tensor image = generate(c, seed);
+    const std::string path = case_image_path((fs::path(a.out) / system).string(), c);
+    fs::create_directories(fs::path(path).parent_path());
+    io::write_png(path, image, {{"prompt", system == "baseline" ? c.words : c.prompt}, {"seed", std::to_string(seed)}});
+    return std::pair{image, path};
+  };
+}
+
+pipeline::GenerateOptions generate_options(const ShapesEvalArgs& a, int64_t side, uint64_t seed) {
+  pipeline::GenerateOptions g;
+  g.sampling = {a.sampler, a.steps, a.guidance, false};
+  g.width = g.height = side;
+  g.seed = seed;
+  return g;
+}
+
+int run_shapes(const ShapesEvalArgs& a) {
+  const int modes = int(!a.model.empty()) + int(!a.images.empty()) + int(a.ground_truth);
+  if (modes != 1)
+    fail("shapes eval", "give one of --model (generate and score), --images (score a folder) or --ground-truth");
+  const auto world = data::ShapesWorld::load(a.data);
+  const auto cases = eval::read_shapes_cases(a.data, a.limit);
+  nlohmann::json settings{{"data", a.data}, {"cases", cases.size()}};
+  std::vector<std::pair<std::string, std::vector<eval::ShapesCaseScore>>> systems;
+  const bool progress = !a.quiet;
+
+  if (a.ground_truth) {
+    settings["mode"] = "ground-truth";
+    systems.emplace_back("ground-truth", eval::score_shapes(cases, world, [](const eval::ShapesCase& c) {
+      return std::pair{io::read_image(c.target), c.target};
+    }));
+  } else if (!a.images.empty()) {
+    settings["mode"] = "images";
+    settings["images"] = a.images;
+    systems.emplace_back("images", eval::score_shapes(cases, world, [&a](const eval::ShapesCase& c) {
+      const std::string path = case_image_path(a.images, c);
+      if (!fs::exists(path))
+        fail("shapes eval", "--images: " + path + " does not exist (expected the kosmosg/ or baseline/ folder of an "
+                            "earlier run with at least as many prompts; --limit scores fewer)");
+      return std::pair{io::read_image(path), path};
+    }));
+  } else {
+    const auto device = parse_device(a.device);
+    const auto dtype = parse_dtype(a.dtype, device);
+    configure_threads(a.threads);
+    const bool baseline = a.baseline || (!a.no_baseline && fs::exists(fs::path(a.model) / "text_encoder") &&
+                                         fs::exists(fs::path(a.model) / "model_index.json"));
+    settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", a.sampler}, {"steps", a.steps},
+                     {"guidance", a.guidance}, {"seed", a.seed}, {"baseline", baseline}});
+    {
+      auto pipe = pipeline::KosmosGPipeline::from_folder(a.model);
+      pipe.to(device, dtype);
+      const int64_t side = a.size.value_or(pipe.decoder().unet()->config().sample_size * pipe.decoder().vae_scale());
+      settings["size"] = side;
+      spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, a.steps);
+      systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", [&](const eval::ShapesCase& c, uint64_t seed) {
+        auto g = generate_options(a, side, seed);
+        g.prompt = c.prompt;
+        for (const auto& path : c.images) g.images.push_back(io::read_image(path));
+        return pipeline::to_uint8_images(pipe.generate(g).second)[0];
+      }), progress));
+    }
+    if (baseline) {
+      auto pipe = pipeline::StableDiffusionPipeline::from_folder(a.model);
+      pipe.to(device, dtype);
+      const int64_t side = settings["size"].get<int64_t>();
+      spdlog::info("baseline (the text-to-image decoder, entities in words): {} prompts", cases.size());
+      systems.emplace_back("baseline", eval::score_shapes(cases, world, generating(a, "baseline", [&](const eval::ShapesCase& c, uint64_t seed) {
+        auto g = generate_options(a, side, seed);
+        g.prompt = c.words;
+        return pipeline::to_uint8_images(pipe.generate(g).second)[0];
+      }), progress));
+    }
+  }
+
+  for (const auto& [system, scored] : systems)
+    std::printf("%s\n", eval::format_shapes_table(system, eval::tally_shapes(scored)).c_str());
+  fs::create_directories(a.out);
+  const std::string report = (fs::path(a.out) / "report.json").string();
+  io::write_text_atomically(report, eval::shapes_report_json(systems, settings.dump()));
+  std::printf("report: %s\n", report.c_str());
+  return 0;
+}
+
 }  // namespace
 
 Command add_eval(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
+  auto s = std::make_shared<ShapesEvalArgs>();
   auto* sub = app.add_subcommand("eval", "Evaluate a model");
   sub->require_subcommand(1);
   auto* db = sub->add_subcommand(
@@ -77,7 +193,33 @@ Command add_eval(CLI::App& app) {
   db->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   db->add_option("--dtype", a->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
   db->add_flag("--quiet", a->quiet, "No progress output");
-  return {db, [a] { return run_dreambench(*a); }};
+
+  auto* sh = sub->add_subcommand(
+      "shapes", "The shapes world's held-out prompts (kosmosg data shapes): generate an image for each and score "
+                "text fidelity (the background asked for), subject fidelity (the entities' kinds and colours) and "
+                "editing success for text-only, one-entity and two-entity prompts, by image analysis");
+  sh->add_option("--data", s->data, "The world folder (kosmosg data shapes --out)")->required();
+  auto* model = sh->add_option("--model", s->model, "Kosmos-G model folder to generate with");
+  auto* images = sh->add_option("--images", s->images, "Score the images of an earlier run instead (OUT/kosmosg or "
+                                                       "OUT/baseline: <split>/<n>.png)")->excludes(model);
+  sh->add_flag("--ground-truth", s->ground_truth, "Score the world's own target images (the scorer's check: 100%)")
+      ->excludes(model)->excludes(images);
+  auto* baseline = sh->add_flag("--baseline", s->baseline,
+                                "Also score the text-to-image decoder alone, each <i> replaced by the entity in words "
+                                "(the default when the model folder has text_encoder/ and model_index.json)");
+  sh->add_flag("--no-baseline", s->no_baseline, "Score the Kosmos-G model only")->excludes(baseline);
+  sh->add_option("--out", s->out, "Output folder: kosmosg/ and baseline/ images, report.json")->capture_default_str();
+  sh->add_option("--limit", s->limit, "Only the first N prompts of each test manifest");
+  sh->add_option("--steps", s->steps, "Sampler steps")->capture_default_str();
+  sh->add_option("--guidance", s->guidance, "Guidance scale")->capture_default_str();
+  sh->add_option("--sampler", s->sampler, "Sampler")->capture_default_str();
+  sh->add_option("--seed", s->seed, "Seed of a manifest's first prompt; prompt n uses seed+n")->capture_default_str();
+  sh->add_option("--size", s->size, "Image side in pixels (default: the UNet's own size)");
+  sh->add_option("--threads", s->threads, "CPU threads (0 = all cores)")->capture_default_str();
+  sh->add_option("--device", s->device, "cpu, cuda or cuda:N")->capture_default_str();
+  sh->add_option("--dtype", s->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
+  sh->add_flag("--quiet", s->quiet, "No progress output");
+  return {sub, [a, s, db] { return db->parsed() ? run_dreambench(*a) : run_shapes(*s); }};
 }
 
 }  // namespace kosmosg::cli

@@ -1,5 +1,7 @@
 // JSONL manifests: one JSON object per line, {"text": ...} for text-only documents, or
-// {"prompt": "<i> ...", "images": [...], "target": ...} for interleaved and caption samples.
+// {"prompt": "<i> ...", "images": [...], "target": ...} for interleaved and caption samples. A
+// "labels" value (ground truth for evaluation, as the shapes world's test manifests carry) is
+// ignored, so evaluation manifests load as training data too.
 #include <cctype>
 #include <filesystem>
 
@@ -49,8 +51,8 @@ class JsonlSource final : public LineSource {
     const io::Json record = io::parse_json(lines_.read(index), where);
     if (!record.is_object()) fail("jsonl", where + ": expected a JSON object, got " + record.type_name());
     for (const auto& [key, value] : record.items())
-      if (key != "text" && key != "prompt" && key != "images" && key != "target")
-        fail("jsonl", where + ": unknown key '" + key + "', expected text, prompt, images or target");
+      if (key != "text" && key != "prompt" && key != "images" && key != "target" && key != "labels")
+        fail("jsonl", where + ": unknown key '" + key + "', expected text, prompt, images, target or labels");
     const bool has_text = record.contains("text"), has_prompt = record.contains("prompt");
     if (has_text == has_prompt) fail("jsonl", where + ": expected exactly one of 'text' and 'prompt'");
 
