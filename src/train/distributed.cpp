@@ -4,7 +4,6 @@
 #define USE_C10D_GLOO 1
 #include "kosmosg/train/distributed.h"
 
-#include <spdlog/spdlog.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
