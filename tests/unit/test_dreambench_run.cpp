@@ -30,15 +30,7 @@ namespace {
 
 fs::path shared_dir() { return kosmosg::test::shared_dir(); }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 void write_json(const fs::path& path, const Json& json) { std::ofstream(path) << json.dump(1); }
 

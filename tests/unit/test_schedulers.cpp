@@ -31,14 +31,7 @@ std::vector<double> timesteps_of(const std::string& kind, const Json& config, in
   return s->timesteps();
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 double rel(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>() / b.to(at::kDouble).norm().item<double>();
