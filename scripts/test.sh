@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export OMP_WAIT_POLICY=PASSIVE
-ctest --test-dir build --output-on-failure "$@"
+# One process per test (gtest_discover_tests): run them on every core. Each test's temporary
+# folder carries its process id and each distributed test picks a free port, so they do not collide.
+ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"

@@ -69,6 +69,18 @@ inline train::StageModels golden_stage_models(const io::SafeTensors& file) {
   return m;
 }
 
+// The message of the kosmosg::Error that `f` throws; a test failure and "" when it throws none.
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no kosmosg::Error was thrown";
+  return "";
+}
+
 // Expects `f` to throw a kosmosg::Error whose message contains every one of `parts`.
 template <typename F>
 void expect_error(F&& f, std::initializer_list<std::string> parts) {

@@ -306,7 +306,7 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch)");
   sub->add_option("--steps", a->steps, "Sampler steps")->capture_default_str();
   sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale, 0 to 100 (<= 1 disables it)")->capture_default_str();
-  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, euler, euler-a or pndm")->capture_default_str();
+  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde, dpmpp-2m-sde-karras, euler, euler-a or pndm")->capture_default_str();
   sub->add_option("--seed", a->seed, "Seed of the initial noise, 0 to 2^64-1; image i uses seed+i (default: random)");
   sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model's native size)");
   sub->add_option("--num-images", a->num_images, "How many images (at most 1000)")->capture_default_str();

@@ -57,11 +57,7 @@ class DDIM final : public Scheduler {
       for (double v : np_arange(static_cast<double>(n_train), 0, -ratio))
         ts.push_back(static_cast<double>(static_cast<int64_t>(np_round(v)) - 1));
     }
-    for (double t : ts)
-      if (t < 0 || t >= static_cast<double>(n_train))
-        fail_here("timestep " + std::to_string(static_cast<int64_t>(t)) + " (spacing " + spacing_ +
-                  ", steps_offset " + std::to_string(steps_offset_) + ", " + std::to_string(steps) +
-                  " steps) is outside [0, " + std::to_string(n_train - 1) + "]");
+    check_timestep_range(ts, steps, spacing_, steps_offset_);
     timesteps_ = std::move(ts);
     num_inference_steps_ = steps;
   }
@@ -89,11 +85,6 @@ class DDIM final : public Scheduler {
     // eta = 0: the variance term vanishes; direction = √(1 − ᾱ_prev)·ε.
     const float direction = std::sqrt(1.0f - a_prev - 0.0f);
     return x0 * static_cast<double>(std::sqrt(a_prev)) + eps * static_cast<double>(direction);
-  }
-
-  at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise, size_t step_index) const override {
-    const auto t = static_cast<int64_t>(timestep_at(step_index, "add_noise"));
-    return add_noise_acp(schedule_.alphas_cumprod, original, noise, at::full({1}, t, at::kLong));
   }
 
  private:

@@ -32,40 +32,14 @@ DDPMTraining::DDPMTraining(const io::Json& scheduler_config)
   prediction_type_ = detail::prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kClass);
 }
 
-std::pair<at::Tensor, at::Tensor> DDPMTraining::coefficients(const at::Tensor& x, const at::Tensor& timesteps) const {
-  const std::string where = "ddpm";
-  if (!x.defined() || x.dim() < 1) fail(where, "the samples must be a tensor with a batch dimension");
-  if (!timesteps.defined()) fail(where, "no timesteps given");
-  if (at::isFloatingType(timesteps.scalar_type()) || timesteps.scalar_type() == at::kBool)
-    fail(where, std::string("timesteps must be integers, got ") + c10::toString(timesteps.scalar_type()));
-  const int64_t k = timesteps.numel();
-  if (k != 1 && k != x.size(0))
-    fail(where, "got " + std::to_string(k) + " timesteps for a batch of " + std::to_string(x.size(0)) +
-                    " (give one per item, or one for all)");
-  auto t = timesteps.to(x.device(), at::kLong).flatten();
-  const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
-  const int64_t n = schedule_.num_train_timesteps;
-  if (lo < 0 || hi >= n)
-    fail(where, "timesteps span [" + std::to_string(lo) + ", " + std::to_string(hi) + "] but must lie in [0, " +
-                    std::to_string(n - 1) + "]");
-  // Upstream casts ᾱ to the sample's dtype and device, then indexes.
-  auto a = schedule_.alphas_cumprod.to(x.device(), x.scalar_type()).index_select(0, t);
-  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
-  shape[0] = k;
-  return {a.pow(0.5).view(shape), at::rsub(a, 1).pow(0.5).view(shape)};
-}
-
 at::Tensor DDPMTraining::add_noise(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps) const {
-  if (!noise.defined() || noise.sizes() != x0.sizes())
-    fail("ddpm", "the noise must have the samples' shape " + c10::str(x0.sizes()));
-  auto [sqrt_a, sqrt_1ma] = coefficients(x0, timesteps);
-  return sqrt_a * x0 + sqrt_1ma * noise;
+  return detail::add_noise(schedule_, x0, noise, timesteps, "ddpm");
 }
 
 at::Tensor DDPMTraining::velocity(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps) const {
   if (!noise.defined() || noise.sizes() != x0.sizes())
     fail("ddpm", "the noise must have the samples' shape " + c10::str(x0.sizes()));
-  auto [sqrt_a, sqrt_1ma] = coefficients(x0, timesteps);
+  auto [sqrt_a, sqrt_1ma] = detail::noising_coefficients(schedule_, x0, timesteps, "ddpm");
   return sqrt_a * noise - sqrt_1ma * x0;
 }
 

@@ -1,6 +1,6 @@
 // DPMSolverMultistepScheduler (diffusers v0.21.4): DPM-Solver++ / DPM-Solver, orders 1–3,
-// midpoint or Heun second-order updates, optional Karras sigmas. The SDE variants are not
-// supported.
+// midpoint or Heun second-order updates, optional Karras sigmas, and the stochastic
+// SDE-DPM-Solver++ (orders 1–2, "DPM++ 2M SDE"). The first-order sde-dpmsolver is not supported.
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -36,9 +36,9 @@ io::Json dpm_defaults() {
 
 class DPMSolver final : public Scheduler {
  public:
-  DPMSolver(const std::string& kind, const io::Json& file, bool force_karras)
+  DPMSolver(const std::string& kind, const io::Json& file, const io::Json& forced)
       : Scheduler(kind, kClass, merge_config(dpm_defaults(), file, kClass)) {
-    if (force_karras) config_["use_karras_sigmas"] = true;
+    config_.update(forced);
     schedule_ = schedule_from_config(config_, kClass);
     prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kClass);
     spacing_ = spacing_of(config_, kClass);
@@ -48,8 +48,11 @@ class DPMSolver final : public Scheduler {
       fail_here("solver_order " + std::to_string(order_) + " is not supported (1, 2 or 3)");
     algorithm_ = io::config_require<std::string>(config_, "algorithm_type", kClass);
     if (algorithm_ == "deis") algorithm_ = "dpmsolver++";  // upstream re-registers it so
-    if (algorithm_ != "dpmsolver++" && algorithm_ != "dpmsolver")
-      fail_here("algorithm_type '" + algorithm_ + "' is not supported (dpmsolver++, dpmsolver)");
+    if (algorithm_ != "dpmsolver++" && algorithm_ != "dpmsolver" && algorithm_ != "sde-dpmsolver++")
+      fail_here("algorithm_type '" + algorithm_ + "' is not supported (dpmsolver++, dpmsolver, sde-dpmsolver++)");
+    sde_ = algorithm_ == "sde-dpmsolver++";
+    if (sde_ && order_ > 2)  // upstream's third-order update has no SDE form
+      fail_here("solver_order " + std::to_string(order_) + " is not supported with sde-dpmsolver++ (1 or 2)");
     config_["algorithm_type"] = algorithm_;
     solver_type_ = io::config_require<std::string>(config_, "solver_type", kClass);
     if (solver_type_ == "logrho" || solver_type_ == "bh1" || solver_type_ == "bh2") solver_type_ = "midpoint";
@@ -110,23 +113,21 @@ class DPMSolver final : public Scheduler {
     }
 
     // Drop duplicates, keeping the first occurrence of each value in order.
-    std::vector<int64_t> unique;
+    std::vector<double> unique;
     std::set<int64_t> seen;
     for (int64_t t : ts)
-      if (seen.insert(t).second) unique.push_back(t);
-    for (int64_t t : unique)
-      if (t < 0 || t >= n_train)
-        fail_here("timestep " + std::to_string(t) + " (spacing " + spacing_ + ", steps_offset " +
-                  std::to_string(steps_offset_) + ", " + std::to_string(steps) + " steps) is outside [0, " +
-                  std::to_string(n_train - 1) + "]");
-    timesteps_.assign(unique.begin(), unique.end());
+      if (seen.insert(t).second) unique.push_back(static_cast<double>(t));
+    check_timestep_range(unique, steps, spacing_, steps_offset_);
+    timesteps_ = std::move(unique);
     num_inference_steps_ = steps;
     history_.assign(static_cast<size_t>(order_), at::Tensor());
     lower_order_nums_ = 0;
   }
 
+  bool needs_noise() const override { return sde_; }
+
   at::Tensor step(const at::Tensor& model_output, size_t step_index, const at::Tensor& sample,
-                  const at::Tensor& /*noise*/) override {
+                  const at::Tensor& noise) override {
     const auto t = static_cast<int64_t>(timestep_at(step_index, "step"));
     const size_t n = timesteps_.size();
     const int64_t prev_t = step_index == n - 1 ? 0 : static_cast<int64_t>(timesteps_[step_index + 1]);
@@ -136,13 +137,15 @@ class DPMSolver final : public Scheduler {
     const at::Tensor converted = convert_model_output(model_output, t, sample);
     for (size_t i = 0; i + 1 < history_.size(); ++i) history_[i] = history_[i + 1];
     history_.back() = converted;
+    // Upstream draws the SDE noise once per step, whichever order the step takes.
+    const at::Tensor z = sde_ ? step_noise(noise, converted) : at::Tensor();
 
     at::Tensor prev;
     if (order_ == 1 || lower_order_nums_ < 1 || lower_final) {
-      prev = first_order(converted, t, prev_t, sample);
+      prev = first_order(converted, t, prev_t, sample, z);
     } else if (order_ == 2 || lower_order_nums_ < 2 || lower_second) {
       const auto s1 = static_cast<int64_t>(timesteps_.at(step_index - 1));
-      prev = second_order(t, s1, prev_t, sample);
+      prev = second_order(t, s1, prev_t, sample, z);
     } else {
       const auto s1 = static_cast<int64_t>(timesteps_.at(step_index - 1));
       const auto s2 = static_cast<int64_t>(timesteps_.at(step_index - 2));
@@ -152,11 +155,6 @@ class DPMSolver final : public Scheduler {
     return prev;
   }
 
-  at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise, size_t step_index) const override {
-    const auto t = static_cast<int64_t>(timestep_at(step_index, "add_noise"));
-    return add_noise_acp(schedule_.alphas_cumprod, original, noise, at::full({1}, t, at::kLong));
-  }
-
  private:
   float alpha(int64_t t) const { return alpha_.at(static_cast<size_t>(t)); }
   float sigma(int64_t t) const { return sigma_.at(static_cast<size_t>(t)); }
@@ -164,7 +162,7 @@ class DPMSolver final : public Scheduler {
 
   at::Tensor convert_model_output(const at::Tensor& model_output, int64_t t, const at::Tensor& sample) const {
     const double a = alpha(t), s = sigma(t);
-    if (algorithm_ == "dpmsolver++") {
+    if (algorithm_ != "dpmsolver") {  // the ++ solvers, ODE and SDE, integrate the data prediction
       if (prediction_type_ == "epsilon") return (sample - model_output * s) / a;
       if (prediction_type_ == "sample") return model_output;
       return sample * a - model_output * s;  // v_prediction
@@ -174,8 +172,19 @@ class DPMSolver final : public Scheduler {
     return model_output * a + sample * s;  // v_prediction
   }
 
-  at::Tensor first_order(const at::Tensor& m, int64_t s0, int64_t t, const at::Tensor& sample) const {
+  // The SDE's noise term σ_t·√(1 − e^{−2h})·z.
+  at::Tensor sde_noise(const at::Tensor& z, int64_t t, float h) const {
+    return z * static_cast<double>(sigma(t) * std::sqrt(1.0f - std::exp(-2.0f * h)));
+  }
+
+  at::Tensor first_order(const at::Tensor& m, int64_t s0, int64_t t, const at::Tensor& sample,
+                         const at::Tensor& z) const {
     const float h = lambda(t) - lambda(s0);
+    if (sde_) {
+      const float c_x = sigma(t) / sigma(s0) * std::exp(-h);
+      const float c_m = alpha(t) * (1.0f - std::exp(-2.0f * h));
+      return sample * static_cast<double>(c_x) + m * static_cast<double>(c_m) + sde_noise(z, t, h);
+    }
     if (algorithm_ == "dpmsolver++") {
       const float c_x = sigma(t) / sigma(s0);
       const float c_m = alpha(t) * (std::exp(-h) - 1.0f);
@@ -186,13 +195,21 @@ class DPMSolver final : public Scheduler {
     return sample * static_cast<double>(c_x) - m * static_cast<double>(c_m);
   }
 
-  at::Tensor second_order(int64_t s0, int64_t s1, int64_t t, const at::Tensor& sample) const {
+  at::Tensor second_order(int64_t s0, int64_t s1, int64_t t, const at::Tensor& sample, const at::Tensor& z) const {
     const at::Tensor& m0 = history_[history_.size() - 1];
     const at::Tensor& m1 = history_[history_.size() - 2];
     const float h = lambda(t) - lambda(s0), h0 = lambda(s0) - lambda(s1);
     const float r0 = h0 / h;
     const at::Tensor& d0 = m0;
     const at::Tensor d1 = (m0 - m1) * static_cast<double>(1.0f / r0);
+    if (sde_) {
+      const float c_x = sigma(t) / sigma(s0) * std::exp(-h);
+      const float c0 = alpha(t) * (1.0f - std::exp(-2.0f * h));
+      const float c1 = solver_type_ == "midpoint" ? 0.5f * c0
+                                                  : alpha(t) * ((1.0f - std::exp(-2.0f * h)) / (-2.0f * h) + 1.0f);
+      return sample * static_cast<double>(c_x) + d0 * static_cast<double>(c0) + d1 * static_cast<double>(c1) +
+             sde_noise(z, t, h);
+    }
     if (algorithm_ == "dpmsolver++") {
       const float c_x = sigma(t) / sigma(s0);
       const float c0 = alpha(t) * (std::exp(-h) - 1.0f);
@@ -241,7 +258,7 @@ class DPMSolver final : public Scheduler {
 
   std::string spacing_, algorithm_, solver_type_;
   int64_t steps_offset_ = 0, order_ = 2;
-  bool lower_order_final_ = true, karras_ = false;
+  bool lower_order_final_ = true, karras_ = false, sde_ = false;
   double lambda_min_clipped_ = 0;
   std::vector<float> alpha_, sigma_, lambda_;
   std::vector<at::Tensor> history_;  // converted model outputs, oldest first
@@ -250,8 +267,8 @@ class DPMSolver final : public Scheduler {
 
 }  // namespace
 
-std::unique_ptr<Scheduler> make_dpm_solver(const std::string& kind, const io::Json& file, bool force_karras) {
-  return std::make_unique<DPMSolver>(kind, file, force_karras);
+std::unique_ptr<Scheduler> make_dpm_solver(const std::string& kind, const io::Json& file, const io::Json& forced) {
+  return std::make_unique<DPMSolver>(kind, file, forced);
 }
 
 }  // namespace kosmosg::diffusion::detail

@@ -129,10 +129,7 @@ class Euler final : public Scheduler {
     // to² − up² = to⁴/from² ≥ 0 exactly; clamp the rounding so it never turns into NaN.
     const float sigma_down = std::sqrt(std::max(to2 - sigma_up * sigma_up, 0.0f));
     at::Tensor prev = sample + derivative * static_cast<double>(sigma_down - sigma);
-    const at::Tensor n = noise.defined() ? noise : at::randn_like(model_output);
-    if (n.sizes() != sample.sizes())
-      fail_here("the step noise has shape " + c10::str(n.sizes()) + " but the sample has " + c10::str(sample.sizes()));
-    return prev + n * static_cast<double>(sigma_up);
+    return prev + step_noise(noise, model_output) * static_cast<double>(sigma_up);
   }
 
   at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise, size_t step_index) const override {

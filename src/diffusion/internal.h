@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kosmosg/diffusion/scheduler.h"
@@ -54,15 +55,20 @@ std::string spacing_of(const io::Json& config, const std::string& what);
 void reject_true(const io::Json& config, const std::string& key, const std::string& what,
                  const std::string& why);
 
-// √ᾱ_t·x + √(1−ᾱ_t)·ε with ᾱ cast to x's dtype/device first (diffusers' add_noise). `timesteps`
-// holds integers: [B], [1] or 0-dim.
-at::Tensor add_noise_acp(const at::Tensor& alphas_cumprod, const at::Tensor& x, const at::Tensor& noise,
-                         const at::Tensor& timesteps);
+// (√ᾱ_t, √(1−ᾱ_t)) in x's dtype on x's device (ᾱ is cast before indexing, as upstream), shaped
+// to broadcast against x. `timesteps`: integers in [0, N), [B] (one per item of x's first
+// dimension), [1] or 0-dim. `where` names the caller in errors.
+std::pair<at::Tensor, at::Tensor> noising_coefficients(const NoiseSchedule& schedule, const at::Tensor& x,
+                                                       const at::Tensor& timesteps, const std::string& where);
+// The forward process √ᾱ_t·x + √(1−ᾱ_t)·ε (diffusers' add_noise); the noise must have x's shape.
+at::Tensor add_noise(const NoiseSchedule& schedule, const at::Tensor& x, const at::Tensor& noise,
+                     const at::Tensor& timesteps, const std::string& where);
 
 // --- concrete schedulers ----------------------------------------------------------------------
 
 std::unique_ptr<Scheduler> make_ddim(const std::string& kind, const io::Json& file);
-std::unique_ptr<Scheduler> make_dpm_solver(const std::string& kind, const io::Json& file, bool force_karras);
+// `forced`: keys the kind sets whatever the file says (use_karras_sigmas, algorithm_type).
+std::unique_ptr<Scheduler> make_dpm_solver(const std::string& kind, const io::Json& file, const io::Json& forced);
 std::unique_ptr<Scheduler> make_euler(const std::string& kind, const io::Json& file, bool ancestral);
 std::unique_ptr<Scheduler> make_pndm(const std::string& kind, const io::Json& file);
 

@@ -82,11 +82,7 @@ class PNDM final : public Scheduler {
     std::vector<double> ts;
     for (int64_t t : prk) ts.push_back(static_cast<double>(t));
     for (int64_t t : plms) ts.push_back(static_cast<double>(t));
-    for (double t : ts)
-      if (t < 0 || t >= static_cast<double>(n_train))
-        fail_here("timestep " + std::to_string(static_cast<int64_t>(t)) + " (spacing " + spacing_ +
-                  ", steps_offset " + std::to_string(steps_offset_) + ", " + std::to_string(steps) +
-                  " steps) is outside [0, " + std::to_string(n_train - 1) + "]");
+    check_timestep_range(ts, steps, spacing_, steps_offset_);
     timesteps_ = std::move(ts);
     num_inference_steps_ = steps;
     ets_.clear();
@@ -100,11 +96,6 @@ class PNDM final : public Scheduler {
     const auto t = static_cast<int64_t>(timestep_at(step_index, "step"));
     if (counter_ < static_cast<int64_t>(prk_.size()) && !skip_prk_) return step_prk(model_output, t, sample);
     return step_plms(model_output, t, sample);
-  }
-
-  at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise, size_t step_index) const override {
-    const auto t = static_cast<int64_t>(timestep_at(step_index, "add_noise"));
-    return add_noise_acp(schedule_.alphas_cumprod, original, noise, at::full({1}, t, at::kLong));
   }
 
  private:

@@ -252,20 +252,36 @@ void reject_true(const io::Json& config, const std::string& key, const std::stri
     fail(what, key + " true is not supported (" + why + ")");
 }
 
-at::Tensor add_noise_acp(const at::Tensor& alphas_cumprod, const at::Tensor& x, const at::Tensor& noise,
-                         const at::Tensor& timesteps) {
-  if (!x.defined() || !noise.defined()) fail("add_noise", "the sample and the noise must be given");
-  if (x.sizes() != noise.sizes())
-    fail("add_noise", "the noise has shape " + c10::str(noise.sizes()) + " but the sample has " +
-                          c10::str(x.sizes()));
-  auto table = alphas_cumprod.to(x.device(), x.scalar_type());
+std::pair<at::Tensor, at::Tensor> noising_coefficients(const NoiseSchedule& schedule, const at::Tensor& x,
+                                                       const at::Tensor& timesteps, const std::string& where) {
+  if (!x.defined() || x.dim() < 1) fail(where, "the samples must be a tensor with a batch dimension");
+  if (!timesteps.defined()) fail(where, "no timesteps given");
+  if (at::isFloatingType(timesteps.scalar_type()) || timesteps.scalar_type() == at::kBool)
+    fail(where, std::string("timesteps must be integers, got ") + c10::toString(timesteps.scalar_type()));
+  const int64_t k = timesteps.numel();
+  if (k != 1 && k != x.size(0))
+    fail(where, "got " + std::to_string(k) + " timesteps for a batch of " + std::to_string(x.size(0)) +
+                    " (give one per item, or one for all)");
   auto t = timesteps.to(x.device(), at::kLong).flatten();
-  auto a = table.index_select(0, t);
-  auto sqrt_a = a.pow(0.5);
-  auto sqrt_1ma = at::rsub(a, 1).pow(0.5);
-  std::vector<int64_t> shape(static_cast<size_t>(std::max<int64_t>(x.dim(), 1)), 1);
-  shape[0] = t.numel();
-  return sqrt_a.view(shape) * x + sqrt_1ma.view(shape) * noise;
+  const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+  const int64_t n = schedule.num_train_timesteps;
+  if (lo < 0 || hi >= n)
+    fail(where, "timesteps span [" + std::to_string(lo) + ", " + std::to_string(hi) + "] but must lie in [0, " +
+                    std::to_string(n - 1) + "]");
+  // Upstream casts ᾱ to the sample's dtype and device, then indexes.
+  auto a = schedule.alphas_cumprod.to(x.device(), x.scalar_type()).index_select(0, t);
+  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+  shape[0] = k;
+  return {a.pow(0.5).view(shape), at::rsub(a, 1).pow(0.5).view(shape)};
+}
+
+at::Tensor add_noise(const NoiseSchedule& schedule, const at::Tensor& x, const at::Tensor& noise,
+                     const at::Tensor& timesteps, const std::string& where) {
+  if (!x.defined() || !noise.defined() || noise.sizes() != x.sizes())
+    fail(where, "the noise must have the samples' shape " + (x.defined() ? c10::str(x.sizes()) : "") +
+                    (noise.defined() ? ", got " + c10::str(noise.sizes()) : ", got none"));
+  auto [sqrt_a, sqrt_1ma] = noising_coefficients(schedule, x, timesteps, where);
+  return sqrt_a * x + sqrt_1ma * noise;
 }
 
 }  // namespace detail

@@ -30,12 +30,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string shape_text(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << s;
-  return os.str();
-}
-
 void append_list(std::ostringstream& os, const char* title, const std::vector<std::string>& items) {
   if (items.empty()) return;
   os << "\n  " << title << " (" << items.size() << "):";
@@ -76,8 +70,8 @@ void load_weights(torch::nn::Module& module, const TensorMap& weights, const Loa
     }
     at::Tensor target = it->second;
     if (target.sizes() != tensor.sizes()) {
-      mismatched.push_back(raw_name + ": file has " + shape_text(tensor.sizes()) +
-                           ", module expects " + shape_text(target.sizes()));
+      mismatched.push_back(raw_name + ": file has " + c10::str(tensor.sizes()) +
+                           ", module expects " + c10::str(target.sizes()));
       continue;
     }
     target.copy_(tensor);

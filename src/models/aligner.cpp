@@ -3,14 +3,11 @@
 #include <cmath>
 #include <sstream>
 
+#include "kosmosg/nn/norms.h"
 #include "models/config_checks.h"
 
 namespace kosmosg::models {
 namespace {
-
-torch::nn::LayerNorm layer_norm_module(int64_t dim, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
-}
 
 // [B, T] mask of pads as bool on `device`, or undefined; checks the shape.
 at::Tensor pad_mask(const at::Tensor& mask, int64_t b, int64_t t, const at::Device& device) {
@@ -120,7 +117,7 @@ TorchscaleEncoderImpl::TorchscaleEncoderImpl(const AlignerConfig& config, int64_
   embed_positions = register_module("embed_positions", torch::nn::Embedding(config.max_positions, config.embed_dim));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.encoder_layers; ++i) layers->push_back(nn::EncoderLayer(config.encoder_options()));
-  layer_norm = register_module("layer_norm", layer_norm_module(config.embed_dim, config.layer_norm_eps));
+  layer_norm = register_module("layer_norm", nn::layer_norm(config.embed_dim, config.layer_norm_eps));
   if (output_dim > 0)
     output_projection = register_module("output_projection", torch::nn::Linear(config.embed_dim, output_dim));
 }
@@ -151,7 +148,7 @@ TorchscaleDecoderImpl::TorchscaleDecoderImpl(const AlignerConfig& config) : conf
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.decoder_layers; ++i)
     layers->push_back(nn::DecoderLayer(config.decoder_options(), /*cross_attention=*/true));
-  layer_norm = register_module("layer_norm", layer_norm_module(config.embed_dim, config.layer_norm_eps));
+  layer_norm = register_module("layer_norm", nn::layer_norm(config.embed_dim, config.layer_norm_eps));
 }
 
 at::Tensor TorchscaleDecoderImpl::forward(const at::Tensor& queries, const at::Tensor& memory,

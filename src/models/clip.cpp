@@ -6,6 +6,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/nn/attention.h"
+#include "kosmosg/nn/norms.h"
 #include "models/config_checks.h"
 
 namespace kosmosg::models {
@@ -18,10 +19,6 @@ void check_activation(const std::string& act, const std::string& what) {
     fail(what, "hidden_act is '" + act + "', expected 'quick_gelu' or 'gelu'");
 }
 
-void check_positive(int64_t value, const std::string& key, const std::string& what) {
-  if (value <= 0) fail(what, key + " is " + std::to_string(value) + ", expected a positive number");
-}
-
 CLIPEncoderConfig encoder_from_json(const io::Json& json, CLIPEncoderConfig c,
                                     const std::string& what) {
   c.hidden_size = io::config_value(json, "hidden_size", c.hidden_size, what);
@@ -31,11 +28,10 @@ CLIPEncoderConfig encoder_from_json(const io::Json& json, CLIPEncoderConfig c,
       io::config_value(json, "num_attention_heads", c.num_attention_heads, what);
   c.hidden_act = io::config_value(json, "hidden_act", c.hidden_act, what);
   c.layer_norm_eps = io::config_value(json, "layer_norm_eps", c.layer_norm_eps, what);
-  check_positive(c.hidden_size, "hidden_size", what);
-  check_positive(c.intermediate_size, "intermediate_size", what);
-  check_positive(c.num_attention_heads, "num_attention_heads", what);
-  if (c.num_hidden_layers < 0)
-    fail(what, "num_hidden_layers is " + std::to_string(c.num_hidden_layers) + ", expected >= 0");
+  detail::require_positive(c.hidden_size, "hidden_size", what);
+  detail::require_positive(c.intermediate_size, "intermediate_size", what);
+  detail::require_positive(c.num_attention_heads, "num_attention_heads", what);
+  detail::require_positive(c.num_hidden_layers, "num_hidden_layers", what, /*allow_zero=*/true);
   if (c.hidden_size % c.num_attention_heads != 0)
     fail(what, "hidden_size " + std::to_string(c.hidden_size) +
                    " is not divisible by num_attention_heads " +
@@ -50,10 +46,6 @@ const io::Json& sub_config(const io::Json& json, const std::string& key, const s
   if (it == json.end() || it->is_null()) return empty;
   if (!it->is_object()) fail(what, "'" + key + "' is " + io::brief(*it) + ", expected an object");
   return *it;
-}
-
-tnn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return tnn::LayerNorm(tnn::LayerNormOptions({dim}).eps(eps));
 }
 
 // LoRA-compatible, as the text encoder's projections are what lora_te_* files adapt.
@@ -75,8 +67,8 @@ CLIPTextConfig CLIPTextConfig::from_json(const io::Json& json, const std::string
       io::config_value(json, "max_position_embeddings", c.max_position_embeddings, what);
   c.eos_token_id = io::config_value(json, "eos_token_id", c.eos_token_id, what);
   c.projection_dim = io::config_value(json, "projection_dim", c.projection_dim, what);
-  check_positive(c.vocab_size, "vocab_size", what);
-  check_positive(c.max_position_embeddings, "max_position_embeddings", what);
+  detail::require_positive(c.vocab_size, "vocab_size", what);
+  detail::require_positive(c.max_position_embeddings, "max_position_embeddings", what);
   return c;
 }
 
@@ -87,9 +79,9 @@ CLIPVisionConfig CLIPVisionConfig::from_json(const io::Json& json, const std::st
   c.patch_size = io::config_value(json, "patch_size", c.patch_size, what);
   c.num_channels = io::config_value(json, "num_channels", c.num_channels, what);
   c.projection_dim = io::config_value(json, "projection_dim", c.projection_dim, what);
-  check_positive(c.image_size, "image_size", what);
-  check_positive(c.patch_size, "patch_size", what);
-  check_positive(c.num_channels, "num_channels", what);
+  detail::require_positive(c.image_size, "image_size", what);
+  detail::require_positive(c.patch_size, "patch_size", what);
+  detail::require_positive(c.num_channels, "num_channels", what);
   if (c.image_size % c.patch_size != 0)
     fail(what, "image_size " + std::to_string(c.image_size) + " is not a multiple of patch_size " +
                    std::to_string(c.patch_size));
@@ -104,7 +96,7 @@ CLIPConfig CLIPConfig::from_json(const io::Json& json, const std::string& what) 
   c.projection_dim = io::config_value(json, "projection_dim", c.projection_dim, what);
   c.logit_scale_init_value =
       io::config_value(json, "logit_scale_init_value", c.logit_scale_init_value, what);
-  check_positive(c.projection_dim, "projection_dim", what);
+  detail::require_positive(c.projection_dim, "projection_dim", what);
   return c;
 }
 
@@ -141,11 +133,11 @@ at::Tensor CLIPMLPImpl::forward(const at::Tensor& x) {
 
 CLIPEncoderLayerImpl::CLIPEncoderLayerImpl(const CLIPEncoderConfig& config) {
   layer_norm1 =
-      register_module("layer_norm1", layer_norm(config.hidden_size, config.layer_norm_eps));
+      register_module("layer_norm1", nn::layer_norm(config.hidden_size, config.layer_norm_eps));
   self_attn =
       register_module("self_attn", CLIPAttention(config.hidden_size, config.num_attention_heads));
   layer_norm2 =
-      register_module("layer_norm2", layer_norm(config.hidden_size, config.layer_norm_eps));
+      register_module("layer_norm2", nn::layer_norm(config.hidden_size, config.layer_norm_eps));
   mlp = register_module("mlp", CLIPMLP(config));
 }
 
@@ -183,7 +175,7 @@ CLIPTextTransformerImpl::CLIPTextTransformerImpl(const CLIPTextConfig& config) :
   embeddings = register_module("embeddings", CLIPTextEmbeddings(config));
   encoder = register_module("encoder", CLIPEncoder(config.encoder));
   final_layer_norm = register_module(
-      "final_layer_norm", layer_norm(config.encoder.hidden_size, config.encoder.layer_norm_eps));
+      "final_layer_norm", nn::layer_norm(config.encoder.hidden_size, config.encoder.layer_norm_eps));
 }
 
 CLIPTextOutput CLIPTextTransformerImpl::forward(const at::Tensor& input_ids,
@@ -282,9 +274,9 @@ CLIPVisionTransformerImpl::CLIPVisionTransformerImpl(const CLIPVisionConfig& con
   const int64_t d = config.encoder.hidden_size;
   const double eps = config.encoder.layer_norm_eps;
   embeddings = register_module("embeddings", CLIPVisionEmbeddings(config));
-  pre_layrnorm = register_module("pre_layrnorm", layer_norm(d, eps));
+  pre_layrnorm = register_module("pre_layrnorm", nn::layer_norm(d, eps));
   encoder = register_module("encoder", CLIPEncoder(config.encoder));
-  post_layernorm = register_module("post_layernorm", layer_norm(d, eps));
+  post_layernorm = register_module("post_layernorm", nn::layer_norm(d, eps));
 }
 
 CLIPVisionOutput CLIPVisionTransformerImpl::forward(const at::Tensor& pixel_values) {

@@ -4,15 +4,13 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/nn/attention.h"
+#include "kosmosg/nn/norms.h"
+#include "models/config_checks.h"
 
 namespace kosmosg::models {
 namespace {
 
 namespace tnn = torch::nn;
-
-tnn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return tnn::LayerNorm(tnn::LayerNormOptions({dim}).eps(eps));
-}
 
 // DINO nests some layers one level down (attn.qkv, patch_embed.proj) in modules that hold
 // nothing else; a plain Module gives them those names.
@@ -48,16 +46,12 @@ DinoViTConfig DinoViTConfig::from_json(const io::Json& json, const std::string& 
   if (classes != 0)
     fail(what, "num_classes is " + std::to_string(classes) +
                    ", expected 0 (the DINO feature model has no classifier head)");
-  const std::pair<const char*, int64_t> positive[] = {{"img_size", c.img_size},
-                                                      {"patch_size", c.patch_size},
-                                                      {"in_chans", c.in_chans},
-                                                      {"embed_dim", c.embed_dim},
-                                                      {"num_heads", c.num_heads}};
-  for (const auto& [key, value] : positive)
-    if (value <= 0)
-      fail(what,
-           std::string(key) + " is " + std::to_string(value) + ", expected a positive number");
-  if (c.depth < 0) fail(what, "depth is " + std::to_string(c.depth) + ", expected >= 0");
+  detail::require_positive(c.img_size, "img_size", what);
+  detail::require_positive(c.patch_size, "patch_size", what);
+  detail::require_positive(c.in_chans, "in_chans", what);
+  detail::require_positive(c.embed_dim, "embed_dim", what);
+  detail::require_positive(c.num_heads, "num_heads", what);
+  detail::require_positive(c.depth, "depth", what, /*allow_zero=*/true);
   if (c.embed_dim % c.num_heads != 0)
     fail(what, "embed_dim " + std::to_string(c.embed_dim) + " is not divisible by num_heads " +
                    std::to_string(c.num_heads));
@@ -72,12 +66,12 @@ DinoViTConfig DinoViTConfig::from_json(const io::Json& json, const std::string& 
 DinoBlockImpl::DinoBlockImpl(const DinoViTConfig& config) : heads_(config.num_heads) {
   const int64_t d = config.embed_dim;
   const auto hidden = static_cast<int64_t>(static_cast<double>(d) * config.mlp_ratio);
-  norm1 = register_module("norm1", layer_norm(d, config.layer_norm_eps));
+  norm1 = register_module("norm1", nn::layer_norm(d, config.layer_norm_eps));
   auto attn = group(*this, "attn");
   qkv =
       attn->register_module("qkv", tnn::Linear(tnn::LinearOptions(d, 3 * d).bias(config.qkv_bias)));
   proj = attn->register_module("proj", tnn::Linear(d, d));
-  norm2 = register_module("norm2", layer_norm(d, config.layer_norm_eps));
+  norm2 = register_module("norm2", nn::layer_norm(d, config.layer_norm_eps));
   auto mlp = group(*this, "mlp");
   fc1 = mlp->register_module("fc1", tnn::Linear(d, hidden));
   fc2 = mlp->register_module("fc2", tnn::Linear(hidden, d));
@@ -105,7 +99,7 @@ DinoViTImpl::DinoViTImpl(const DinoViTConfig& config) : config_(config) {
                                                .stride(config.patch_size)));
   blocks = register_module("blocks", tnn::ModuleList());
   for (int64_t i = 0; i < config.depth; ++i) blocks->push_back(DinoBlock(config));
-  norm = register_module("norm", layer_norm(d, config.layer_norm_eps));
+  norm = register_module("norm", nn::layer_norm(d, config.layer_norm_eps));
 }
 
 at::Tensor DinoViTImpl::forward_features(const at::Tensor& pixel_values) {

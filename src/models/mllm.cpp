@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kosmosg/nn/norms.h"
 #include "kosmosg/nn/positions.h"
 #include "models/config_checks.h"
 
@@ -80,7 +81,7 @@ LMDecoderImpl::LMDecoderImpl(const MLLMConfig& config) : config_(config) {
   for (int64_t i = 0; i < config.layers; ++i)
     layers->push_back(nn::DecoderLayer(config.transformer(), /*cross_attention=*/false));
   layer_norm = register_module(
-      "layer_norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.embed_dim}).eps(config.layer_norm_eps)));
+      "layer_norm", nn::layer_norm(config.embed_dim, config.layer_norm_eps));
 
   torch::NoGradGuard no_grad;
   embed_tokens->weight.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(config.embed_dim)));

@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <sstream>
 
 #include "kosmosg/error.h"
 #include "models/config_checks.h"
@@ -73,12 +72,6 @@ void check_types(const std::vector<std::string>& types, const std::string& key,
     if (std::find(supported.begin(), supported.end(), t) == supported.end())
       config_error(key, "contains \"" + t + "\"; supported: " + io::Json(supported).dump());
   }
-}
-
-std::string shape_of(const at::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
 }
 
 }  // namespace
@@ -195,7 +188,7 @@ at::Tensor broadcast_timesteps(const at::Tensor& timestep, int64_t batch, const 
     fail(what, "timestep must be an integer or float tensor");
   auto t = timestep.dim() == 0 ? timestep.reshape({1}) : timestep;
   if (t.dim() != 1 || (t.size(0) != 1 && t.size(0) != batch))
-    fail(what, "timestep has shape " + shape_of(timestep) + "; expected [], [1] or [" +
+    fail(what, "timestep has shape " + c10::str(timestep.sizes()) + "; expected [], [1] or [" +
                    std::to_string(batch) + "]");
   return t.expand({batch});
 }
@@ -233,7 +226,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   const auto& c = config_;
   const char* what = "UNet2DConditionModel";
   if (sample.dim() != 4 || sample.size(1) != c.in_channels)
-    fail(what, "sample has shape " + shape_of(sample) + "; expected [B, " +
+    fail(what, "sample has shape " + c10::str(sample.sizes()) + "; expected [B, " +
                    std::to_string(c.in_channels) + ", H, W]");
   const int64_t batch = sample.size(0);
   const auto& context = encoder_hidden_states;
@@ -241,7 +234,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
                                          [&](int64_t d) { return d == c.cross_attention_dim[0]; });
   if (context.dim() != 3 || context.size(0) != batch ||
       (one_cross_dim && context.size(2) != c.cross_attention_dim[0]))
-    fail(what, "encoder_hidden_states has shape " + shape_of(context) + "; expected [" +
+    fail(what, "encoder_hidden_states has shape " + c10::str(context.sizes()) + "; expected [" +
                    std::to_string(batch) + ", L, " + std::to_string(c.cross_attention_dim[0]) +
                    "]");
 
@@ -274,7 +267,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     for (size_t i = 0; i < skips.size(); ++i) {
       if (residuals->down[i].sizes() != skips[i].sizes())
         fail(what, "down-block residual " + std::to_string(i) + " has shape " +
-                       shape_of(residuals->down[i]) + "; expected " + shape_of(skips[i]));
+                       c10::str(residuals->down[i].sizes()) + "; expected " + c10::str(skips[i].sizes()));
       skips[i] = skips[i] + residuals->down[i];
     }
   }
@@ -287,8 +280,8 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
   }
   if (residuals && residuals->mid.defined()) {
     if (residuals->mid.sizes() != h.sizes())
-      fail(what, "mid-block residual has shape " + shape_of(residuals->mid) + "; expected " +
-                     shape_of(h));
+      fail(what, "mid-block residual has shape " + c10::str(residuals->mid.sizes()) + "; expected " +
+                     c10::str(h.sizes()));
     h = h + residuals->mid;
   }
 

@@ -6,6 +6,7 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/nn/attention.h"
+#include "kosmosg/nn/norms.h"
 
 namespace kosmosg::models::blocks {
 namespace {
@@ -154,9 +155,6 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads,
                                                      int64_t cross_dim, bool only_cross_attention,
                                                      bool upcast)
     : only_cross_(only_cross_attention) {
-  auto layer_norm = [dim] {
-    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(1e-5));
-  };
   AttentionConfig self_cfg;
   self_cfg.query_dim = dim;
   self_cfg.cross_attention_dim = only_cross_attention ? cross_dim : 0;
@@ -165,11 +163,11 @@ BasicTransformerBlockImpl::BasicTransformerBlockImpl(int64_t dim, int64_t heads,
   self_cfg.upcast = upcast;
   AttentionConfig cross_cfg = self_cfg;
   cross_cfg.cross_attention_dim = cross_dim;
-  norm1 = register_module("norm1", layer_norm());
+  norm1 = register_module("norm1", nn::layer_norm(dim, 1e-5));
   attn1 = register_module("attn1", Attention(self_cfg));
-  norm2 = register_module("norm2", layer_norm());
+  norm2 = register_module("norm2", nn::layer_norm(dim, 1e-5));
   attn2 = register_module("attn2", Attention(cross_cfg));
-  norm3 = register_module("norm3", layer_norm());
+  norm3 = register_module("norm3", nn::layer_norm(dim, 1e-5));
   ff = register_module("ff", FeedForward(dim));
 }
 

@@ -2,8 +2,6 @@
 
 #include <torch/torch.h>
 
-#include <sstream>
-
 #include "kosmosg/error.h"
 #include "models/config_checks.h"
 #include "models/unet_blocks.h"
@@ -43,12 +41,6 @@ blocks::BlockConfig block_config(const AutoencoderKLConfig& c, int64_t in, int64
   b.eps = kEps;
   b.act = blocks::parse_activation(c.act_fn, "act_fn");
   return b;
-}
-
-std::string shape_of(const at::Tensor& t) {
-  std::ostringstream os;
-  os << t.sizes();
-  return os.str();
 }
 
 }  // namespace
@@ -142,7 +134,7 @@ at::Tensor DiagonalGaussian::std() const { return at::exp(logvar * 0.5); }
 at::Tensor DiagonalGaussian::sample(const at::Tensor& noise) const {
   if (noise.sizes() != mean.sizes())
     fail("AutoencoderKL",
-         "posterior noise has shape " + shape_of(noise) + "; expected " + shape_of(mean));
+         "posterior noise has shape " + c10::str(noise.sizes()) + "; expected " + c10::str(mean.sizes()));
   return mean + std() * noise.to(mean.options());
 }
 
@@ -156,7 +148,7 @@ AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config
 
 DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& images) {
   if (images.dim() != 4 || images.size(1) != config_.in_channels)
-    fail("AutoencoderKL", "images have shape " + shape_of(images) + "; expected [B, " +
+    fail("AutoencoderKL", "images have shape " + c10::str(images.sizes()) + "; expected [B, " +
                               std::to_string(config_.in_channels) + ", H, W]");
   auto moments = quant_conv(encoder(images));
   auto parts = moments.chunk(2, 1);
@@ -165,7 +157,7 @@ DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& images) {
 
 at::Tensor AutoencoderKLImpl::decode(const at::Tensor& latents) {
   if (latents.dim() != 4 || latents.size(1) != config_.latent_channels)
-    fail("AutoencoderKL", "latents have shape " + shape_of(latents) + "; expected [B, " +
+    fail("AutoencoderKL", "latents have shape " + c10::str(latents.sizes()) + "; expected [B, " +
                               std::to_string(config_.latent_channels) + ", h, w]");
   return decoder(post_quant_conv(latents));
 }

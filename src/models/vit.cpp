@@ -4,16 +4,10 @@
 #include <regex>
 #include <sstream>
 
+#include "kosmosg/nn/norms.h"
 #include "models/config_checks.h"
 
 namespace kosmosg::models {
-namespace {
-
-torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
-}
-
-}  // namespace
 
 ViTConfig ViTConfig::from_json(const io::Json& json, const std::string& what) {
   using io::config_value;
@@ -66,9 +60,9 @@ at::Tensor ViTMlpImpl::forward(const at::Tensor& x) {
 ViTBlockImpl::ViTBlockImpl(const ViTConfig& config) {
   ts_attn = register_module("ts_attn", nn::MultiheadAttention(config.width, config.heads(), /*inner_ln=*/false,
                                                               config.layer_norm_eps, 0.0));
-  ln_1 = register_module("ln_1", layer_norm(config.width, config.layer_norm_eps));
+  ln_1 = register_module("ln_1", nn::layer_norm(config.width, config.layer_norm_eps));
   mlp = register_module("mlp", ViTMlp(config.width, config.mlp_dim(), config.quick_gelu));
-  ln_2 = register_module("ln_2", layer_norm(config.width, config.layer_norm_eps));
+  ln_2 = register_module("ln_2", nn::layer_norm(config.width, config.layer_norm_eps));
 }
 
 at::Tensor ViTBlockImpl::forward(const at::Tensor& x) {
@@ -100,9 +94,9 @@ VisionTransformerImpl::VisionTransformerImpl(const ViTConfig& config) : config_(
   class_embedding = register_parameter("class_embedding", torch::randn({config.width}) * scale);
   positional_embedding =
       register_parameter("positional_embedding", torch::randn({config.tokens(), config.width}) * scale);
-  ln_pre = register_module("ln_pre", layer_norm(config.width, config.layer_norm_eps));
+  ln_pre = register_module("ln_pre", nn::layer_norm(config.width, config.layer_norm_eps));
   transformer = register_module("transformer", ViTTransformer(config));
-  ln_post = register_module("ln_post", layer_norm(config.width, config.layer_norm_eps));
+  ln_post = register_module("ln_post", nn::layer_norm(config.width, config.layer_norm_eps));
 }
 
 at::Tensor VisionTransformerImpl::forward(const at::Tensor& pixel_values) {

@@ -5,11 +5,6 @@
 #include "kosmosg/error.h"
 
 namespace kosmosg::nn {
-namespace {
-
-std::string shape_of(const at::Tensor& t) { return c10::str(t.sizes()); }
-
-}  // namespace
 
 double LoraUpdate::factor() const {
   return alpha > 0 ? alpha / static_cast<double>(down.size(0)) : 1.0;
@@ -30,8 +25,8 @@ void LoraLayer::check_lora(const LoraUpdate& update, const std::string& name) {
     fits = down.size(2) == w.size(2) && down.size(3) == w.size(3) && up.size(2) == 1 &&
            up.size(3) == 1;
   if (!fits)
-    fail("lora", name + ": lora_down " + shape_of(down) + " and lora_up " + shape_of(up) +
-                     " do not fit a layer with weight " + shape_of(w) + " (expected [rank, " +
+    fail("lora", name + ": lora_down " + c10::str(down.sizes()) + " and lora_up " + c10::str(up.sizes()) +
+                     " do not fit a layer with weight " + c10::str(w.sizes()) + " (expected [rank, " +
                      std::to_string(w.size(1)) + (conv ? ", kh, kw" : "") + "] and [" +
                      std::to_string(w.size(0)) + ", rank" + (conv ? ", 1, 1" : "") + "])");
 }
@@ -81,7 +76,7 @@ at::Tensor LoRACompatibleConvImpl::forward(const at::Tensor& x) {
 
 at::Tensor LoRACompatibleConvImpl::forward_tokens(const at::Tensor& tokens) {
   if (weight.size(2) != 1 || weight.size(3) != 1)
-    fail("lora", "forward_tokens needs a 1x1 convolution; this one has weight " + shape_of(weight));
+    fail("lora", "forward_tokens needs a 1x1 convolution; this one has weight " + c10::str(weight.sizes()));
   auto y = at::linear(tokens, weight.flatten(1), bias);
   for_each_active([&](const LoraUpdate& u, double scale) {
     y = y.add(at::linear(at::linear(tokens, u.down.flatten(1)), u.up.flatten(1)), scale);

@@ -1,24 +1,10 @@
 #include "kosmosg/nn/transformer.h"
 
-#include <sstream>
-
 #include "kosmosg/error.h"
 #include "kosmosg/nn/attention.h"
+#include "kosmosg/nn/norms.h"
 
 namespace kosmosg::nn {
-namespace {
-
-torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
-}
-
-std::string shape_text(at::IntArrayRef s) {
-  std::ostringstream os;
-  os << s;
-  return os.str();
-}
-
-}  // namespace
 
 MultiheadAttentionImpl::MultiheadAttentionImpl(int64_t embed_dim, int64_t heads, bool inner_ln,
                                                double layer_norm_eps, double attention_dropout)
@@ -42,7 +28,7 @@ at::Tensor MultiheadAttentionImpl::forward(const at::Tensor& query, const at::Te
   if (key_padding_mask.defined()) {
     if (key_padding_mask.dim() != 2 || key_padding_mask.size(0) != key.size(0) ||
         key_padding_mask.size(1) != key.size(1))
-      fail("attention", "key padding mask: found shape " + shape_text(key_padding_mask.sizes()) +
+      fail("attention", "key padding mask: found shape " + c10::str(key_padding_mask.sizes()) +
                             ", expected [" + std::to_string(key.size(0)) + ", " +
                             std::to_string(key.size(1)) + "]");
     options.mask = key_padding_mask.to(at::kBool).logical_not().view(

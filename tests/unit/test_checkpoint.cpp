@@ -13,6 +13,7 @@
 #include "kosmosg/io/pickle.h"
 #include "kosmosg/io/torch_checkpoint.h"
 #include "kosmosg/io/zip.h"
+#include "support.h"
 
 namespace fs = std::filesystem;
 using namespace std::string_literals;
@@ -40,17 +41,7 @@ PickleValue unpickle(const std::string& bytes, const kosmosg::io::UnpickleOption
   return kosmosg::io::unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), options);
 }
 
-// The message of the kosmosg::Error `f` throws; any other outcome fails the test.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no kosmosg::Error was thrown";
-  return "";
-}
+using kosmosg::test::error_of;
 
 std::string unpickle_error(const std::string& bytes) {
   kosmosg::io::UnpickleOptions options;

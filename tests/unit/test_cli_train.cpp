@@ -190,8 +190,13 @@ TEST_F(CliTrain, AKilledRunKeepsItsLastCheckpoint) {
   const fs::path out = work_ / "killed";
   const std::string cmd = std::string(KOSMOSG_CLI_PATH) + " " +
                           train("align", data("align.jsonl"), out, "--steps 100000 --save-every 1 --batch-size 2");
+  auto latest_pointer = [&] {
+    std::ifstream in(out / "checkpoints" / "latest");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
   int kills = 0;
-  for (int delay_ms : {1500, 1730, 1910, 2130, 2370}) {
+  for (int delay_ms : {0, 230, 410, 630, 870}) {
+    const std::string saved_before = latest_pointer();
     const pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
@@ -199,10 +204,19 @@ TEST_F(CliTrain, AKilledRunKeepsItsLastCheckpoint) {
       execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-    ::kill(pid, SIGKILL);
-    int status = 0;
-    ::waitpid(pid, &status, 0);
+    // Start-up takes seconds more when other tests share the cores: wait for this run's first
+    // save, then kill it at a different moment of its save-every-update loop each time.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    bool exited = false;
+    while (!exited && latest_pointer() == saved_before && std::chrono::steady_clock::now() < deadline) {
+      exited = ::waitpid(pid, nullptr, WNOHANG) == pid;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!exited) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
     ++kills;
     if (!fs::exists(out / "checkpoints" / "latest")) continue;  // killed before its first save
     kosmosg::train::CheckpointManager manager(out.string(), 3);

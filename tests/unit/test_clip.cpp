@@ -11,6 +11,7 @@
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/clip.h"
 #include "kosmosg/models/dino.h"
+#include "support.h"
 
 namespace fs = std::filesystem;
 namespace models = kosmosg::models;
@@ -34,15 +35,7 @@ double relative_l2(const at::Tensor& a, const at::Tensor& b) {
   return ((x - y).norm() / y.norm()).item<double>();
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 Json tiny_text_config() {
   return Json{{"hidden_size", 16},      {"intermediate_size", 32},

@@ -8,6 +8,7 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/text/clip_tokenizer.h"
+#include "support.h"
 
 namespace fs = std::filesystem;
 using kosmosg::text::CLIPTokenizer;
@@ -32,14 +33,7 @@ fs::path tiny_tokenizer(const std::string& name, const std::string& merges) {
   return dir;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 // The real CLIP tokenizer files of the golden data, if present.
 std::string golden_tokenizer() {

@@ -9,6 +9,7 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/image.h"
+#include "support.h"
 
 namespace fs = std::filesystem;
 namespace io = kosmosg::io;
@@ -22,14 +23,7 @@ fs::path temp_dir(const std::string& name) {
   return dir;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 std::vector<int> pixel(const at::Tensor& img, int64_t y, int64_t x) {
   auto p = img[y][x];

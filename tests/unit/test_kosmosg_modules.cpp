@@ -7,6 +7,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/kosmosg.h"
+#include "support.h"
 
 namespace fs = std::filesystem;
 using namespace kosmosg;
@@ -18,15 +19,7 @@ std::string config_path(const std::string& name) {
   return (fs::path(__FILE__).parent_path().parent_path().parent_path() / "configs" / "kosmosg" / name).string();
 }
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 int64_t numel(const torch::nn::Module& m) {
   int64_t n = 0;

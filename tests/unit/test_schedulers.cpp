@@ -31,14 +31,7 @@ std::vector<double> timesteps_of(const std::string& kind, const Json& config, in
   return s->timesteps();
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 double rel(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>() / b.to(at::kDouble).norm().item<double>();
@@ -52,15 +45,15 @@ double scalar_add_noise(const kd::Scheduler& s, size_t i, double x, double e) {
 }  // namespace
 
 TEST(Schedulers, KindsAndClasses) {
-  EXPECT_EQ(kd::scheduler_kinds(),
-            (std::vector<std::string>{"ddim", "dpmpp-2m", "dpmpp-2m-karras", "euler", "euler-a", "pndm"}));
+  EXPECT_EQ(kd::scheduler_kinds(), (std::vector<std::string>{"ddim", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde",
+                                                            "dpmpp-2m-sde-karras", "euler", "euler-a", "pndm"}));
   EXPECT_EQ(kd::scheduler_kind_for_class("PNDMScheduler"), "pndm");
   EXPECT_EQ(kd::scheduler_kind_for_class("DPMSolverMultistepScheduler"), "dpmpp-2m");
   EXPECT_EQ(kd::scheduler_kind_for_class("LMSDiscreteScheduler"), "");
   for (const auto& kind : kd::scheduler_kinds()) {
     auto s = kd::make_scheduler(kind, sd15_config());
     EXPECT_EQ(s->name(), kind);
-    EXPECT_EQ(s->needs_noise(), kind == "euler-a") << kind;
+    EXPECT_EQ(s->needs_noise(), kind == "euler-a" || kind.find("-sde") != std::string::npos) << kind;
   }
 }
 
@@ -404,4 +397,130 @@ TEST(Schedulers, DdimClipSample) {
   auto off = kd::make_scheduler("ddim", sd15_config());
   off->set_timesteps(10);
   EXPECT_GT(off->step(at::zeros({1, 4, 2, 2}), 0, at::full({1, 4, 2, 2}, 10.0)).max().item<double>(), 10.0);
+}
+
+// A sampler that draws its own noise draws it as randn(shape) does: a non-contiguous sample
+// (here channels-last) gets the same values in the same logical places as its contiguous copy.
+TEST(Schedulers, DrawnStepNoiseIgnoresTheMemoryLayout) {
+  for (const std::string kind : {"euler-a", "dpmpp-2m-sde"}) {
+    torch::manual_seed(5);
+    const auto x = at::randn({2, 4, 6, 5}), e = at::randn({2, 4, 6, 5});
+    auto strided = [](const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous().permute({0, 3, 1, 2}); };
+    ASSERT_FALSE(strided(x).is_contiguous());
+    auto run = [&](const at::Tensor& sample, const at::Tensor& output) {
+      auto s = kd::make_scheduler(kind, sd15_config());
+      s->set_timesteps(5);
+      torch::manual_seed(11);
+      return s->step(output, 0, sample);
+    };
+    EXPECT_TRUE(at::equal(run(strided(x), strided(e)), run(x, e))) << kind;
+  }
+}
+
+namespace {
+
+// diffusers v0.21.4's DPMSolverMultistepScheduler.step for algorithm_type "sde-dpmsolver++",
+// solver_order 2, midpoint, ε-prediction, written out in double from the ᾱ table: the sample
+// after step i from `x` (the sample before it), the model output `e`, the noise `z` and the
+// previous step's data prediction `m_prev` (updated).
+at::Tensor sde_dpmpp_2m_reference(const kd::Scheduler& s, size_t i, const at::Tensor& x, const at::Tensor& e,
+                                  const at::Tensor& z, at::Tensor& m_prev) {
+  const auto& ts = s.timesteps();
+  const size_t n = ts.size();
+  auto acp = [&](double t) { return static_cast<double>(s.schedule().acp[static_cast<size_t>(t)]); };
+  auto alpha = [&](double t) { return std::sqrt(acp(t)); };
+  auto sigma = [&](double t) { return std::sqrt(1 - acp(t)); };
+  auto lambda = [&](double t) { return std::log(alpha(t)) - std::log(sigma(t)); };
+  const double t = ts[i], prev = i + 1 < n ? ts[i + 1] : 0;
+  const at::Tensor m = (x - e * sigma(t)) / alpha(t);
+  const double h = lambda(prev) - lambda(t);
+  const double c0 = alpha(prev) * (1 - std::exp(-2 * h));
+  at::Tensor out = x * (sigma(prev) / sigma(t) * std::exp(-h)) + m * c0 +
+                   z * (sigma(prev) * std::sqrt(1 - std::exp(-2 * h)));
+  const bool lower_order_final = i == n - 1 && n < 15;
+  if (i > 0 && !lower_order_final) {
+    const double r0 = (lambda(t) - lambda(ts[i - 1])) / h;
+    out = out + (m - m_prev) / r0 * (0.5 * c0);
+  }
+  m_prev = m;
+  return out;
+}
+
+}  // namespace
+
+// No golden case covers the SDE variant, so each step is checked against diffusers' formulas
+// written out independently (first order at the first and, below 15 steps, the last step).
+TEST(DpmSolverSde, FollowsDiffusersFormulas) {
+  for (const std::string kind : {"dpmpp-2m-sde", "dpmpp-2m-sde-karras"}) {
+    for (int64_t steps : {10, 25}) {
+      auto s = kd::make_scheduler(kind, sd15_config());
+      s->set_timesteps(steps);
+      EXPECT_EQ(s->config()["algorithm_type"], "sde-dpmsolver++");
+      torch::manual_seed(steps);
+      at::Tensor x = at::randn({1, 4, 8, 8}), m_prev;
+      for (size_t i = 0; i < s->timesteps().size(); ++i) {
+        const auto e = at::randn({1, 4, 8, 8}), z = at::randn({1, 4, 8, 8});
+        const auto expected = sde_dpmpp_2m_reference(*s, i, x.to(at::kDouble), e.to(at::kDouble),
+                                                     z.to(at::kDouble), m_prev);
+        x = s->step(e, i, x, z);
+        ASSERT_LT(rel(x, expected), 1e-5) << kind << " steps " << steps << " step " << i;
+      }
+    }
+  }
+}
+
+// With a model that knows x0, the SDE keeps the sample on the noise level of each timestep:
+// x_t = α_t·x0 + σ_t·ε_t with ε_t = e^{−h}·ε_s + √(1 − e^{−2h})·z, still unit Gaussian.
+TEST(DpmSolverSde, PerfectModelStaysOnTheNoiseLevels) {
+  auto s = kd::make_scheduler("dpmpp-2m-sde", sd15_config());
+  s->set_timesteps(12);
+  torch::manual_seed(1);
+  const auto x0 = at::randn({2, 4, 4, 4}, at::kDouble);
+  at::Tensor eps = at::randn({2, 4, 4, 4}, at::kDouble);
+  at::Tensor x = s->add_noise(x0, eps, 0);
+  const auto& ts = s->timesteps();
+  for (size_t i = 0; i < ts.size(); ++i) {
+    const double a_s = s->schedule().alpha_cumprod(static_cast<int64_t>(ts[i]));
+    const double a_t = s->schedule().alpha_cumprod(i + 1 < ts.size() ? static_cast<int64_t>(ts[i + 1]) : 0);
+    const double decay = std::sqrt(a_s / (1 - a_s) * (1 - a_t) / a_t);  // e^{−h}
+    const auto z = at::randn_like(x0);
+    x = s->step(eps, i, x, z);
+    eps = eps * decay + z * std::sqrt(1 - decay * decay);
+    ASSERT_LT(rel(x, x0 * std::sqrt(a_t) + eps * std::sqrt(1 - a_t)), 1e-5) << "step " << i;
+  }
+}
+
+TEST(DpmSolverSde, SeedReproducesAndNoiseMatters) {
+  auto run = [](uint64_t seed, const char* kind) {
+    auto s = kd::make_scheduler(kind, sd15_config());
+    s->set_timesteps(8);
+    torch::manual_seed(seed);
+    at::Tensor x = at::randn({1, 4, 8, 8});
+    for (size_t i = 0; i < s->timesteps().size(); ++i) x = s->step(x * 0.1, i, x);
+    return x;
+  };
+  const auto a = run(3, "dpmpp-2m-sde");
+  EXPECT_TRUE(at::isfinite(a).all().item<bool>());
+  EXPECT_TRUE(at::equal(a, run(3, "dpmpp-2m-sde")));
+  EXPECT_FALSE(at::equal(a, run(4, "dpmpp-2m-sde")));
+  EXPECT_FALSE(at::equal(a, run(3, "dpmpp-2m")));
+}
+
+TEST(DpmSolverSde, ConfigsAndErrors) {
+  Json cfg = sd15_config();
+  cfg["algorithm_type"] = "sde-dpmsolver++";  // the plain kind follows the file
+  EXPECT_TRUE(kd::make_scheduler("dpmpp-2m", cfg)->needs_noise());
+  cfg["algorithm_type"] = "dpmsolver++";  // the SDE kinds force it
+  EXPECT_TRUE(kd::make_scheduler("dpmpp-2m-sde", cfg)->needs_noise());
+  EXPECT_EQ(timesteps_of("dpmpp-2m-sde-karras", cfg, 10), timesteps_of("dpmpp-2m-karras", cfg, 10));
+  cfg["solver_order"] = 3;
+  EXPECT_NE(error_of([&] { kd::make_scheduler("dpmpp-2m-sde", cfg); }).find("solver_order 3"), std::string::npos);
+  Json first_order_sde = sd15_config();
+  first_order_sde["algorithm_type"] = "sde-dpmsolver";
+  EXPECT_NE(error_of([&] { kd::make_scheduler("dpmpp-2m", first_order_sde); }).find("sde-dpmsolver'"),
+            std::string::npos);
+  auto s = kd::make_scheduler("dpmpp-2m-sde", sd15_config());
+  s->set_timesteps(4);
+  const auto x = at::zeros({1, 4, 2, 2});
+  EXPECT_NE(error_of([&] { s->step(x, 0, x, at::zeros({1, 4, 2, 3})); }).find("step noise"), std::string::npos);
 }

@@ -10,6 +10,7 @@
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/vae.h"
+#include "support.h"
 
 using kosmosg::io::Json;
 using kosmosg::models::AutoencoderKL;
@@ -30,14 +31,7 @@ Json tiny_unet_json() {
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]})");
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const kosmosg::Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using kosmosg::test::error_of;
 
 double rel_error(const at::Tensor& a, const at::Tensor& b) {
   return ((a.to(at::kDouble) - b.to(at::kDouble)).norm() / b.to(at::kDouble).norm()).item<double>();

@@ -1,7 +1,7 @@
 #pragma once
 // Diffusion noise schedules and samplers with the semantics of diffusers v0.21.4: DDIM,
-// DPM-Solver++ 2M (optionally with Karras sigmas), Euler, Euler-ancestral and PNDM for sampling,
-// and DDPM's forward process for training.
+// DPM-Solver++ 2M and its SDE variant (each optionally with Karras sigmas), Euler,
+// Euler-ancestral and PNDM for sampling, and DDPM's forward process for training.
 //
 // Every scheduler is built from a diffusers `scheduler_config.json` (any class's file: the SD1.5
 // folders ship a PNDMScheduler file). Keys the file lacks take the defaults of the class the kind
@@ -72,8 +72,9 @@ class Scheduler {
   virtual double init_noise_sigma() const { return 1.0; }
   // The model input for step `step_index` (identity except for the Euler family).
   virtual at::Tensor scale_model_input(const at::Tensor& sample, size_t step_index) const;
-  // True when step() draws fresh noise (Euler-ancestral): pass it as `noise` for reproducible
-  // results, else it is drawn with at::randn_like.
+  // True when step() draws fresh noise (Euler-ancestral, DPM-Solver's SDE variant): pass it as
+  // `noise` for reproducible results, else it is drawn from the default generator as diffusers'
+  // randn_tensor(shape) does, in logical order whatever the sample's memory layout.
   virtual bool needs_noise() const { return false; }
   // One denoising step at timesteps()[step_index]: returns the previous (less noisy) sample.
   virtual at::Tensor step(const at::Tensor& model_output, size_t step_index, const at::Tensor& sample,
@@ -81,13 +82,20 @@ class Scheduler {
   // Noises clean latents to the timestep of `step_index` (image-to-image): √ᾱ·x + √(1−ᾱ)·ε
   // for DDIM, DPM-Solver and PNDM; x + σ·ε for the Euler family.
   virtual at::Tensor add_noise(const at::Tensor& original, const at::Tensor& noise,
-                               size_t step_index) const = 0;
+                               size_t step_index) const;
 
  protected:
   Scheduler(std::string name, std::string class_name, io::Json config);
   // Checks set_timesteps has run and `step_index` is in range; returns timesteps()[step_index].
   double timestep_at(size_t step_index, const char* op) const;
   void check_steps(int64_t steps) const;
+  // Fails unless every one of `timesteps` lies in [0, num_train_timesteps), naming the settings
+  // that produced it.
+  void check_timestep_range(const std::vector<double>& timesteps, int64_t steps, const std::string& spacing,
+                            int64_t steps_offset) const;
+  // The noise of a stochastic step: `noise` when given (it must have the shape of `like`), else a
+  // fresh draw of that shape, dtype and device.
+  at::Tensor step_noise(const at::Tensor& noise, const at::Tensor& like) const;
   [[noreturn]] void fail_here(const std::string& what) const;
 
   std::string name_, class_name_;
@@ -98,13 +106,15 @@ class Scheduler {
   int64_t num_inference_steps_ = 0;  // as requested by set_timesteps (0: not yet called)
 };
 
-// The kinds make_scheduler accepts: ddim, dpmpp-2m, dpmpp-2m-karras, euler, euler-a, pndm.
+// The kinds make_scheduler accepts: ddim, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde,
+// dpmpp-2m-sde-karras, euler, euler-a, pndm.
 std::vector<std::string> scheduler_kinds();
 
 // Builds a scheduler of `kind` from a diffusers scheduler config (see the top of this file).
-// dpmpp-2m-karras is DPMSolverMultistepScheduler with use_karras_sigmas forced on; every other
-// setting comes from the file or the class defaults. Unknown kinds, unsupported options and
-// values of the wrong type are errors that name the key.
+// The dpmpp-2m kinds are DPMSolverMultistepScheduler; -karras forces use_karras_sigmas on, -sde
+// forces algorithm_type "sde-dpmsolver++"; every other setting comes from the file or the class
+// defaults (so plain dpmpp-2m follows the file's algorithm_type). Unknown kinds, unsupported
+// options and values of the wrong type are errors that name the key.
 std::unique_ptr<Scheduler> make_scheduler(const std::string& kind, const io::Json& scheduler_config);
 
 // The kind that follows the semantics of a diffusers scheduler class name ("PNDMScheduler" →
@@ -135,9 +145,6 @@ class DDPMTraining {
                               c10::optional<at::Generator> generator = c10::nullopt) const;
 
  private:
-  // (√ᾱ_t, √(1−ᾱ_t)) in x's dtype/device, shaped to broadcast against x.
-  std::pair<at::Tensor, at::Tensor> coefficients(const at::Tensor& x, const at::Tensor& timesteps) const;
-
   io::Json config_;
   NoiseSchedule schedule_;
   std::string prediction_type_;
