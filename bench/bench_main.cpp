@@ -112,6 +112,7 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
     if (!selected(base) && !selected(base + "_ckpt")) continue;
     // Built per stage so that the peak RSS of a stage run alone (--only) is its own.
     const auto models = random_stage_models(kosmosg, stage_kind);
+    const auto config = models::KosmosGConfig::from_json(models.kosmosg_config);
     for (const bool checkpointing : {false, true}) {
       const std::string name = base + (checkpointing ? "_ckpt" : "");
       if (!selected(name)) continue;
@@ -121,7 +122,7 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
       train::OptimizationOptions o;
       o.schedule.warmup_updates = 1;
       train::Trainer trainer(*stage, o);
-      const auto b = synthetic_batch(stage->config(), stage_kind, batch, target_size);
+      const auto b = synthetic_batch(config, stage_kind, batch, target_size);
       models::CLIPTextModel teacher(models::CLIPTextConfig::from_json(text_encoder));
       teacher->eval();
       at::Generator generator = at::detail::createCPUGenerator(0);
@@ -131,7 +132,7 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
           at::Tensor clip;
           {
             torch::NoGradGuard no_grad;
-            const int64_t length = stage->config().aligner.num_queries;
+            const int64_t length = config.aligner.num_queries;
             clip = teacher->forward(torch::randint(0, teacher->config().vocab_size, {batch, length}, torch::kLong))
                        .last_hidden_state;
           }

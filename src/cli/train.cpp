@@ -100,9 +100,9 @@ int run_train(const TrainArgs& a) {
 
 Command add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
-  auto* sub = app.add_subcommand("train", "Train one Kosmos-G stage: lm (multimodal language modelling), align (AlignerNet), instruct (score distillation)");
-  sub->add_option("--stage", a->stage, "lm, align or instruct")->required()->check(CLI::IsMember({"lm", "align", "instruct"}));
-  sub->add_option("--model", a->model, "Starting model folder (kosmosg convert output, or a previous stage's --out)")->required();
+  auto* sub = app.add_subcommand("train", "Train one stage: Kosmos-G's lm (multimodal language modelling), align (AlignerNet), instruct (score distillation), or the diffusion decoder's vae (AutoencoderKL) and t2i (UNet with a CLIP text encoder)");
+  sub->add_option("--stage", a->stage, "lm, align, instruct, vae or t2i")->required()->check(CLI::IsMember({"lm", "align", "instruct", "vae", "t2i"}));
+  sub->add_option("--model", a->model, "Starting model folder (kosmosg convert output, a previous stage's --out, or for vae/t2i a diffusers folder, whose components without weights start from a seeded draw)")->required();
   sub->add_option("--data", a->data, "A data source, [KIND:]PATH[:WEIGHT]: a .jsonl manifest or an official TSV folder (laion, instructpix2pix, openimages); repeat to mix (each batch comes from one source drawn by weight)")->required()->type_name("SOURCE");
   sub->add_option("--out", a->out, "Output folder: a model folder plus checkpoints/ and metrics.jsonl")->required();
   sub->add_option("--config", a->config, "Training config JSON overriding configs/train/<stage>.json");

@@ -147,6 +147,9 @@ at::Tensor target_image(const std::string& bytes, const std::string& what, const
 }
 
 const text::KosmosGTokenizer& tokenizer_of(const SampleOptions& options) {
+  if (!is_kosmosg_stage(options.stage))
+    fail("data", std::string("the ") + stage_name(options.stage) +
+                     " stage reads JSONL manifests of {\"prompt\", \"target\"} records, not the official TSV sources");
   if (!options.tokenizer) fail("data", "SampleOptions has no tokenizer, expected the Kosmos-G tokenizer");
   return *options.tokenizer;
 }

@@ -52,7 +52,7 @@ std::vector<std::string> split(const std::string& s, char sep);
 at::Tensor mllm_image(const std::string& bytes, const std::string& what, const SampleOptions& options);
 at::Tensor target_image(const std::string& bytes, const std::string& what, const SampleOptions& options);
 
-// The tokenizer of `options`, or an Error when none is set.
+// The tokenizer of `options`, or an Error when none is set or the stage takes no token sequences.
 const text::KosmosGTokenizer& tokenizer_of(const SampleOptions& options);
 
 // Throws FilteredOut("[where] what").

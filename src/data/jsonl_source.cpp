@@ -46,7 +46,6 @@ class JsonlSource final : public LineSource {
   }
 
   Sample prepare(int64_t index, std::mt19937_64&, const SampleOptions& options) const override {
-    const auto& tokenizer = tokenizer_of(options);
     const std::string where = lines_.where(index);
     const io::Json record = io::parse_json(lines_.read(index), where);
     if (!record.is_object()) fail("jsonl", where + ": expected a JSON object, got " + record.type_name());
@@ -77,12 +76,19 @@ class JsonlSource final : public LineSource {
                         std::to_string(images.size()) + " images are listed");
     if (options.stage == StageKind::Align && placeholders > 0)
       filter_out("jsonl", where + ": has " + std::to_string(placeholders) + " images; the align stage takes captions only");
-    if (options.stage == StageKind::Instruct && target.empty())
-      filter_out("jsonl", where + ": has no 'target' image, which stage instruct needs");
+    if (options.stage == StageKind::T2I && placeholders > 0)
+      filter_out("jsonl", where + ": has " + std::to_string(placeholders) + " images; the t2i stage takes captions only");
+    if ((options.stage == StageKind::Instruct || !is_kosmosg_stage(options.stage)) && target.empty())
+      filter_out("jsonl", where + ": has no 'target' image, which stage " + stage_name(options.stage) + " needs");
 
     Sample sample;
     for (const auto& piece : pieces) sample.caption += piece;
     sample.caption = collapse_spaces(sample.caption);
+    if (!is_kosmosg_stage(options.stage)) {
+      sample.target = io::vae_pixel_values(read(target, where), options.target_size);
+      return sample;
+    }
+    const auto& tokenizer = tokenizer_of(options);
     const auto image_length = static_cast<size_t>(options.image_token_length);
     if (placeholders == 0) {
       sample.sequence = text::laion_sequence(tokenizer, text);

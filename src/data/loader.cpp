@@ -227,7 +227,9 @@ struct Loader::Impl {
 Loader::Loader(LoaderOptions options) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   if (options.sources.empty()) fail(kWhere, "no data sources given, expected at least one");
-  if (!options.sample.tokenizer) fail(kWhere, "no tokenizer given in the sample options");
+  if (!options.sample.tokenizer && is_kosmosg_stage(options.sample.stage))
+    fail(kWhere, std::string("no tokenizer given in the sample options, which the ") + stage_name(options.sample.stage) +
+                     " stage needs");
   if (options.batch_size < 1) fail(kWhere, "batch size " + std::to_string(options.batch_size) + " must be at least 1");
   if (options.world_size < 1 || options.rank < 0 || options.rank >= options.world_size)
     fail(kWhere, "rank " + std::to_string(options.rank) + " of world size " + std::to_string(options.world_size) +

@@ -13,6 +13,10 @@ const char* stage_name(StageKind stage) {
       return "align";
     case StageKind::Instruct:
       return "instruct";
+    case StageKind::Vae:
+      return "vae";
+    case StageKind::T2I:
+      return "t2i";
   }
   return "?";
 }
@@ -21,8 +25,12 @@ StageKind parse_stage(const std::string& name) {
   if (name == "lm") return StageKind::LM;
   if (name == "align") return StageKind::Align;
   if (name == "instruct") return StageKind::Instruct;
-  fail("stage", "unknown stage '" + name + "' (expected lm, align or instruct)");
+  if (name == "vae") return StageKind::Vae;
+  if (name == "t2i") return StageKind::T2I;
+  fail("stage", "unknown stage '" + name + "' (expected lm, align, instruct, vae or t2i)");
 }
+
+bool is_kosmosg_stage(StageKind stage) { return stage != StageKind::Vae && stage != StageKind::T2I; }
 
 Batch collate(const std::vector<Sample>& samples, const std::string& source) {
   if (samples.empty()) fail("collate", "no samples given for source '" + source + "', expected at least one");
@@ -37,11 +45,13 @@ Batch collate(const std::vector<Sample>& samples, const std::string& source) {
     batch.sample_seeds.push_back(s.seed);
     batch.ntokens += static_cast<int64_t>(s.sequence.doc.size());
   }
-  auto text = text::collate_training(sequences);
-  batch.src_tokens = text.src;
-  batch.target = text.target;
-  batch.img_gpt_input_mask = text.input_mask;
-  batch.gpt_loss_mask = text.loss_mask;
+  if (batch.ntokens > 0) {
+    auto text = text::collate_training(sequences);
+    batch.src_tokens = text.src;
+    batch.target = text.target;
+    batch.img_gpt_input_mask = text.input_mask;
+    batch.gpt_loss_mask = text.loss_mask;
+  }
   if (!images.empty()) batch.images = at::stack(images);
   if (targets.size() == samples.size()) batch.target_images = at::stack(targets);
   batch.nsentences = static_cast<int64_t>(samples.size());

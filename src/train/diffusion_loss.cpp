@@ -6,8 +6,12 @@
 namespace kosmosg::train {
 
 DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
-                             double condition_drop_rate, c10::ScalarType unet_dtype)
-    : unet_(std::move(unet)), noise_(std::move(noise)), drop_rate_(condition_drop_rate), unet_dtype_(unet_dtype) {}
+                             double condition_drop_rate, c10::ScalarType unet_dtype, bool unet_trains)
+    : unet_(std::move(unet)),
+      noise_(std::move(noise)),
+      drop_rate_(condition_drop_rate),
+      unet_dtype_(unet_dtype),
+      unet_trains_(unet_trains) {}
 
 DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator generator) const {
   const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
@@ -28,7 +32,9 @@ DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::
   out.noisy_latents = noise_.add_noise(latents, draws.noise, draws.timesteps);
   const at::Tensor dropped = (draws.random_p < drop_rate_).view({-1, 1, 1});
   out.unet_condition = at::where(dropped, null_condition[0].unsqueeze(0).to(condition.dtype()), condition);
-  {
+  if (unet_trains_) {
+    out.model_pred = unet_->forward(out.noisy_latents, draws.timesteps, out.unet_condition);
+  } else {
     nn::AutocastGuard no_autocast(latents.device().type(), at::kFloat);
     out.model_pred = unet_->forward(out.noisy_latents.to(unet_dtype_), draws.timesteps,
                                     out.unet_condition.to(unet_dtype_));

@@ -23,9 +23,10 @@ namespace {
 namespace fs = std::filesystem;
 
 // Makes `out` a model folder: the starting folder's other parts (diffusers components, the CLIP
-// teacher, model_index.json) linked in, kosmosg/ with its config and tokenizer files.
+// teacher, model_index.json) linked in, and for a Kosmos-G stage (`kosmosg_source` not empty)
+// kosmosg/ with its config and tokenizer files. The stage's weights files are written over the links.
 void prepare_output(const fs::path& model, const fs::path& kosmosg_source, const fs::path& out) {
-  fs::create_directories(out / "kosmosg");
+  fs::create_directories(out);
   for (const auto& e : fs::directory_iterator(model)) {
     const std::string name = e.path().filename().string();
     if (name == "kosmosg" || name == "checkpoints" || name == "samples" || name == "metrics.jsonl" ||
@@ -39,6 +40,8 @@ void prepare_output(const fs::path& model, const fs::path& kosmosg_source, const
       io::link_or_copy(e.path().string(), (out / name).string());
     }
   }
+  if (kosmosg_source.empty()) return;
+  fs::create_directories(out / "kosmosg");
   for (const char* file : {"config.json", "sentencepiece.bpe.model", "dict.txt"}) {
     const fs::path target = out / "kosmosg" / file;
     if (!fs::exists(target)) fs::copy_file(kosmosg_source / file, target);
@@ -90,6 +93,9 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
       io::config_value<bool>(c, "official_vit_checkpoint", stage_options.official_vit_checkpoint, what);
   stage_options.gradient_checkpointing =
       io::config_value<bool>(c, "gradient_checkpointing", stage_options.gradient_checkpointing, what);
+  stage_options.kl_weight = io::config_value<double>(c, "kl_weight", stage_options.kl_weight, what);
+  stage_options.train_text_encoder =
+      io::config_value<bool>(c, "train_text_encoder", stage_options.train_text_encoder, what);
   precision = io::config_value<std::string>(c, "precision", precision, what);
   if (c.contains("optimizer")) {
     const auto& o = c.at("optimizer");
@@ -156,7 +162,11 @@ RunSummary run_training(const RunOptions& o) {
   }
 
   StageModels models = StageModels::from_folder(o.model_dir, o.stage);
-  fs::path kosmosg_source = model / "kosmosg";
+  const bool kosmosg_stage = data::is_kosmosg_stage(o.stage);
+  fs::path kosmosg_source = kosmosg_stage ? model / "kosmosg" : fs::path();
+  if (!o.init_from.empty() && !kosmosg_stage)
+    fail("train", std::string("--init-from takes kosmosg/ weights, which the ") + data::stage_name(o.stage) +
+                      " stage does not use; give the folder to start from as --model");
   if (!o.init_from.empty()) {
     kosmosg_source = fs::path(o.init_from) / "kosmosg";
     for (const char* file : {"config.json", "model.safetensors"})
@@ -171,8 +181,8 @@ RunSummary run_training(const RunOptions& o) {
   optimization.loss_scaling = optimization.precision.compute == at::kHalf;
   StageOptions stage_options = o.stage_options;
   stage_options.frozen_dtype = optimization.precision.compute;
-  // Parameters the starting weights lack (AlignerNet's N before the align stage) start from a draw
-  // the seed decides.
+  // Parameters the starting weights lack (AlignerNet's N before the align stage, a decoder
+  // component given by its config alone) start from a draw the seed decides.
   constexpr uint64_t kInitDomain = 100;
   at::manual_seed(data::mix_seeds({kInitDomain, o.seed}));
   auto stage = make_stage(o.stage, models, stage_options);
@@ -193,8 +203,10 @@ RunSummary run_training(const RunOptions& o) {
     std::fprintf(stderr, "%-44s %14lld %14lld\n", "total", static_cast<long long>(all), static_cast<long long>(trained));
   }
 
-  const auto tokenizer = text::KosmosGTokenizer::from_files((kosmosg_source / "sentencepiece.bpe.model").string(),
-                                                            (kosmosg_source / "dict.txt").string());
+  std::unique_ptr<text::KosmosGTokenizer> tokenizer;
+  if (kosmosg_stage)
+    tokenizer = std::make_unique<text::KosmosGTokenizer>(text::KosmosGTokenizer::from_files(
+        (kosmosg_source / "sentencepiece.bpe.model").string(), (kosmosg_source / "dict.txt").string()));
   std::unique_ptr<text::CLIPTokenizer> clip_tokenizer;
   if (o.stage == data::StageKind::Align)
     clip_tokenizer = std::make_unique<text::CLIPTokenizer>(text::CLIPTokenizer::from_folder(models.tokenizer_dir));
@@ -202,16 +214,9 @@ RunSummary run_training(const RunOptions& o) {
   data::LoaderOptions lo;
   for (const auto& spec : o.data) lo.sources.push_back(data::parse_source_spec(spec));
   lo.sample.stage = o.stage;
-  lo.sample.tokenizer = &tokenizer;
+  lo.sample.tokenizer = tokenizer.get();
   lo.sample.clip_tokenizer = clip_tokenizer.get();
-  lo.sample.image_token_length = stage->config().connector.latent_query_num;
-  lo.sample.image_size = stage->config().vision.image_size;
-  if (o.stage == data::StageKind::Instruct) {
-    const auto& unet = models.unet_config;
-    const int64_t sample = io::config_value<int64_t>(unet, "sample_size", 64, "unet config");
-    const auto vae_blocks = models.vae_config.value("block_out_channels", std::vector<int64_t>{1, 1, 1, 1});
-    lo.sample.target_size = sample * (int64_t{1} << (vae_blocks.size() - 1));
-  }
+  stage->configure_samples(lo.sample);
   lo.batch_size = o.batch_size;
   lo.seed = o.seed;
   lo.rank = rank;
@@ -248,9 +253,10 @@ RunSummary run_training(const RunOptions& o) {
   summary.first_update = trainer.num_updates();
   auto save_model = [&] {
     if (!main_rank) return;
-    io::save_safetensors((out / "kosmosg" / "model.safetensors").string(), stage->kosmosg_state(),
-                         {{"format", "pt"}, {"stage", data::stage_name(o.stage)},
-                          {"num_updates", std::to_string(trainer.num_updates())}});
+    for (const auto& [path, weights] : stage->output_weights())
+      io::save_safetensors((out / path).string(), weights,
+                           {{"format", "pt"}, {"stage", data::stage_name(o.stage)},
+                            {"num_updates", std::to_string(trainer.num_updates())}});
   };
   auto save = [&] {
     const io::Json data_state = loader.state();

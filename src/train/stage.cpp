@@ -2,10 +2,12 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <spdlog/spdlog.h>
 
 #include "kosmosg/data/loader.h"
 #include "kosmosg/error.h"
@@ -59,11 +61,71 @@ at::Tensor batch_tensor(const at::Tensor& t, const char* name) {
   return t;
 }
 
+// Whether a component folder holds a weights file (the decoder stages start one without from a draw).
+bool has_weights(const fs::path& folder) {
+  if (!fs::is_directory(folder)) return false;
+  for (const auto& e : fs::directory_iterator(folder))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") return true;
+  return false;
+}
+
+// The diffusers parts the vae or t2i stage reads; each component's weights when its folder has some.
+StageModels decoder_models(const fs::path& root, data::StageKind kind) {
+  const bool t2i = kind == data::StageKind::T2I;
+  std::vector<std::string> missing;
+  auto need = [&](const fs::path& p) {
+    if (!fs::exists(root / p)) missing.push_back((root / p).string());
+  };
+  need("vae/config.json");
+  if (t2i) {
+    need("unet/config.json");
+    need("scheduler/scheduler_config.json");
+    need("text_encoder/config.json");
+    need("tokenizer/vocab.json");
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (const auto& m : missing) list += "\n    " + m;
+    fail("train", std::string("the ") + data::stage_name(kind) + " stage needs these files of " + root.string() + ":" +
+                      list + "\n  (a diffusers folder; configs without weights start those weights from a seeded draw)");
+  }
+  StageModels m;
+  auto component = [&](const char* name, const char* stem, io::Json& config, io::TensorMap& weights) {
+    const fs::path folder = root / name;
+    config = io::read_json((folder / "config.json").string());
+    if (has_weights(folder)) {
+      weights = io::read_component_weights(folder.string(), {stem});
+    } else {
+      spdlog::info("{} has no weights: the {} starts from a seeded draw", folder.string(), name);
+    }
+  };
+  component("vae", "diffusion_pytorch_model", m.vae_config, m.vae);
+  if (t2i) {
+    component("unet", "diffusion_pytorch_model", m.unet_config, m.unet);
+    component("text_encoder", "model", m.text_encoder_config, m.text_encoder);
+    m.scheduler_config = io::read_json((root / "scheduler" / "scheduler_config.json").string());
+    m.tokenizer_dir = (root / "tokenizer").string();
+  }
+  return m;
+}
+
+// Pixels per latent cell of an AutoencoderKL: each down block but the last halves the side.
+int64_t vae_scale(const io::Json& vae_config) {
+  const auto blocks = vae_config.value("block_out_channels", std::vector<int64_t>{1, 1, 1, 1});
+  return int64_t{1} << (blocks.size() - 1);
+}
+
+// The side of the diffusion targets: the UNet's latent side in pixels.
+int64_t diffusion_target_side(const io::Json& unet_config, const io::Json& vae_config) {
+  return io::config_value<int64_t>(unet_config, "sample_size", 64, "unet config") * vae_scale(vae_config);
+}
+
 }  // namespace
 
 StageModels StageModels::from_folder(const std::string& dir, data::StageKind kind) {
   const fs::path root(dir);
   if (!fs::is_directory(root)) fail("train", "--model " + dir + " is not a folder");
+  if (!data::is_kosmosg_stage(kind)) return decoder_models(root, kind);
   std::vector<std::string> missing;
   auto need = [&](const fs::path& p) {
     if (!fs::exists(p)) missing.push_back(p.string());
@@ -104,31 +166,9 @@ StageModels StageModels::from_folder(const std::string& dir, data::StageKind kin
   return m;
 }
 
-Stage::Stage(const StageModels& models, const StageOptions& options)
-    : config_(models::KosmosGConfig::from_json(models.kosmosg_config)), options_(options) {
-  kosmosg_ = models::KosmosGModel(config_);
-  root_ = std::make_shared<torch::nn::Module>();
-}
-
-bool Stage::vit_trainable(const std::string& name) const {
-  std::string rule = options_.no_freeze_layer;
-  if (rule.empty()) rule = "resblocks." + std::to_string(config_.vision.layers - 1) + ",ln_post";
-  size_t begin = 0;
-  while (begin <= rule.size()) {
-    size_t end = rule.find(',', begin);
-    if (end == std::string::npos) end = rule.size();
-    const std::string item = rule.substr(begin, end - begin);
-    if (!item.empty() && name.find(item) != std::string::npos) return true;
-    begin = end + 1;
-  }
-  return false;
-}
+Stage::Stage(const StageOptions& options) : options_(options) { root_ = std::make_shared<torch::nn::Module>(); }
 
 void Stage::select_trainable(const std::function<bool(const std::string&)>& is_trainable) {
-  if (options_.gradient_checkpointing) kosmosg_->set_gradient_checkpointing(true);
-  // The official stage 3 checkpoints the ViT blocks reentrantly: the last block's input needs no
-  // gradient, so neither do its output and its weights.
-  if (options_.official_vit_checkpoint) kosmosg_->img_model->set_gradient_checkpointing(true, /*reentrant_compat=*/true);
   trainable_.clear();
   for (auto& item : root_->named_parameters()) {
     const std::string& name = item.key();
@@ -159,13 +199,6 @@ std::vector<ModuleSummary> Stage::summary() const {
     if (p.requires_grad()) rows.back().trainable += p.numel();
   }
   return rows;
-}
-
-io::TensorMap Stage::kosmosg_state() const {
-  io::TensorMap out;
-  for (const auto& [name, t] : io::state_dict(*kosmosg_)) out.emplace(name, t.detach());
-  out[kTiedHead] = out.at(kEmbedTokens);
-  return out;
 }
 
 io::TensorMap Stage::trainable_state() const {
@@ -203,25 +236,74 @@ void Stage::load_trainable(const io::TensorMap& weights, const std::string& sour
 
 void Stage::train_mode() { root_->train(); }
 
-at::Tensor Stage::mllm_hidden(const data::Batch& batch, bool logits, at::Tensor* logits_out) {
-  const at::Tensor src = batch_tensor(batch.src_tokens, "src_tokens");
-  const auto param = kosmosg_->gpt_model->decoder->embed_tokens->weight;
-  at::Tensor features;
-  if (batch.images.defined() && batch.images.numel() > 0)
-    features = kosmosg_->image_embeddings(batch.images.to(param.device(), param.scalar_type()));
-  at::Tensor mask = batch.img_gpt_input_mask.defined() ? batch.img_gpt_input_mask.to(param.device(), at::kBool)
-                                                       : at::Tensor();
-  auto out = kosmosg_->gpt_model(src.to(param.device()), features, mask, logits);
-  if (logits_out) *logits_out = out.logits;
-  return out.hidden;
-}
-
 namespace {
 
-// Stage 1: next-token cross-entropy on the text positions (reference §6.7).
-class LMStage : public Stage {
+// What the three Kosmos-G stages share: the KosmosGmodel, its config, the MLLM forward.
+class KosmosGStage : public Stage {
  public:
-  LMStage(const StageModels& m, const StageOptions& o) : Stage(m, o) {
+  void configure_samples(data::SampleOptions& options) const override {
+    options.image_token_length = config_.connector.latent_query_num;
+    options.image_size = config_.vision.image_size;
+  }
+
+  std::map<std::string, io::TensorMap> output_weights() const override {
+    io::TensorMap out;
+    for (const auto& [name, t] : io::state_dict(*kosmosg_)) out.emplace(name, t.detach());
+    out[kTiedHead] = out.at(kEmbedTokens);
+    return {{"kosmosg/model.safetensors", out}};
+  }
+
+ protected:
+  KosmosGStage(const StageModels& models, const StageOptions& options)
+      : Stage(options), config_(models::KosmosGConfig::from_json(models.kosmosg_config)) {
+    kosmosg_ = models::KosmosGModel(config_);
+  }
+
+  // Switches the options' checkpointing on, then marks the trainable parameters.
+  void select_trainable(const std::function<bool(const std::string&)>& is_trainable) {
+    if (options_.gradient_checkpointing) kosmosg_->set_gradient_checkpointing(true);
+    // The official stage 3 checkpoints the ViT blocks reentrantly: the last block's input needs no
+    // gradient, so neither do its output and its weights.
+    if (options_.official_vit_checkpoint) kosmosg_->img_model->set_gradient_checkpointing(true, /*reentrant_compat=*/true);
+    Stage::select_trainable(is_trainable);
+  }
+
+  bool vit_trainable(const std::string& name) const {
+    std::string rule = options_.no_freeze_layer;
+    if (rule.empty()) rule = "resblocks." + std::to_string(config_.vision.layers - 1) + ",ln_post";
+    size_t begin = 0;
+    while (begin <= rule.size()) {
+      size_t end = rule.find(',', begin);
+      if (end == std::string::npos) end = rule.size();
+      const std::string item = rule.substr(begin, end - begin);
+      if (!item.empty() && name.find(item) != std::string::npos) return true;
+      begin = end + 1;
+    }
+    return false;
+  }
+
+  // The MLLM hidden states [B, T, C] for a batch (image features in their slots).
+  at::Tensor mllm_hidden(const data::Batch& batch, bool logits, at::Tensor* logits_out = nullptr) {
+    const at::Tensor src = batch_tensor(batch.src_tokens, "src_tokens");
+    const auto param = kosmosg_->gpt_model->decoder->embed_tokens->weight;
+    at::Tensor features;
+    if (batch.images.defined() && batch.images.numel() > 0)
+      features = kosmosg_->image_embeddings(batch.images.to(param.device(), param.scalar_type()));
+    at::Tensor mask = batch.img_gpt_input_mask.defined() ? batch.img_gpt_input_mask.to(param.device(), at::kBool)
+                                                         : at::Tensor();
+    auto out = kosmosg_->gpt_model(src.to(param.device()), features, mask, logits);
+    if (logits_out) *logits_out = out.logits;
+    return out.hidden;
+  }
+
+  models::KosmosGConfig config_;
+  models::KosmosGModel kosmosg_{nullptr};
+};
+
+// Stage 1: next-token cross-entropy on the text positions (reference §6.7).
+class LMStage : public KosmosGStage {
+ public:
+  LMStage(const StageModels& m, const StageOptions& o) : KosmosGStage(m, o) {
     for (const char* prefix : {"gpt_model.", "img_model.", "img_connector."})
       if (!has_prefix(m.kosmosg, prefix))
         fail("train", std::string("the lm stage needs the ") + prefix + "* weights, which the model has none of");
@@ -265,9 +347,9 @@ class LMStage : public Stage {
 };
 
 // Stage 2: AlignerNet M and N against the frozen SD1.5 CLIP text encoder (reference §5.4).
-class AlignStage : public Stage {
+class AlignStage : public KosmosGStage {
  public:
-  AlignStage(const StageModels& m, const StageOptions& o) : Stage(m, o) {
+  AlignStage(const StageModels& m, const StageOptions& o) : KosmosGStage(m, o) {
     if (!has_prefix(m.kosmosg, "gpt_model."))
       fail("train", "the align stage needs the gpt_model.* weights (a stage-1 model), which the model has none of");
     aligner_ = models::Aligner(config_.aligner);
@@ -347,14 +429,15 @@ class AlignStage : public Stage {
 };
 
 // Stage 3: score distillation through the frozen UNet (reference §6.5).
-class InstructStage : public Stage {
+class InstructStage : public KosmosGStage {
  public:
   InstructStage(const StageModels& m, const StageOptions& o)
-      : Stage(m, o),
+      : KosmosGStage(m, o),
         unet_(models::UNet2DConditionConfig::from_json(require_config(m.unet_config, "unet"))),
         vae_(models::AutoencoderKLConfig::from_json(require_config(m.vae_config, "vae"))),
         loss_(unet_, diffusion::DDPMTraining(require_config(m.scheduler_config, "scheduler")), o.condition_drop_rate,
-              o.frozen_dtype) {
+              o.frozen_dtype),
+        target_size_(diffusion_target_side(m.unet_config, m.vae_config)) {
     std::vector<std::string> missing;
     for (const char* prefix : {"gpt_model.", "img_model.", "img_connector.", "aligner.encoder_proj."})
       if (!has_prefix(m.kosmosg, prefix)) missing.push_back(std::string(prefix) + "*");
@@ -383,6 +466,11 @@ class InstructStage : public Stage {
     });
   }
   data::StageKind kind() const override { return data::StageKind::Instruct; }
+
+  void configure_samples(data::SampleOptions& options) const override {
+    KosmosGStage::configure_samples(options);
+    options.target_size = target_size_;
+  }
 
   void train_mode() override {
     Stage::train_mode();
@@ -452,6 +540,207 @@ class InstructStage : public Stage {
   models::UNet2DConditionModel unet_;
   models::AutoencoderKL vae_;
   DiffusionLoss loss_;
+  int64_t target_size_;
+};
+
+// A row's own generator (from its sample seed) when the batch carries one per row, else the
+// update's `generator`.
+at::Generator row_generator(const data::Batch& batch, int64_t rows, int64_t row, at::Generator generator) {
+  if (static_cast<int64_t>(batch.sample_seeds.size()) != rows) return generator;
+  return at::detail::createCPUGenerator(data::mix_seeds({kRowDrawDomain, batch.sample_seeds[row]}));
+}
+
+// The posterior's sample with each row's standard normal draw.
+at::Tensor sample_posterior(const models::DiagonalGaussian& posterior, const data::Batch& batch, at::Generator generator) {
+  const int64_t rows = posterior.mean.size(0);
+  std::vector<at::Tensor> noise;
+  for (int64_t b = 0; b < rows; ++b) {
+    const at::Tensor mean = posterior.mean.narrow(0, b, 1);
+    noise.push_back(at::randn(mean.sizes(), row_generator(batch, rows, b, generator), at::TensorOptions().dtype(at::kFloat))
+                        .to(mean.device(), mean.scalar_type()));
+  }
+  return posterior.sample(at::cat(noise));
+}
+
+// The decoder stages' shared part: a component's weights loaded when the model folder has them,
+// kept from the seeded draw of its construction otherwise (and then written to the output).
+class DecoderStage : public Stage {
+ protected:
+  using Stage::Stage;
+
+  void load_or_keep_draw(torch::nn::Module& module, const io::TensorMap& weights, const std::string& component) {
+    if (weights.empty()) {
+      drawn_.push_back(component);
+      return;
+    }
+    io::load_weights(module, weights, load_options(component));
+  }
+  bool drawn(const std::string& component) const {
+    return std::find(drawn_.begin(), drawn_.end(), component) != drawn_.end();
+  }
+  // `module`'s weights as the component folder's file stores them.
+  static io::TensorMap component_state(const torch::nn::Module& module) {
+    io::TensorMap out;
+    for (const auto& [name, t] : io::state_dict(module)) out.emplace(name, t.detach().to(at::kFloat));
+    return out;
+  }
+
+ private:
+  std::vector<std::string> drawn_;
+};
+
+// The AutoencoderKL alone: L1 reconstruction of the target image (per-pixel mean) plus kl_weight ×
+// the posterior's KL divergence to N(0, I), as the LDM autoencoder without its LPIPS and GAN parts.
+class VaeStage : public DecoderStage {
+ public:
+  VaeStage(const StageModels& m, const StageOptions& o)
+      : DecoderStage(o), vae_(models::AutoencoderKLConfig::from_json(m.vae_config)) {
+    load_or_keep_draw(*vae_, m.vae, "vae");
+    root_->register_module("vae", vae_.ptr());
+    select_trainable([](const std::string&) { return true; });
+  }
+  data::StageKind kind() const override { return data::StageKind::Vae; }
+
+  void configure_samples(data::SampleOptions& options) const override { options.target_size = vae_->config().sample_size; }
+
+  std::map<std::string, io::TensorMap> output_weights() const override {
+    return {{"vae/diffusion_pytorch_model.safetensors", component_state(*vae_)}};
+  }
+
+  StageLoss forward(const data::Batch& batch, at::Generator generator) override {
+    const auto param = vae_->encoder->conv_in->weight;
+    const at::Tensor images =
+        batch_tensor(batch.target_images, "target images (the vae stage needs a target per sample)").to(param.device());
+    const models::DiagonalGaussian posterior = vae_->encode(images);
+    const at::Tensor reconstruction = vae_->decode(sample_posterior(posterior, batch, generator));
+    const at::Tensor rec = (reconstruction.to(at::kFloat) - images.to(at::kFloat)).abs().flatten(1).mean(1);
+    const at::Tensor mean = posterior.mean.to(at::kFloat), logvar = posterior.logvar.to(at::kFloat);
+    const at::Tensor kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1);
+    StageLoss out;
+    out.loss = (rec + options_.kl_weight * kl).sum();
+    out.samples = images.size(0);
+    out.sample_size = out.samples;
+    const double rows = static_cast<double>(out.samples);
+    out.logs["loss"] = out.loss.item<double>() / rows;
+    out.logs["rec_loss"] = rec.sum().item<double>() / rows;
+    out.logs["kl"] = kl.sum().item<double>() / rows;
+    out.outputs["reconstruction"] = reconstruction;
+    return out;
+  }
+
+ private:
+  models::AutoencoderKL vae_;
+};
+
+// The UNet with a CLIP text encoder (trained with it or frozen) and a frozen VAE: the ε-prediction
+// loss of Stable Diffusion's text-to-image training, captions dropped to the empty prompt's
+// embedding for condition_drop_rate of the rows (classifier-free guidance).
+class T2IStage : public DecoderStage {
+ public:
+  T2IStage(const StageModels& m, const StageOptions& o)
+      : DecoderStage(o),
+        unet_(models::UNet2DConditionConfig::from_json(m.unet_config)),
+        vae_(models::AutoencoderKLConfig::from_json(m.vae_config)),
+        text_encoder_(models::CLIPTextConfig::from_json(m.text_encoder_config, "text_encoder/config.json")),
+        clip_tokenizer_(text::CLIPTokenizer::from_folder(m.tokenizer_dir)),
+        loss_(unet_, diffusion::DDPMTraining(m.scheduler_config), o.condition_drop_rate, c10::kFloat,
+              /*unet_trains=*/true),
+        target_size_(diffusion_target_side(m.unet_config, m.vae_config)) {
+    const int64_t width = text_encoder_->config().encoder.hidden_size;
+    for (const int64_t dim : unet_->config().cross_attention_dim)
+      if (dim != width)
+        fail("train", "the text encoder is " + std::to_string(width) + " wide but the UNet's cross_attention_dim is " +
+                          std::to_string(dim) + " (unet/config.json)");
+    load_or_keep_draw(*unet_, m.unet, "unet");
+    load_or_keep_draw(*vae_, m.vae, "vae");
+    load_or_keep_draw(*text_encoder_, m.text_encoder, "text_encoder");
+    if (o.gradient_checkpointing) unet_->set_gradient_checkpointing(true);
+    vae_->to(o.frozen_dtype);
+    root_->register_module("unet", unet_.ptr());
+    root_->register_module("vae", vae_.ptr());
+    root_->register_module("text_encoder", text_encoder_.ptr());
+    select_trainable([&](const std::string& name) {
+      return starts_with(name, "unet.") || (o.train_text_encoder && starts_with(name, "text_encoder."));
+    });
+  }
+  data::StageKind kind() const override { return data::StageKind::T2I; }
+
+  void configure_samples(data::SampleOptions& options) const override { options.target_size = target_size_; }
+
+  // The UNet; the text encoder when it trained or was drawn; the VAE when it was drawn, so that
+  // the output is a complete folder.
+  std::map<std::string, io::TensorMap> output_weights() const override {
+    std::map<std::string, io::TensorMap> out{{"unet/diffusion_pytorch_model.safetensors", component_state(*unet_)}};
+    if (options_.train_text_encoder || drawn("text_encoder"))
+      out.emplace("text_encoder/model.safetensors", component_state(*text_encoder_));
+    if (drawn("vae")) out.emplace("vae/diffusion_pytorch_model.safetensors", component_state(*vae_));
+    return out;
+  }
+
+  void train_mode() override {
+    Stage::train_mode();
+    vae_->eval();
+    if (!options_.train_text_encoder) text_encoder_->eval();
+  }
+
+  StageLoss forward(const data::Batch& batch, at::Generator generator) override {
+    const at::Tensor images = batch_tensor(batch.target_images, "target images (the t2i stage needs a target per sample)");
+    const int64_t rows = images.size(0);
+    if (static_cast<int64_t>(batch.captions.size()) != rows)
+      fail("train", "the t2i stage needs one caption per row for the text encoder");
+    const auto param = unet_->conv_in->weight;
+    at::Tensor latents;
+    {
+      torch::NoGradGuard no_grad;
+      nn::AutocastGuard no_autocast(param.device().type(), at::kFloat);
+      const auto posterior = vae_->encode(images.to(param.device(), options_.frozen_dtype));
+      const models::DiagonalGaussian gaussian{posterior.mean.to(at::kFloat), posterior.logvar.to(at::kFloat)};
+      latents = sample_posterior(gaussian, batch, generator) * vae_->config().scaling_factor;
+    }
+    std::vector<at::Tensor> noise, timesteps, random_p;
+    for (int64_t b = 0; b < rows; ++b) {
+      auto d = loss_.draw(latents.narrow(0, b, 1), row_generator(batch, rows, b, generator));
+      noise.push_back(d.noise);
+      timesteps.push_back(d.timesteps);
+      random_p.push_back(d.random_p);
+    }
+    std::vector<std::string> texts = batch.captions;
+    texts.push_back("");  // the null condition: the empty prompt's embedding
+    const at::Tensor encoded = encode_text(texts, param.device());
+    auto out = loss_.forward(latents, encoded.narrow(0, 0, rows), encoded.narrow(0, rows, 1),
+                             {at::cat(noise), at::cat(timesteps), at::cat(random_p)});
+    StageLoss loss;
+    loss.loss = out.loss;
+    loss.samples = rows;
+    loss.sample_size = rows;
+    loss.logs["loss"] = out.loss.item<double>() / static_cast<double>(rows);
+    loss.outputs["latents"] = latents;
+    return loss;
+  }
+
+ private:
+  // last_hidden_state of the CLIP text encoder for `texts`, with gradients when it trains.
+  at::Tensor encode_text(const std::vector<std::string>& texts, const c10::Device& device) {
+    const auto length = static_cast<size_t>(text_encoder_->config().max_position_embeddings);
+    std::vector<int64_t> ids;
+    for (const auto& t : texts) {
+      auto row = clip_tokenizer_.encode(t, length);
+      ids.insert(ids.end(), row.begin(), row.end());
+    }
+    const at::Tensor tokens =
+        at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({static_cast<int64_t>(texts.size()), -1}).to(device);
+    if (options_.train_text_encoder) return text_encoder_->forward(tokens).last_hidden_state;
+    torch::NoGradGuard no_grad;
+    nn::AutocastGuard no_autocast(device.type(), at::kFloat);  // the frozen encoder stays float32
+    return text_encoder_->forward(tokens).last_hidden_state;
+  }
+
+  models::UNet2DConditionModel unet_;
+  models::AutoencoderKL vae_;
+  models::CLIPTextModel text_encoder_;
+  text::CLIPTokenizer clip_tokenizer_;
+  DiffusionLoss loss_;
+  int64_t target_size_;
 };
 
 }  // namespace
@@ -461,6 +750,8 @@ std::unique_ptr<Stage> make_stage(data::StageKind kind, const StageModels& model
     case data::StageKind::LM: return std::make_unique<LMStage>(models, options);
     case data::StageKind::Align: return std::make_unique<AlignStage>(models, options);
     case data::StageKind::Instruct: return std::make_unique<InstructStage>(models, options);
+    case data::StageKind::Vae: return std::make_unique<VaeStage>(models, options);
+    case data::StageKind::T2I: return std::make_unique<T2IStage>(models, options);
   }
   fail("train", "unknown stage");
 }

@@ -137,9 +137,7 @@ double train_instruct(const std::string& model_dir, const std::string& manifest,
   data.sources = {kosmosg::data::parse_source_spec(manifest)};
   data.sample.stage = StageKind::Instruct;
   data.sample.tokenizer = &tokenizer;
-  data.sample.image_token_length = stage->config().connector.latent_query_num;
-  data.sample.image_size = stage->config().vision.image_size;
-  data.sample.target_size = 64;  // the tiny UNet's 8x8 latents
+  stage->configure_samples(data.sample);  // MLLM image size and slots, the UNet's target side
   data.batch_size = 2;
   kosmosg::data::Loader loader(data);
 

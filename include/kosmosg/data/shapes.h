@@ -118,7 +118,7 @@ struct ShapesSummary {
 //   train/<n>.png, train/<n>_edit.png    training scenes and their re-coloured-background versions
 //   test/{one,two,edit}_<n>[_source].png held-out scenes
 //   captions.jsonl        {"text": caption}                              (lm, align)
-//   text_to_image.jsonl   {"prompt": caption, "target": scene}           (align, instruct)
+//   text_to_image.jsonl   {"prompt": caption, "target": scene}           (align, instruct, vae, t2i)
 //   interleaved.jsonl     "<i> a red circle on a blue background" + scene, "<i> is a red circle" + entity (lm)
 //   one_entity.jsonl      "<i> on a green background" + entity -> scene  (lm, instruct)
 //   two_entity.jsonl      "<i> next to <i> on a yellow background" + entities -> scene

@@ -1,7 +1,8 @@
 #pragma once
 // Kosmos-G's score-distillation loss (the official Diffusionmodel.forward): the frozen UNet's
 // denoising error on noised target latents, with the condition replaced by the null embedding
-// for a random 10 % of the samples (classifier-free guidance training).
+// for a random 10 % of the samples (classifier-free guidance training). The t2i stage trains the
+// UNet itself with the same loss.
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
@@ -27,9 +28,11 @@ struct DiffusionLossOutput {
 class DiffusionLoss {
  public:
   // `unet_dtype` is the frozen UNet's storage dtype: it runs in it with autocast off (the policy
-  // for frozen parts in half precision), and its prediction is compared in float32.
+  // for frozen parts in half precision), and its prediction is compared in float32. A UNet that
+  // trains (`unet_trains`: the t2i stage) keeps float32 weights and runs under the caller's autocast.
   DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
-                double condition_drop_rate = 0.1, c10::ScalarType unet_dtype = c10::kFloat);
+                double condition_drop_rate = 0.1, c10::ScalarType unet_dtype = c10::kFloat,
+                bool unet_trains = false);
 
   // Draws noise, timesteps and drop probabilities for `latents` from `generator` (on the CPU,
   // so a seed reproduces on every device).
@@ -44,6 +47,7 @@ class DiffusionLoss {
   diffusion::DDPMTraining noise_;
   double drop_rate_;
   c10::ScalarType unet_dtype_;
+  bool unet_trains_;
 };
 
 }  // namespace kosmosg::train

@@ -37,8 +37,8 @@ struct RunOptions {
   std::string precision = "float32";  // float32, bfloat16 (autocast) or float16 (CUDA, loss scaling)
   OptimizationOptions optimization;
   StageOptions stage_options;
-  // Every `sample_every` updates (0: never) the output's kosmosg/model.safetensors is brought up to
-  // date and `on_sample(update)` runs (the CLI writes sample images from the folder).
+  // Every `sample_every` updates (0: never) the output's weights files are brought up to date and
+  // `on_sample(update)` runs (the CLI writes sample images from the folder).
   int64_t sample_every = 0;
   std::function<void(int64_t update)> on_sample;
   // Data parallelism: a process group is formed when the launch has more than one rank or a

@@ -1,7 +1,9 @@
 #pragma once
-// The three Kosmos-G training stages (reference §6): what each trains, what it freezes, and its
-// loss. A stage owns its modules under the official KosmosGmodel state-dict names (gpt_model.*,
-// img_model.*, img_connector.*, aligner.*, diffusion_unet.unet.*, vae.vae.*).
+// The training stages: the three of Kosmos-G (reference §6) and the diffusion decoder's own (vae,
+// t2i): what each trains, what it freezes, and its loss. A Kosmos-G stage owns its modules under
+// the official KosmosGmodel state-dict names (gpt_model.*, img_model.*, img_connector.*, aligner.*,
+// diffusion_unet.unet.*, vae.vae.*); a decoder stage under the component names of a diffusers
+// folder (vae.*, unet.*, text_encoder.*).
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
@@ -43,16 +45,22 @@ struct StageOptions {
   // Storage of the frozen diffusers parts (UNet, VAE), which then run in it with autocast off;
   // the trainable parts compute under the trainer's autocast and keep float32 weights.
   c10::ScalarType frozen_dtype = c10::kFloat;
+  // vae: weight of the posterior's KL divergence to N(0, I) beside the L1 reconstruction.
+  double kl_weight = 1e-6;
+  // t2i: the CLIP text encoder trains with the UNet (otherwise it stays frozen).
+  bool train_text_encoder = false;
 };
 
 // The weights and configs a stage is built from. Components a stage does not use may be empty.
 struct StageModels {
   io::Json kosmosg_config;      // the kosmosg/config.json layout (models/kosmosg.h)
   io::TensorMap kosmosg;        // gpt_model.*, img_model.*, img_connector.*, aligner.* (M, maybe N)
-  io::Json unet_config, vae_config, scheduler_config;
-  io::TensorMap unet, vae;      // diffusers names without prefix
+  io::Json unet_config, vae_config, scheduler_config, text_encoder_config;
+  // Diffusers (transformers for the text encoder) names without prefix. The decoder stages start
+  // a component whose folder has a config but no weights from a seeded draw.
+  io::TensorMap unet, vae, text_encoder;
   std::string text_encoder_dir;  // align: the SD1.5 text_encoder/ folder (the frozen teacher)
-  std::string tokenizer_dir;     // align: the SD1.5 tokenizer/ folder (CLIP BPE)
+  std::string tokenizer_dir;     // align, t2i: the SD1.5 tokenizer/ folder (CLIP BPE)
 
   // Reads what `kind` needs from a model folder (kosmosg/ plus the diffusers parts). Missing
   // files or weights are one error that names each of them.
@@ -72,7 +80,6 @@ class Stage {
 
   // Every module of the stage under the official names.
   torch::nn::Module& model() { return *root_; }
-  const models::KosmosGConfig& config() const { return config_; }
   // The trainable tensors (official names; the tied LM head appears once, as embed_tokens).
   const NamedParameters& trainable() const { return trainable_; }
   std::vector<ModuleSummary> summary() const;
@@ -81,9 +88,14 @@ class Stage {
   // carries them (then they do not depend on the batch split), from `generator` otherwise.
   virtual StageLoss forward(const data::Batch& batch, at::Generator generator) = 0;
 
-  // The conditioning weights as a Kosmos-G folder stores them (kosmosg/model.safetensors): every
-  // gpt_model/img_model/img_connector/aligner tensor, the tied head under both names.
-  io::TensorMap kosmosg_state() const;
+  // Fills in what the stage's samples need beside the stage kind (image sizes, slots per image).
+  virtual void configure_samples(data::SampleOptions& options) const = 0;
+
+  // The weights files of the output model folder the stage writes, by path relative to the folder:
+  // kosmosg/model.safetensors for the Kosmos-G stages (every gpt_model/img_model/img_connector/
+  // aligner tensor, the tied head under both names); the diffusers components a decoder stage
+  // trains or initialised.
+  virtual std::map<std::string, io::TensorMap> output_weights() const = 0;
   // The trainable tensors only, the tied head under both names.
   io::TensorMap trainable_state() const;
   // Copies `weights` (a subset of trainable_state's names) into the trainable tensors.
@@ -93,17 +105,11 @@ class Stage {
   virtual void train_mode();
 
  protected:
-  Stage(const StageModels& models, const StageOptions& options);
-  // Marks trainable the parameters `is_trainable(name)` accepts and freezes the rest; switches the
-  // options' checkpointing on.
+  explicit Stage(const StageOptions& options);
+  // Marks trainable the parameters `is_trainable(name)` accepts and freezes the rest.
   void select_trainable(const std::function<bool(const std::string&)>& is_trainable);
-  bool vit_trainable(const std::string& name) const;
-  // The MLLM hidden states [B, T, C] for a batch (image features in their slots).
-  at::Tensor mllm_hidden(const data::Batch& batch, bool logits, at::Tensor* logits_out = nullptr);
 
-  models::KosmosGConfig config_;
   StageOptions options_;
-  models::KosmosGModel kosmosg_{nullptr};
   std::shared_ptr<torch::nn::Module> root_;
   NamedParameters trainable_;
 };

@@ -1,0 +1,178 @@
+// `kosmosg train --stage vae|t2i` end to end on a small shapes world and the configs/shapes model
+// started from its configs alone: each stage learns, resume is exact, the output generates, and
+// data or folders that cannot work are refused with a clear message.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "kosmosg/io/builtin_configs.h"
+#include "kosmosg/io/image.h"
+#include "kosmosg/io/safetensors.h"
+#include "support.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using kosmosg::test::run_cli;
+using kosmosg::test::shared_dir;
+
+std::vector<kosmosg::io::Json> read_metrics(const fs::path& out) {
+  std::vector<kosmosg::io::Json> lines;
+  std::ifstream in(out / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(kosmosg::io::parse_json(line, "metrics"));
+  return lines;
+}
+
+double mean_of(const std::vector<kosmosg::io::Json>& m, const char* key, size_t begin, size_t end) {
+  double s = 0;
+  for (size_t i = begin; i < end; ++i) s += m[i].at(key).get<double>();
+  return s / static_cast<double>(end - begin);
+}
+
+class DecoderStages : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    work_ = fs::temp_directory_path() / ("kosmosg_decoder_stages_" + std::to_string(::getpid()));
+    fs::remove_all(work_);
+    world_ = run_cli("data shapes --out " + (work_ / "world").string() + " --count 12 --test-count 2 --quiet");
+    // The shapes world's decoder as configs only (compiled in from configs/shapes), with the CLIP
+    // BPE tokenizer of an SD1.5 folder.
+    const fs::path model = configs_only();
+    for (const char* file : {"model_index.json", "vae/config.json", "unet/config.json", "text_encoder/config.json",
+                             "scheduler/scheduler_config.json"}) {
+      fs::create_directories((model / file).parent_path());
+      std::ofstream(model / file) << kosmosg::io::builtin_config(std::string("shapes/") + file).dump(2);
+    }
+    fs::copy(fs::path(shared_dir()) / "fixtures" / "tiny-sd15" / "tokenizer", model / "tokenizer",
+             fs::copy_options::recursive);
+  }
+  static void TearDownTestSuite() { fs::remove_all(work_); }
+
+  static fs::path configs_only() { return work_ / "configs_only"; }
+  static std::string data() { return (work_ / "world" / "text_to_image.jsonl").string(); }
+  static std::string train(const std::string& stage, const fs::path& model, const fs::path& out,
+                           const std::string& extra) {
+    return "train --stage " + stage + " --model " + model.string() + " --data " + data() + " --out " + out.string() +
+           " --threads 1 --quiet " + extra;
+  }
+  // The vae stage's output after `steps` updates from the configs alone (trained once, shared).
+  static const fs::path& trained_vae() {
+    static const fs::path out = [] {
+      const fs::path dir = work_ / "vae";
+      auto r = run_cli(train("vae", configs_only(), dir, "--steps 40 --batch-size 2 --lr 2e-3 --warmup 2 --seed 1"));
+      EXPECT_EQ(r.status, 0) << r.output;
+      EXPECT_NE(r.output.find("starts from a seeded draw"), std::string::npos) << r.output;
+      return dir;
+    }();
+    return out;
+  }
+
+  static fs::path work_;
+  static kosmosg::test::CliResult world_;
+};
+
+fs::path DecoderStages::work_;
+kosmosg::test::CliResult DecoderStages::world_;
+
+TEST_F(DecoderStages, VaeLearnsFromConfigsAlone) {
+  ASSERT_EQ(world_.status, 0) << world_.output;
+  const fs::path out = trained_vae();
+  const auto m = read_metrics(out);
+  ASSERT_EQ(m.size(), 40u);
+  EXPECT_LT(mean_of(m, "rec_loss", 30, 40), 0.75 * mean_of(m, "rec_loss", 0, 10));
+  EXPECT_GT(m.back().at("kl").get<double>(), 0.0);
+  // The output is the starting folder with the VAE's weights written in.
+  EXPECT_TRUE(fs::exists(out / "vae" / "config.json"));
+  const auto vae = kosmosg::io::SafeTensors::open((out / "vae" / "diffusion_pytorch_model.safetensors").string());
+  EXPECT_TRUE(vae.contains("encoder.conv_in.weight"));
+  EXPECT_TRUE(vae.contains("decoder.conv_out.weight"));
+  EXPECT_FALSE(fs::exists(out / "kosmosg"));
+  EXPECT_FALSE(fs::exists(out / "unet" / "diffusion_pytorch_model.safetensors"));
+}
+
+TEST_F(DecoderStages, T2ILearnsAndItsOutputGenerates) {
+  ASSERT_EQ(world_.status, 0) << world_.output;
+  const fs::path out = work_ / "t2i";
+  // The UNet and the text encoder have configs only in the vae stage's output: both are drawn.
+  auto r = run_cli(train("t2i", trained_vae(), out, "--steps 40 --batch-size 2 --lr 2e-3 --warmup 2 --seed 2"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto m = read_metrics(out);
+  ASSERT_EQ(m.size(), 40u);
+  EXPECT_LT(mean_of(m, "loss", 30, 40), 0.8 * mean_of(m, "loss", 0, 10));
+  for (const char* file : {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors",
+                           "vae/diffusion_pytorch_model.safetensors", "tokenizer/vocab.json"})
+    EXPECT_TRUE(fs::exists(out / file)) << file;
+  const fs::path image = work_ / "generated.png";
+  r = run_cli("generate --model " + out.string() +
+              " --prompt 'a red circle on a blue background' --steps 4 --seed 3 --threads 1 --out " + image.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto pixels = kosmosg::io::read_image(image.string());
+  EXPECT_EQ(pixels.size(0), 64);
+  EXPECT_EQ(pixels.size(1), 64);
+}
+
+TEST_F(DecoderStages, ResumeIsExact) {
+  ASSERT_EQ(world_.status, 0) << world_.output;
+  // The t2i run trains its text encoder too.
+  const fs::path config = work_ / "t2i_text_encoder.json";
+  std::ofstream(config) << R"({"train_text_encoder": true})";
+  for (const std::string stage : {"vae", "t2i"}) {
+    const fs::path whole = work_ / ("whole_" + stage), split = work_ / ("split_" + stage);
+    const std::string common = "--batch-size 2 --seed 5 --warmup 1 --lr 1e-3 --config " + config.string();
+    const fs::path model = stage == "vae" ? configs_only() : trained_vae();
+    auto r = run_cli(train(stage, model, whole, "--steps 4 " + common));
+    ASSERT_EQ(r.status, 0) << r.output;
+    r = run_cli(train(stage, model, split, "--steps 2 " + common));
+    ASSERT_EQ(r.status, 0) << r.output;
+    r = run_cli(train(stage, model, split, "--steps 4 --resume " + common));
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto a = kosmosg::io::SafeTensors::open((whole / "checkpoints" / "step_00000004" / "trainable.safetensors").string());
+    const auto b = kosmosg::io::SafeTensors::open((split / "checkpoints" / "step_00000004" / "trainable.safetensors").string());
+    ASSERT_EQ(a.keys(), b.keys());
+    if (stage == "t2i") EXPECT_TRUE(a.contains("text_encoder.text_model.final_layer_norm.weight"));
+    for (const auto& k : a.keys()) EXPECT_TRUE(at::equal(a.get(k), b.get(k))) << stage << " " << k;
+    const auto ma = read_metrics(whole), mb = read_metrics(split);
+    ASSERT_EQ(mb.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) EXPECT_EQ(ma[i].at("loss"), mb[i].at("loss")) << stage << " " << i;
+  }
+}
+
+TEST_F(DecoderStages, RefusesWhatCannotWork) {
+  ASSERT_EQ(world_.status, 0) << world_.output;
+  // captions.jsonl has text records only: no target image to reconstruct or denoise.
+  const std::string captions = (work_ / "world" / "captions.jsonl").string();
+  for (const char* stage : {"vae", "t2i"}) {
+    auto r = run_cli("train --stage " + std::string(stage) + " --model " + configs_only().string() + " --data " +
+                     captions + " --out " + (work_ / ("no_target_" + std::string(stage))).string() +
+                     " --steps 1 --quiet --threads 1");
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.output.find("has no 'target' image, which stage " + std::string(stage) + " needs"), std::string::npos)
+        << r.output;
+  }
+  // A folder without the t2i stage's components names each missing file.
+  const fs::path partial = work_ / "vae_only";
+  fs::create_directories(partial / "vae");
+  fs::copy_file(configs_only() / "vae" / "config.json", partial / "vae" / "config.json");
+  auto r = run_cli(train("t2i", partial, work_ / "refused_t2i", "--steps 1"));
+  EXPECT_NE(r.status, 0);
+  for (const char* file : {"unet/config.json", "text_encoder/config.json", "tokenizer/vocab.json"})
+    EXPECT_NE(r.output.find(file), std::string::npos) << r.output;
+  // A text encoder that does not fit the UNet's cross-attention.
+  const fs::path narrow = work_ / "narrow";
+  fs::copy(configs_only(), narrow, fs::copy_options::recursive);
+  auto text_config = kosmosg::io::read_json((narrow / "text_encoder" / "config.json").string());
+  text_config["hidden_size"] = 32;
+  std::ofstream(narrow / "text_encoder" / "config.json") << text_config.dump();
+  r = run_cli(train("t2i", narrow, work_ / "refused_narrow", "--steps 1"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("cross_attention_dim"), std::string::npos) << r.output;
+  // --init-from carries Kosmos-G weights, which the decoder stages do not have.
+  r = run_cli(train("vae", configs_only(), work_ / "refused_init", "--steps 1 --init-from " + configs_only().string()));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
+}
+
+}  // namespace
