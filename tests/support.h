@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <filesystem>
 #include <fstream>
@@ -16,6 +17,7 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/config.h"
+#include "kosmosg/io/image.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/train/stage.h"
 
@@ -106,6 +108,25 @@ inline CliResult run_cli(const std::string& args) {
   const int raw = pclose(pipe);
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   return r;
+}
+
+// A solid square of `fg` on `bg`, side 64 (a training image for the CLI tests).
+inline void write_square(const std::filesystem::path& path, std::array<uint8_t, 3> fg, std::array<uint8_t, 3> bg) {
+  auto img = at::empty({64, 64, 3}, at::kByte);
+  for (int c = 0; c < 3; ++c) {
+    img.select(2, c).fill_(bg[c]);
+    img.slice(0, 16, 48).slice(1, 16, 48).select(2, c).fill_(fg[c]);
+  }
+  io::write_png(path.string(), img);
+}
+
+// The lines of a training run's OUT/metrics.jsonl.
+inline std::vector<io::Json> read_metrics(const std::filesystem::path& out) {
+  std::vector<io::Json> lines;
+  std::ifstream in(out / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) lines.push_back(io::parse_json(line, "metrics"));
+  return lines;
 }
 
 }  // namespace kosmosg::test

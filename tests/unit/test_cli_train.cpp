@@ -23,26 +23,12 @@ namespace {
 namespace fs = std::filesystem;
 using kosmosg::test::run_cli;
 using kosmosg::test::shared_dir;
+using kosmosg::test::write_square;
+using kosmosg::test::read_metrics;
 
 fs::path fixture(const char* name) { return fs::path(shared_dir()) / "fixtures" / name; }
 
-// A solid square of `fg` on `bg`, side 64.
-void write_square(const fs::path& path, std::array<uint8_t, 3> fg, std::array<uint8_t, 3> bg) {
-  auto img = at::empty({64, 64, 3}, at::kByte);
-  for (int c = 0; c < 3; ++c) {
-    img.select(2, c).fill_(bg[c]);
-    img.slice(0, 16, 48).slice(1, 16, 48).select(2, c).fill_(fg[c]);
-  }
-  kosmosg::io::write_png(path.string(), img);
-}
 
-std::vector<kosmosg::io::Json> read_metrics(const fs::path& out) {
-  std::vector<kosmosg::io::Json> lines;
-  std::ifstream in(out / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) lines.push_back(kosmosg::io::parse_json(line, "metrics"));
-  return lines;
-}
 
 double mean_loss(const std::vector<kosmosg::io::Json>& m, size_t begin, size_t end) {
   double s = 0;

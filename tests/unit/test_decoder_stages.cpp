@@ -17,14 +17,8 @@ namespace {
 namespace fs = std::filesystem;
 using kosmosg::test::run_cli;
 using kosmosg::test::shared_dir;
+using kosmosg::test::read_metrics;
 
-std::vector<kosmosg::io::Json> read_metrics(const fs::path& out) {
-  std::vector<kosmosg::io::Json> lines;
-  std::ifstream in(out / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) lines.push_back(kosmosg::io::parse_json(line, "metrics"));
-  return lines;
-}
 
 double mean_of(const std::vector<kosmosg::io::Json>& m, const char* key, size_t begin, size_t end) {
   double s = 0;

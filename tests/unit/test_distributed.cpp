@@ -28,6 +28,7 @@ namespace fs = std::filesystem;
 using kosmosg::test::expect_error;
 using kosmosg::test::run_cli;
 using kosmosg::test::shared_dir;
+using kosmosg::test::write_square;
 using kosmosg::train::LaunchInfo;
 
 LaunchInfo launch_from(const std::map<std::string, std::string>& env) {
@@ -168,14 +169,6 @@ void expect_same_weights(const fs::path& a, const fs::path& b, double atol) {
   }
 }
 
-void write_square(const fs::path& path, std::array<uint8_t, 3> fg, std::array<uint8_t, 3> bg) {
-  auto img = at::empty({64, 64, 3}, at::kByte);
-  for (int c = 0; c < 3; ++c) {
-    img.select(2, c).fill_(bg[c]);
-    img.slice(0, 16, 48).slice(1, 16, 48).select(2, c).fill_(fg[c]);
-  }
-  kosmosg::io::write_png(path.string(), img);
-}
 
 // Dropout off everywhere: with it, one process and two draw different masks for the same rows.
 void zero_dropout(kosmosg::io::Json& j) {
