@@ -1,9 +1,11 @@
 #include "kosmosg/runtime.h"
 
 #include <spdlog/spdlog.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include "kosmosg/error.h"
@@ -54,6 +56,11 @@ void ensure_passive_omp_wait(char** argv) {
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
   execv("/proc/self/exe", argv);
   // Not re-executed (no /proc): run on with the policy the runtime already read.
+}
+
+void keep_freed_memory() {
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
 }
 
 }  // namespace kosmosg

@@ -23,4 +23,9 @@ c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 // runtime reads it only at start, and spin-waiting threads fight OpenBLAS's for the cores.
 void ensure_passive_omp_wait(char** argv);
 
+// Makes glibc's malloc serve large blocks from its heap and keep what is freed there. A training
+// loop allocates the same large tensors every step; handing them back to the kernel and faulting
+// them in again cost 40 % of a small model's CPU step. The process keeps its peak instead.
+void keep_freed_memory();
+
 }  // namespace kosmosg

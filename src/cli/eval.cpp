@@ -126,6 +126,7 @@ int run_shapes(const ShapesEvalArgs& a) {
     const auto device = parse_device(a.device);
     const auto dtype = parse_dtype(a.dtype, device);
     configure_threads(a.threads);
+    keep_freed_memory();
     const bool baseline = a.baseline || (!a.no_baseline && fs::exists(fs::path(a.model) / "text_encoder") &&
                                          fs::exists(fs::path(a.model) / "model_index.json"));
     settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", a.sampler}, {"steps", a.steps},

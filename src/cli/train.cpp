@@ -55,6 +55,7 @@ void write_samples(const TrainArgs& a, int64_t update) {
 
 int run_train(const TrainArgs& a) {
   configure_threads(a.threads);
+  keep_freed_memory();
   train::RunOptions o;
   o.stage = data::parse_stage(a.stage);
   o.apply_config(io::builtin_config(std::string("train/") + a.stage + ".json"), "configs/train/" + a.stage + ".json");
