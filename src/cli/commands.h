@@ -15,12 +15,13 @@ struct Command {
 Command add_convert(CLI::App& app);
 Command add_data(CLI::App& app);
 Command add_eval(CLI::App& app);
+Command add_export(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_inspect(CLI::App& app);
 Command add_train(CLI::App& app);
 
 inline std::vector<Command> register_commands(CLI::App& app) {
-  return {add_generate(app), add_train(app), add_convert(app), add_eval(app), add_data(app), add_inspect(app)};
+  return {add_generate(app), add_train(app), add_convert(app), add_export(app), add_eval(app), add_data(app), add_inspect(app)};
 }
 
 }  // namespace kosmosg::cli

@@ -31,4 +31,24 @@ Command add_convert(CLI::App& app) {
           }};
 }
 
+Command add_export(CLI::App& app) {
+  auto model = std::make_shared<std::string>(), out = std::make_shared<std::string>(),
+       dtype = std::make_shared<std::string>("float16");
+  auto* sub = app.add_subcommand(
+      "export", "Copy a model folder for release: its weights in half precision (or --dtype), without training "
+                "state (checkpoints/, samples/, metrics.jsonl); generation computes in float32 on the CPU as before");
+  sub->add_option("model_dir", *model, "The model folder (a train --out, convert output or diffusers folder)")->required();
+  sub->add_option("out_dir", *out, "The folder to create (must not exist, or be empty)")->required();
+  sub->add_option("--dtype", *dtype, "Storage type of the floating weights")
+      ->check(CLI::IsMember({"float16", "bfloat16", "float32"}))
+      ->capture_default_str();
+  return {sub, [model, out, dtype] {
+            const auto type = *dtype == "float16" ? at::kHalf : *dtype == "bfloat16" ? at::kBFloat16 : at::kFloat;
+            const auto report = pipeline::export_model(*model, *out, type);
+            spdlog::info("exported {} -> {}: {} files, {} tensors as {}, {:.1f} MB of weights", *model, *out,
+                         report.files, report.tensors, *dtype, static_cast<double>(report.weight_bytes) / 1e6);
+            return 0;
+          }};
+}
+
 }  // namespace kosmosg::cli

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 
 #include "kosmosg/error.h"
@@ -186,16 +187,39 @@ io::Json merged(io::Json base, const io::Json& overrides) {
   return base;
 }
 
+// An output folder must not exist (or be empty), and the folder it goes into must exist: as
+// generate's --out, nothing is created above it.
+void check_output_folder(const fs::path& out, const char* op) {
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
+    fail(op, "output folder " + out.string() + " already exists and is not empty");
+  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
+  if (!fs::is_directory(parent))
+    fail(op, "the folder " + parent.string() + " that would hold " + out.string() + " does not exist");
+}
+
+// Runs `fill` on `<out>.partial-<pid>` and renames it to `out` when complete; on any error
+// nothing is left behind.
+void write_staged(const fs::path& out, const std::function<void(const fs::path&)>& fill) {
+  remove_stale_staging(out);
+  const fs::path staging = out.parent_path() / (out.filename().string() + kStagingInfix + std::to_string(::getpid()));
+  fs::remove_all(staging);
+  try {
+    fs::create_directories(staging);
+    fill(staging);
+    if (fs::exists(out)) fs::remove(out);  // an empty folder, checked before
+    fs::rename(staging, out);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    throw;
+  }
+}
+
 }  // namespace
 
 ConvertReport convert_checkpoint(const ConvertOptions& options) {
   const fs::path out(options.out_dir);
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
-    fail(kOp, "output folder " + out.string() + " already exists and is not empty");
-  // As generate's --out: the folder the output goes into must exist, nothing is created above it.
-  const fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
-  if (!fs::is_directory(parent))
-    fail(kOp, "the folder " + parent.string() + " that would hold " + out.string() + " does not exist");
+  check_output_folder(out, kOp);
   io::require_regular_file(options.checkpoint, kOp);
   const fs::path tokenizer_dir = options.tokenizer_dir ? fs::path(*options.tokenizer_dir)
                                                        : fs::path(options.checkpoint).parent_path();
@@ -250,10 +274,7 @@ ConvertReport convert_checkpoint(const ConvertOptions& options) {
     model->load(kosmosg_weights, load);
   }
 
-  remove_stale_staging(out);
-  const fs::path staging = out.parent_path() / (out.filename().string() + kStagingInfix + std::to_string(::getpid()));
-  fs::remove_all(staging);
-  try {
+  write_staged(out, [&](const fs::path& staging) {
     fs::create_directories(staging / "kosmosg");
     io::save_safetensors((staging / "kosmosg" / "model.safetensors").string(), stored(kosmosg_weights, options.float32),
                          {{"format", "pt"},
@@ -289,13 +310,49 @@ ConvertReport convert_checkpoint(const ConvertOptions& options) {
                 {"scheduler", {"diffusers", "PNDMScheduler"}},
                 {"unet", {"diffusers", "UNet2DConditionModel"}},
                 {"vae", {"diffusers", "AutoencoderKL"}}});
-    if (fs::exists(out)) fs::remove(out);  // an empty folder, checked above
-    fs::rename(staging, out);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(staging, ec);
-    throw;
-  }
+  });
+  return report;
+}
+
+ExportReport export_model(const std::string& model_dir, const std::string& out_dir, c10::ScalarType dtype) {
+  constexpr const char* op = "export";
+  const fs::path model(model_dir), out(out_dir);
+  if (!fs::is_directory(model)) fail(op, model_dir + " is not a folder");
+  if (!fs::exists(model / "model_index.json") && !fs::exists(model / "kosmosg" / "config.json"))
+    fail(op, model_dir + " is not a model folder (expected model_index.json or kosmosg/config.json)");
+  check_output_folder(out, op);
+  if (!c10::isFloatingType(dtype)) fail(op, std::string("cannot store weights as ") + c10::toString(dtype));
+  // Training state stays behind; the model is the rest.
+  auto is_training_state = [](const std::string& name) {
+    return name == "checkpoints" || name == "samples" || name == "metrics.jsonl";
+  };
+  ExportReport report;
+  write_staged(out, [&](const fs::path& staging) {
+    auto copy_file = [&](const fs::path& from, const fs::path& to) {
+      ++report.files;
+      if (from.extension() != ".safetensors") {
+        fs::copy_file(from, to);
+        return;
+      }
+      const auto file = io::SafeTensors::open(from.string());
+      io::TensorMap cast;
+      for (const auto& [name, t] : file.tensors()) cast.emplace(name, t.is_floating_point() ? t.to(dtype) : t);
+      report.tensors += cast.size();
+      io::save_safetensors(to.string(), cast, file.metadata());
+      report.weight_bytes += fs::file_size(to);
+    };
+    for (const auto& entry : fs::directory_iterator(model)) {
+      const std::string name = entry.path().filename().string();
+      if (is_training_state(name)) continue;
+      if (entry.is_directory()) {
+        fs::create_directories(staging / name);
+        for (const auto& f : fs::directory_iterator(entry.path()))
+          if (f.is_regular_file()) copy_file(f.path(), staging / name / f.path().filename());
+      } else if (entry.is_regular_file()) {
+        copy_file(entry.path(), staging / name);
+      }
+    }
+  });
   return report;
 }
 

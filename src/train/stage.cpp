@@ -131,7 +131,9 @@ StageModels StageModels::from_folder(const std::string& dir, data::StageKind kin
     if (!fs::exists(p)) missing.push_back(p.string());
   };
   need(root / "kosmosg" / "config.json");
-  need(root / "kosmosg" / "model.safetensors");
+  // Stage 1 may start from the config alone (a model trained from nothing, as the shapes world's).
+  const fs::path kosmosg_weights = root / "kosmosg" / "model.safetensors";
+  if (kind != data::StageKind::LM) need(kosmosg_weights);
   if (kind == data::StageKind::Align) {
     need(root / "text_encoder" / "config.json");
     need(root / "tokenizer" / "vocab.json");
@@ -151,7 +153,11 @@ StageModels StageModels::from_folder(const std::string& dir, data::StageKind kin
   }
   StageModels m;
   m.kosmosg_config = io::read_json((root / "kosmosg" / "config.json").string());
-  m.kosmosg = io::SafeTensors::open((root / "kosmosg" / "model.safetensors").string()).tensors();
+  if (fs::exists(kosmosg_weights))
+    m.kosmosg = io::SafeTensors::open(kosmosg_weights.string()).tensors();
+  else
+    spdlog::info("{} has no model.safetensors: the MLLM, ViT and connector start from a seeded draw",
+                 (root / "kosmosg").string());
   if (kind == data::StageKind::Align) {
     m.text_encoder_dir = (root / "text_encoder").string();
     m.tokenizer_dir = (root / "tokenizer").string();
@@ -304,17 +310,19 @@ class KosmosGStage : public Stage {
 class LMStage : public KosmosGStage {
  public:
   LMStage(const StageModels& m, const StageOptions& o) : KosmosGStage(m, o) {
-    for (const char* prefix : {"gpt_model.", "img_model.", "img_connector."})
-      if (!has_prefix(m.kosmosg, prefix))
-        fail("train", std::string("the lm stage needs the ") + prefix + "* weights, which the model has none of");
-    // The aligner, when there is one, is carried along untouched so the output stays a complete
-    // model folder; a stage-1 start has none yet.
-    if (has_prefix(m.kosmosg, "aligner.encoder_proj.")) {
-      kosmosg_->load(m.kosmosg, load_options("kosmosg"));
-    } else {
-      kosmosg_->gpt_model->load(models::strip_prefix(m.kosmosg, "gpt_model."), load_options("kosmosg (gpt_model.*)"));
-      kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
-      load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
+    // Without weights everything keeps its seeded draw. The aligner, when there is one, is carried
+    // along untouched so the output stays a complete model folder; a stage-1 start has none yet.
+    if (!m.kosmosg.empty()) {
+      for (const char* prefix : {"gpt_model.", "img_model.", "img_connector."})
+        if (!has_prefix(m.kosmosg, prefix))
+          fail("train", std::string("the lm stage needs the ") + prefix + "* weights, which the model has none of");
+      if (has_prefix(m.kosmosg, "aligner.encoder_proj.")) {
+        kosmosg_->load(m.kosmosg, load_options("kosmosg"));
+      } else {
+        kosmosg_->gpt_model->load(models::strip_prefix(m.kosmosg, "gpt_model."), load_options("kosmosg (gpt_model.*)"));
+        kosmosg_->img_model->load(models::strip_prefix(m.kosmosg, "img_model."), load_options("kosmosg (img_model.*)"));
+        load_component(*kosmosg_->img_connector, m.kosmosg, "img_connector.", "kosmosg");
+      }
     }
     for (const char* child : {"gpt_model", "img_model", "img_connector", "aligner"})
       root_->register_module(child, kosmosg_->named_children()[child]);

@@ -108,6 +108,67 @@ TEST_F(DecoderStages, T2ILearnsAndItsOutputGenerates) {
   EXPECT_EQ(pixels.size(1), 64);
 }
 
+// The Kosmos-G stages on the trained decoder, with the shapes config (configs/shapes/kosmosg) and
+// no weights: lm starts from a seeded draw, then align and instruct, and export releases the result
+// in half precision, which generates.
+TEST_F(DecoderStages, KosmosGStagesStartFromTheShapesConfigAndExport) {
+  ASSERT_EQ(world_.status, 0) << world_.output;
+  const fs::path decoder = work_ / "t2i_for_kosmosg", start = work_ / "kosmosg_start";
+  auto r = run_cli(train("t2i", trained_vae(), decoder, "--steps 2 --batch-size 2 --seed 2"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  fs::copy(decoder, start, fs::copy_options::recursive);
+  fs::remove_all(start / "checkpoints");
+  const fs::path configs = fs::path(__FILE__).parent_path().parent_path().parent_path() / "configs" / "shapes" / "kosmosg";
+  fs::create_directories(start / "kosmosg");
+  for (const char* file : {"config.json", "dict.txt", "sentencepiece.bpe.model"})
+    fs::copy_file(configs / file, start / "kosmosg" / file);
+  const fs::path world = work_ / "world";
+  auto stage = [&](const std::string& name, const fs::path& model, const std::vector<std::string>& data) {
+    std::string args = "train --stage " + name + " --model " + model.string() + " --out " + (work_ / name).string() +
+                       " --steps 3 --batch-size 2 --warmup 1 --lr 1e-3 --threads 1 --quiet";
+    for (const auto& d : data) args += " --data " + (world / d).string();
+    return run_cli(args);
+  };
+  r = stage("lm", start, {"captions.jsonl", "interleaved.jsonl"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("start from a seeded draw"), std::string::npos) << r.output;
+  r = stage("align", work_ / "lm", {"captions.jsonl"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = stage("instruct", work_ / "align", {"one_entity.jsonl", "edit.jsonl"});
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(read_metrics(work_ / "instruct").size(), 3u);
+
+  const fs::path released = work_ / "released";
+  r = run_cli("export " + (work_ / "instruct").string() + " " + released.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_FALSE(fs::exists(released / "checkpoints"));
+  EXPECT_FALSE(fs::exists(released / "metrics.jsonl"));
+  for (const char* file : {"kosmosg/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                           "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"}) {
+    const auto half = kosmosg::io::SafeTensors::open((released / file).string());
+    const auto full = kosmosg::io::SafeTensors::open((work_ / "instruct" / file).string());
+    ASSERT_EQ(half.keys(), full.keys()) << file;
+    for (const auto& k : half.keys()) {
+      const at::Tensor h = half.get(k), f = full.get(k);
+      if (!f.is_floating_point()) {
+        EXPECT_TRUE(at::equal(h, f)) << file << " " << k;
+        continue;
+      }
+      EXPECT_EQ(h.scalar_type(), at::kHalf) << file << " " << k;
+      EXPECT_TRUE(at::equal(h, f.to(at::kHalf))) << file << " " << k;
+    }
+  }
+  const fs::path image = work_ / "released.png";
+  r = run_cli("generate --model " + released.string() + " --prompt '<i> on a yellow background' --image " +
+              (world / "entities" / "red_circle.png").string() + " --steps 3 --seed 1 --threads 1 --out " + image.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(kosmosg::io::read_image(image.string()).size(0), 64);
+  // An existing output is never overwritten.
+  r = run_cli("export " + (work_ / "instruct").string() + " " + released.string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("already exists"), std::string::npos) << r.output;
+}
+
 TEST_F(DecoderStages, ResumeIsExact) {
   ASSERT_EQ(world_.status, 0) << world_.output;
   // The t2i run trains its text encoder too.

@@ -1,6 +1,8 @@
 #pragma once
 // `kosmosg convert`: an official Kosmos-G fairseq checkpoint (stage 1, stage 2 or final) to a
 // Kosmos-G model folder (see pipeline/kosmosg.h), in C++ with the restricted unpickler.
+#include <c10/core/ScalarType.h>
+
 #include <optional>
 #include <string>
 
@@ -23,5 +25,16 @@ struct ConvertReport {
 // Writes the folder into a temporary sibling and renames it into place at the end, so a failure
 // leaves nothing behind. Every part is built from its config and loaded strictly before writing.
 ConvertReport convert_checkpoint(const ConvertOptions& options);
+
+struct ExportReport {
+  size_t files = 0, tensors = 0;
+  uint64_t weight_bytes = 0;  // of the written safetensors files
+};
+
+// `kosmosg export`: copies a model folder (a trainer's output, a converted or diffusers folder) to
+// `out_dir` for release: its weights files with every floating tensor cast to `dtype`, the rest as
+// they are, without training state (checkpoints/, samples/, metrics.jsonl). Staged and renamed as
+// convert_checkpoint.
+ExportReport export_model(const std::string& model_dir, const std::string& out_dir, c10::ScalarType dtype);
 
 }  // namespace kosmosg::pipeline
