@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages kosmosg builds against (see third_party/README.md), then
-# configures and builds Release into build/. Safe to run again.
+# configures and builds the Release command line into build/kosmosg. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +23,6 @@ fi
 # sloppiness. (No CCACHE_BASEDIR: it makes __FILE__ relative, and a test reads docs/ through it.)
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${KOSMOSG_CMAKE_ARGS:-}
-cmake --build build -j "$(nproc)"
+# The command line first: the README's first command needs nothing else (scripts/test.sh builds the tests).
+cmake --build build -j "$(nproc)" --target kosmosg_cli
 echo "setup: built build/kosmosg"
