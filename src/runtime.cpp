@@ -1,16 +1,65 @@
 #include "kosmosg/runtime.h"
 
+#include <ATen/Context.h>
+#include <ATen/Version.h>
 #include <spdlog/spdlog.h>
+#include <torch/version.h>
+#include <dlfcn.h>
 #include <malloc.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <limits>
 #include <thread>
 
 #include "kosmosg/error.h"
 
 namespace kosmosg {
+
+namespace {
+
+// A `KEY=value` of LibTorch's build settings ("" when absent).
+std::string build_setting(const std::string& config, const std::string& key) {
+  const auto at = config.find(key + "=");
+  if (at == std::string::npos) return "";
+  const auto begin = at + key.size() + 1;
+  return config.substr(begin, config.find_first_of(",\n", begin) - begin);
+}
+
+}  // namespace
+
+// The project's version, as the CMake project() declares it.
+constexpr const char* kVersion = "0.1.0";
+
+std::string build_report() {
+  const std::string config = at::show_config();
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  std::string out = std::string("kosmosg ") + kVersion + "\nLibTorch " + TORCH_VERSION;
+  if (!torch::cuda::is_available()) {
+    out += at::hasCUDA() ? "\nCUDA: compiled in, no GPU visible" : "\nCUDA: not compiled in (CPU only)";
+  } else {
+    out += "\nCUDA: compiled in, " + std::to_string(torch::cuda::device_count()) + " GPU(s) visible";
+  }
+  const std::string blas = build_setting(config, "BLAS_INFO"), onednn = build_setting(config, "USE_MKLDNN");
+  // A "generic" BLAS is whichever libblas.so the loader picked (Debian's alternatives): name its file.
+  std::string blas_library;
+  Dl_info info{};
+  if (void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_"); sgemm && dladdr(sgemm, &info) && info.dli_fname)
+  {
+    std::error_code ec;
+    const auto resolved = std::filesystem::canonical(info.dli_fname, ec);
+    blas_library = " (" + (ec ? std::string(info.dli_fname) : resolved.string()) + ")";
+  }
+  out += "\nBLAS: " + (blas.empty() ? std::string("unknown") : blas) + blas_library + ", oneDNN: " +
+         (onednn == "ON" ? "on" : onednn.empty() ? "unknown" : "off");
+  const auto capability = config.find("CPU capability usage: ");
+  if (capability != std::string::npos)
+    out += ", CPU kernels: " + config.substr(capability + 22, config.find('\n', capability) - capability - 22);
+  out += "\nthreads: " + std::to_string(cores) + " (every core; --threads N to change), OMP_WAIT_POLICY=" +
+         (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset");
+  return out;
+}
 
 int configure_threads(int threads) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -19,6 +19,10 @@ c10::Device parse_device(const std::string& name);
 // refused: LibTorch's CPU kernels lack half-precision convolutions.
 c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 
+// What `kosmosg --version` prints: the kosmosg and LibTorch versions, whether CUDA is compiled in
+// and which GPUs are visible, the BLAS and oneDNN LibTorch uses, and the thread count.
+std::string build_report();
+
 // Re-executes the current program with OMP_WAIT_POLICY=PASSIVE when it is unset: the OpenMP
 // runtime reads it only at start, and spin-waiting threads fight OpenBLAS's for the cores.
 void ensure_passive_omp_wait(char** argv);

@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
   kosmosg::ensure_passive_omp_wait(argv);
   CLI::App app{"kosmosg: Kosmos-G and Stable Diffusion 1.5 on LibTorch — generation, training, conversion"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "kosmosg 0.1.0");
+  app.set_version_flag("--version", std::function<std::string()>(kosmosg::build_report),
+                       "Print the kosmosg and LibTorch versions, CUDA and the visible GPUs, BLAS and threads, and exit");
   auto commands = kosmosg::cli::register_commands(app);
   try {
     app.parse(argc, argv);

@@ -118,3 +118,11 @@ TEST_F(CliKosmosG, ConvertNeedsTheTokenizerFiles) {
                    work_.string()),
                "sentencepiece.bpe.model", out);
 }
+
+// --version reports what a bug report needs: versions, CUDA and GPUs, BLAS, threads.
+TEST(CliVersion, NamesLibTorchCudaBlasAndThreads) {
+  const auto r = kosmosg::test::run_cli("--version");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* part : {"kosmosg 0.1.0", "LibTorch ", "CUDA: ", "BLAS: ", "oneDNN: ", "threads: "})
+    EXPECT_NE(r.output.find(part), std::string::npos) << part << " in " << r.output;
+}
