@@ -1,0 +1,76 @@
+#include "kosmosg/pipeline/pipeline.h"
+
+#include <filesystem>
+
+#include "kosmosg/diffusion/scheduler.h"
+#include "kosmosg/error.h"
+#include "kosmosg/models/lora.h"
+#include "kosmosg/pipeline/kosmosg.h"
+#include "kosmosg/pipeline/stable_diffusion.h"
+
+namespace kosmosg::pipeline {
+
+namespace fs = std::filesystem;
+
+Pipeline::Pipeline(DiffusionDecoder decoder, std::unique_ptr<ConditionEncoder> encoder)
+    : decoder_(std::move(decoder)), encoder_(std::move(encoder)) {
+  if (!encoder_) fail("pipeline", "no condition encoder given");
+}
+
+bool Pipeline::is_kosmosg_folder(const std::string& dir) { return KosmosGConditionEncoder::is_kosmosg_folder(dir); }
+
+Pipeline Pipeline::from_folder(const std::string& dir) {
+  const fs::path root(dir);
+  if (!fs::is_directory(root))
+    fail("model", dir + " is not a folder (expected a Kosmos-G or diffusers Stable Diffusion model folder)");
+  if (is_kosmosg_folder(dir)) {
+    auto encoder = KosmosGConditionEncoder::from_folder(dir);
+    return Pipeline(DiffusionDecoder::from_folder(dir), std::move(encoder));
+  }
+  if (!fs::exists(root / "model_index.json"))
+    fail("model", dir + " has no model_index.json and no kosmosg/ (expected a diffusers or Kosmos-G model folder)");
+  for (const char* part : {"unet", "vae", "text_encoder", "tokenizer", "scheduler"})
+    if (!fs::is_directory(root / part))
+      fail("model", dir + " has no " + part + "/ folder (a Stable Diffusion folder needs unet, vae, "
+                          "text_encoder, tokenizer and scheduler)");
+  auto decoder = DiffusionDecoder::from_folder(dir);
+  return Pipeline(std::move(decoder), CLIPTextConditionEncoder::from_folder(dir));
+}
+
+std::pair<at::Tensor, at::Tensor> Pipeline::generate(const GenerateOptions& options, const StepCallback& on_step) {
+  // The options first: a bad setting must not cost an encoder run.
+  auto scheduler = decoder_.prepare(options);
+  const Conditions conditions =
+      encoder_->encode(options.prompt, options.images, options.negative, options.sampling.guidance > 1.0);
+  return decoder_.run(*scheduler, conditions.batch(), options, on_step);
+}
+
+std::shared_ptr<double> Pipeline::attach_lora(const models::LoraWeights& lora, double strength, size_t* skipped) {
+  return models::attach_lora(lora, *decoder_.unet(), encoder_->text_encoder(), strength, skipped);
+}
+
+void Pipeline::merge_lora() {
+  models::merge_lora(*decoder_.unet());
+  if (auto* text_encoder = encoder_->text_encoder()) models::merge_lora(*text_encoder);
+}
+
+void Pipeline::to(const c10::Device& device, c10::ScalarType dtype) {
+  decoder_.to(device, dtype);
+  encoder_->to(device, dtype);
+}
+
+std::pair<int64_t, int64_t> parse_image_size(const std::string& text) {
+  const auto x = text.find_first_of("xX");
+  try {
+    if (x != std::string::npos) {
+      size_t used_w = 0, used_h = 0;
+      const int64_t w = std::stoll(text.substr(0, x), &used_w);
+      const int64_t h = std::stoll(text.substr(x + 1), &used_h);
+      if (used_w == x && used_h == text.size() - x - 1) return {w, h};
+    }
+  } catch (const std::exception&) {
+  }
+  fail_setting("size", "size", "{} '" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
+}
+
+}  // namespace kosmosg::pipeline
