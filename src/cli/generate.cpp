@@ -25,9 +25,11 @@ namespace fs = std::filesystem;
 constexpr int64_t kMaxImagesPerRun = 1000;
 
 struct GenerateArgs {
-  std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
-  int64_t steps = 25;
-  double guidance = 7.5;
+  std::string model, prompt, out = "out.png";
+  // Unset ones come from the model folder's generation.json, else the library's defaults.
+  std::optional<std::string> negative, sampler, size;
+  std::optional<int64_t> steps;
+  std::optional<double> guidance;
   std::vector<std::string> images, loras;
   bool lora_merge = false, save_control_maps = false;
   std::string init_image;
@@ -112,7 +114,7 @@ struct ControlSpec {
 // before the model loads, so that a bad file fails fast.
 struct GenerateJob {
   pipeline::GenerateOptions options;  // all but the size, the seed and the pictures
-  std::optional<std::pair<int64_t, int64_t>> size;  // as given
+  std::optional<std::pair<int64_t, int64_t>> size, default_size;  // given; the model folder's
   std::optional<std::pair<int64_t, int64_t>> picture_size;  // of the picture that sets the size
   std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
   std::vector<ControlSpec> controls;
@@ -127,12 +129,17 @@ GenerateJob parse(const GenerateArgs& a) {
   if (a.num_images < 1 || a.num_images > kMaxImagesPerRun)
     fail("num-images", "--num-images must be from 1 to " + std::to_string(kMaxImagesPerRun) + ", got " +
                            std::to_string(a.num_images) + " (run again with another --seed for more)");
+  const auto defaults = pipeline::read_generation_defaults(a.model);
   auto& o = job.options;
   o.prompt = a.prompt;
-  o.negative = a.negative;
-  o.sampling = {a.sampler, a.steps, a.guidance, !a.quiet};
+  o.negative = a.negative.value_or(defaults.negative.value_or(o.negative));
+  o.sampling.sampler = a.sampler.value_or(defaults.sampler.value_or(o.sampling.sampler));
+  o.sampling.steps = a.steps.value_or(defaults.steps.value_or(o.sampling.steps));
+  o.sampling.guidance = a.guidance.value_or(defaults.guidance.value_or(o.sampling.guidance));
+  o.sampling.show_progress = !a.quiet;
   o.strength = a.strength;
-  if (!a.size.empty()) job.size = pipeline::parse_image_size(a.size);
+  if (a.size) job.size = pipeline::parse_image_size(*a.size);
+  job.default_size = defaults.size;
   check_output(a.out);
   job.device = parse_device(a.device);
   job.dtype = parse_dtype(a.dtype, job.device);
@@ -197,7 +204,7 @@ pipeline::Pipeline build(const GenerateArgs& a, GenerateJob& job) {
 
   const int64_t scale = pipe.decoder().vae_scale();
   const int64_t side = pipe.decoder().native_size();
-  std::pair<int64_t, int64_t> size{side, side};
+  std::pair<int64_t, int64_t> size = job.default_size.value_or(std::pair{side, side});
   // As diffusers' img2img and ControlNet pipelines: the input picture's own size, rounded down to
   // the latent grid.
   if (job.picture_size) size = {job.picture_size->first / scale * scale, job.picture_size->second / scale * scale};
@@ -282,12 +289,18 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--model", a->model, "Model folder: Kosmos-G (kosmosg convert) or diffusers Stable Diffusion 1.x")->required();
   sub->add_option("--prompt", a->prompt, "What to draw; with Kosmos-G each <i> stands for the next --image")->required();
   sub->add_option("--image", a->images, "An input image for the next <i> of the prompt (repeat in order; Kosmos-G only)");
-  sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch)");
-  sub->add_option("--steps", a->steps, "Sampler steps")->capture_default_str();
-  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale, 0 to 100 (<= 1 disables it)")->capture_default_str();
-  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde, dpmpp-2m-sde-karras, euler, euler-a or pndm")->capture_default_str();
+  const pipeline::GenerateOptions library;  // the defaults a model folder's generation.json may replace
+  sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch; default: empty)");
+  sub->add_option("--steps", a->steps, "Sampler steps (default: " + std::to_string(library.sampling.steps) + ")");
+  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale, 0 to 100 (<= 1 disables it; default: " +
+                                                 c10::str(library.sampling.guidance) + ")");
+  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde, dpmpp-2m-sde-karras, euler, "
+                                           "euler-a or pndm (default: " + library.sampling.sampler + ")");
   sub->add_option("--seed", a->seed, "Seed of the initial noise, 0 to 2^64-1; image i uses seed+i (default: random)");
-  sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model's native size)");
+  sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model folder's generation.json, else the model's native size)");
+  sub->footer("Defaults: a generation.json at the model folder's root, e.g. {\"size\": \"64x64\", \"steps\": 20, "
+              "\"guidance\": 5.0, \"sampler\": \"dpmpp-2m\", \"negative\": \"\"} (every key optional), replaces the "
+              "defaults of --size, --steps, --guidance, --sampler and --negative; options given here win.");
   sub->add_option("--num-images", a->num_images, "How many images (at most 1000)")->capture_default_str();
   sub->add_option("--out", a->out, "Output PNG; several images get _0, _1, ... before .png")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads, at most the number of cores (0 = all cores)")->capture_default_str();

@@ -4,6 +4,7 @@
 
 #include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
+#include "kosmosg/io/config.h"
 #include "kosmosg/models/lora.h"
 #include "kosmosg/pipeline/kosmosg.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
@@ -71,6 +72,52 @@ std::pair<int64_t, int64_t> parse_image_size(const std::string& text) {
   } catch (const std::exception&) {
   }
   fail_setting("size", "size", "{} '" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
+}
+
+namespace {
+
+// generation.json's `key` when present: a value of another kind (`expected`) is an error naming the
+// file and the key.
+template <typename T>
+std::optional<T> generation_entry(const io::Json& json, const std::string& key, const std::string& file,
+                                  const char* expected) {
+  const auto it = json.find(key);
+  if (it == json.end()) return std::nullopt;
+  T out{};
+  const bool kind_ok = std::is_same_v<T, std::string> ? it->is_string() : it->is_number();
+  if (!kind_ok || !io::detail::convert(*it, out))
+    fail("generation.json", file + ": key '" + key + "' has the value " + io::brief(*it) + " (expected " +
+                                expected + ")");
+  return out;
+}
+
+}  // namespace
+
+GenerationDefaults read_generation_defaults(const std::string& model_dir) {
+  const fs::path path = fs::path(model_dir) / "generation.json";
+  GenerationDefaults d;
+  if (!fs::exists(path)) return d;
+  const std::string file = path.string();
+  const io::Json json = io::read_json(file);
+  if (!json.is_object()) fail("generation.json", file + " must hold a JSON object, got " + io::brief(json));
+  for (const auto& item : json.items())
+    if (item.key() != "size" && item.key() != "steps" && item.key() != "guidance" && item.key() != "sampler" &&
+        item.key() != "negative")
+      fail("generation.json", file + ": unknown key '" + item.key() +
+                                  "' (expected size, steps, guidance, sampler or negative)");
+  if (const auto size = generation_entry<std::string>(json, "size", file, "a string WIDTHxHEIGHT, e.g. \"512x512\"")) {
+    try {
+      d.size = parse_image_size(*size);
+    } catch (const SettingError&) {
+      fail("generation.json", file + ": key 'size' has the value \"" + *size +
+                                  "\" (expected a string WIDTHxHEIGHT, e.g. \"512x512\")");
+    }
+  }
+  d.steps = generation_entry<int64_t>(json, "steps", file, "a whole number");
+  d.guidance = generation_entry<double>(json, "guidance", file, "a number");
+  d.sampler = generation_entry<std::string>(json, "sampler", file, "a string");
+  d.negative = generation_entry<std::string>(json, "negative", file, "a string");
+  return d;
 }
 
 }  // namespace kosmosg::pipeline

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -51,5 +52,19 @@ class Pipeline {
 // "WIDTHxHEIGHT" (e.g. "512x512") → {width, height}; a SettingError ("size") otherwise. The
 // values are checked by check_image_size.
 std::pair<int64_t, int64_t> parse_image_size(const std::string& text);
+
+// A model folder's own generation defaults: its optional generation.json, e.g.
+// {"size": "64x64", "steps": 20, "guidance": 5.0, "sampler": "dpmpp-2m", "negative": ""}, every
+// key optional. Unknown keys and wrong types are errors naming the file and the key; the values
+// themselves are checked when an image is generated.
+struct GenerationDefaults {
+  std::optional<std::pair<int64_t, int64_t>> size;  // width, height
+  std::optional<int64_t> steps;
+  std::optional<double> guidance;
+  std::optional<std::string> sampler, negative;
+};
+
+// Reads DIR/generation.json; all defaults unset when there is none.
+GenerationDefaults read_generation_defaults(const std::string& model_dir);
 
 }  // namespace kosmosg::pipeline
