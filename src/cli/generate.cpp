@@ -115,6 +115,8 @@ struct ControlSpec {
 struct GenerateJob {
   pipeline::GenerateOptions options;  // all but the size, the seed and the pictures
   std::optional<std::pair<int64_t, int64_t>> size, default_size;  // given; the model folder's
+  // The settings generation.json supplied, for errors about their values: "the file's steps".
+  std::map<std::string, std::string> from_file;
   std::optional<std::pair<int64_t, int64_t>> picture_size;  // of the picture that sets the size
   std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
   std::vector<ControlSpec> controls;
@@ -140,6 +142,10 @@ GenerateJob parse(const GenerateArgs& a) {
   o.strength = a.strength;
   if (a.size) job.size = pipeline::parse_image_size(*a.size);
   job.default_size = defaults.size;
+  const std::string file = (fs::path(a.model) / "generation.json").string();
+  if (!a.steps && defaults.steps) job.from_file["steps"] = file + "'s steps";
+  if (!a.guidance && defaults.guidance) job.from_file["guidance"] = file + "'s guidance";
+  if (!a.sampler && defaults.sampler) job.from_file["sampler"] = file + "'s sampler";
   check_output(a.out);
   job.device = parse_device(a.device);
   job.dtype = parse_dtype(a.dtype, job.device);
@@ -270,7 +276,15 @@ int run_generate(const GenerateArgs& a) {
   for (int64_t i = 0; i < a.num_images; ++i) {
     auto options = job.options;
     options.seed = job.seed + static_cast<uint64_t>(i);
-    const auto image = pipe.generate(options).second;
+    at::Tensor image;
+    try {
+      image = pipe.generate(options).second;
+    } catch (const SettingError& e) {
+      // A bad value from generation.json is the file's to fix, not an option's.
+      const auto source = job.from_file.find(e.setting());
+      if (source == job.from_file.end()) throw;
+      throw e.renamed(source->second);
+    }
     const std::string path = output_path(a.out, i, a.num_images);
     text["seed"] = std::to_string(options.seed);
     io::write_png(path, pipeline::to_uint8_images(image)[0], text);

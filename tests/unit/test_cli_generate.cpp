@@ -191,11 +191,13 @@ TEST_F(CliGenerate, GenerationJsonErrorsNameTheFileAndKey) {
       {R"({"steps": 2.5})", "'steps'"},       {R"({"guidance": true})", "'guidance'"},
       {R"({"size": 64})", "'size'"},          {R"({"size": "big"})", "'size'"},
       {R"({"negative": null})", "'negative'"}, {R"(["steps"])", "JSON object"},
+      // Values are checked when the image is made, and still named as the file's.
+      {R"({"steps": 0})", "generation.json's steps 0"}, {R"({"sampler": "heun9"})", "generation.json's sampler"},
   };
   for (const auto& [json, needle] : bad) {
     SCOPED_TRACE(json);
     std::ofstream(model / "generation.json") << json;
-    const auto r = run(generate(model.string(), "", (work / "x.png").string()));
+    const auto r = run("generate --model " + model.string() + " --prompt 'a cat' --quiet --out " + (work / "x.png").string());
     expect_error(r, (model / "generation.json").string());
     EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
   }
