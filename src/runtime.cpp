@@ -65,8 +65,8 @@ int configure_threads(int threads) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   // More threads than cores only contend: a thousand of them all but stall LibTorch.
   if (threads < 0 || threads > cores)
-    fail("threads", "--threads must be from 1 to " + std::to_string(cores) + " (the cores here), or 0 for all, got " +
-                        std::to_string(threads));
+    fail_setting("threads", "threads", "{} must be from 1 to " + std::to_string(cores) +
+                                           " (the cores here), or 0 for all, got " + std::to_string(threads));
   const int n = threads == 0 ? cores : threads;
   torch::set_num_threads(n);
   spdlog::debug("LibTorch intra-op threads: {} (of {} cores)", torch::get_num_threads(), cores);

@@ -3,6 +3,8 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace kosmosg::cli {
@@ -10,6 +12,9 @@ namespace kosmosg::cli {
 struct Command {
   CLI::App* app;
   std::function<int()> run;
+  // The command's options by the library settings they set ("steps" → "--steps"): a library
+  // error about a setting is reported under the option's name.
+  std::map<std::string, std::string> settings = {};
 };
 
 Command add_convert(CLI::App& app);

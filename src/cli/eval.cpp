@@ -12,6 +12,7 @@
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/pipeline/kosmosg.h"
+#include "kosmosg/pipeline/pipeline.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
 #include "kosmosg/runtime.h"
 
@@ -32,10 +33,10 @@ int run_dreambench(EvalArgs& a) {
   const auto dtype = parse_dtype(a.dtype, device);
   configure_threads(a.threads);
   a.bench.show_progress = !a.quiet;
-  std::optional<pipeline::KosmosGPipeline> pipe;  // loaded on the first image that is missing
+  std::optional<pipeline::Pipeline> pipe;  // loaded on the first image that is missing
   auto generate = [&](const std::string& prompt, const std::string& reference, int64_t count, uint64_t seed) {
     if (!pipe) {
-      pipe = pipeline::KosmosGPipeline::from_folder(a.model);
+      pipe = pipeline::Pipeline::from_folder(a.model);
       pipe->to(device, dtype);
     }
     pipeline::GenerateOptions options;
@@ -131,10 +132,12 @@ int run_shapes(const ShapesEvalArgs& a) {
                                          fs::exists(fs::path(a.model) / "model_index.json"));
     settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", a.sampler}, {"steps", a.steps},
                      {"guidance", a.guidance}, {"seed", a.seed}, {"baseline", baseline}});
+    // Both systems share the decoder: the baseline only swaps the condition encoder.
+    auto decoder = pipeline::DiffusionDecoder::from_folder(a.model);
     {
-      auto pipe = pipeline::KosmosGPipeline::from_folder(a.model);
+      pipeline::Pipeline pipe(decoder, pipeline::KosmosGConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
-      const int64_t side = a.size.value_or(pipe.decoder().unet()->config().sample_size * pipe.decoder().vae_scale());
+      const int64_t side = a.size.value_or(pipe.decoder().native_size());
       settings["size"] = side;
       spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, a.steps);
       systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", [&](const eval::ShapesCase& c, uint64_t seed) {
@@ -145,7 +148,7 @@ int run_shapes(const ShapesEvalArgs& a) {
       }), progress));
     }
     if (baseline) {
-      auto pipe = pipeline::StableDiffusionPipeline::from_folder(a.model);
+      pipeline::Pipeline pipe(decoder, pipeline::CLIPTextConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
       const int64_t side = settings["size"].get<int64_t>();
       spdlog::info("baseline (the text-to-image decoder, entities in words): {} prompts", cases.size());
@@ -220,7 +223,9 @@ Command add_eval(CLI::App& app) {
   sh->add_option("--device", s->device, "cpu, cuda or cuda:N")->capture_default_str();
   sh->add_option("--dtype", s->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
   sh->add_flag("--quiet", s->quiet, "No progress output");
-  return {sub, [a, s, db] { return db->parsed() ? run_dreambench(*a) : run_shapes(*s); }};
+  return {sub,
+          [a, s, db] { return db->parsed() ? run_dreambench(*a) : run_shapes(*s); },
+          {{"steps", "--steps"}, {"guidance", "--guidance"}, {"sampler", "--sampler"}, {"threads", "--threads"}}};
 }
 
 }  // namespace kosmosg::cli

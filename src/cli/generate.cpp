@@ -8,14 +8,12 @@
 #include <random>
 
 #include "cli/commands.h"
-#include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
 #include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
 #include "kosmosg/models/controlnet.h"
 #include "kosmosg/models/lora.h"
-#include "kosmosg/pipeline/kosmosg.h"
-#include "kosmosg/pipeline/stable_diffusion.h"
+#include "kosmosg/pipeline/pipeline.h"
 #include "kosmosg/runtime.h"
 
 namespace kosmosg::cli {
@@ -27,7 +25,11 @@ namespace fs = std::filesystem;
 constexpr int64_t kMaxImagesPerRun = 1000;
 
 struct GenerateArgs {
-  std::string model, prompt, negative, sampler = "dpmpp-2m", size, out = "out.png";
+  std::string model, prompt, out = "out.png";
+  // Unset ones come from the model folder's generation.json, else the library's defaults.
+  std::optional<std::string> negative, sampler, size;
+  std::optional<int64_t> steps;
+  std::optional<double> guidance;
   std::vector<std::string> images, loras;
   bool lora_merge = false, save_control_maps = false;
   std::string init_image;
@@ -35,27 +37,11 @@ struct GenerateArgs {
   std::vector<std::string> controlnets, control_images, control_preprocess;
   std::vector<double> control_scales, control_starts, control_ends;
   std::string device = "cpu", dtype = "auto";
-  int64_t steps = 25, num_images = 1;
-  double guidance = 7.5;
+  int64_t num_images = 1;
   std::optional<std::string> seed;
   int threads = 0;
   bool quiet = false;
 };
-
-std::pair<int64_t, int64_t> parse_size(const std::string& text) {
-  const auto x = text.find_first_of("xX");
-  try {
-    if (x != std::string::npos) {
-      size_t used_w = 0, used_h = 0;
-      const int64_t w = std::stoll(text.substr(0, x), &used_w);
-      const int64_t h = std::stoll(text.substr(x + 1), &used_h);
-      if (used_w == x && used_h == text.size() - x - 1) return {w, h};
-    }
-  } catch (const std::exception&) {
-  }
-  fail("size", "--size '" + text + "' is not WIDTHxHEIGHT (e.g. 512x512)");
-}
-
 
 struct LoraArg {
   std::string path;
@@ -117,179 +103,193 @@ void check_output(const std::string& out) {
   if (::access(dir.c_str(), W_OK) != 0) fail("out", "the folder of --out " + out + " is not writable");
 }
 
-int run_generate(const GenerateArgs& a) {
-  if (a.steps < 1) fail("steps", "--steps must be at least 1, got " + std::to_string(a.steps));
+// One ControlNet as the command line gives it.
+struct ControlSpec {
+  std::string dir, image, preprocess_spec;
+  io::ControlPreprocess preprocess;
+  double scale, start, end;
+};
+
+// What a parsed command line asks for: the images to make, with everything read that can be read
+// before the model loads, so that a bad file fails fast.
+struct GenerateJob {
+  pipeline::GenerateOptions options;  // all but the size, the seed and the pictures
+  std::optional<std::pair<int64_t, int64_t>> size, default_size;  // given; the model folder's
+  // The settings generation.json supplied, for errors about their values: "the file's steps".
+  std::map<std::string, std::string> from_file;
+  std::optional<std::pair<int64_t, int64_t>> picture_size;  // of the picture that sets the size
+  std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
+  std::vector<ControlSpec> controls;
+  c10::Device device = c10::kCPU;
+  c10::ScalarType dtype = c10::kFloat;
+  int threads = 0;
+  uint64_t seed = 0;
+};
+
+GenerateJob parse(const GenerateArgs& a) {
+  GenerateJob job;
   if (a.num_images < 1 || a.num_images > kMaxImagesPerRun)
     fail("num-images", "--num-images must be from 1 to " + std::to_string(kMaxImagesPerRun) + ", got " +
                            std::to_string(a.num_images) + " (run again with another --seed for more)");
-  pipeline::check_guidance(a.guidance);
-  const auto kinds = diffusion::scheduler_kinds();
-  if (std::find(kinds.begin(), kinds.end(), a.sampler) == kinds.end()) {
-    std::string valid;
-    for (const auto& k : kinds) valid += (valid.empty() ? "" : ", ") + k;
-    fail("sampler", "unknown sampler '" + a.sampler + "' (expected one of " + valid + ")");
-  }
-  std::optional<std::pair<int64_t, int64_t>> size;
-  if (!a.size.empty()) size = parse_size(a.size);
+  const auto defaults = pipeline::read_generation_defaults(a.model);
+  auto& o = job.options;
+  o.prompt = a.prompt;
+  o.negative = a.negative.value_or(defaults.negative.value_or(o.negative));
+  o.sampling.sampler = a.sampler.value_or(defaults.sampler.value_or(o.sampling.sampler));
+  o.sampling.steps = a.steps.value_or(defaults.steps.value_or(o.sampling.steps));
+  o.sampling.guidance = a.guidance.value_or(defaults.guidance.value_or(o.sampling.guidance));
+  o.sampling.show_progress = !a.quiet;
+  o.strength = a.strength;
+  if (a.size) job.size = pipeline::parse_image_size(*a.size);
+  job.default_size = defaults.size;
+  const std::string file = (fs::path(a.model) / "generation.json").string();
+  if (!a.steps && defaults.steps) job.from_file["steps"] = file + "'s steps";
+  if (!a.guidance && defaults.guidance) job.from_file["guidance"] = file + "'s guidance";
+  if (!a.sampler && defaults.sampler) job.from_file["sampler"] = file + "'s sampler";
   check_output(a.out);
-  const auto device = parse_device(a.device);
-  const auto dtype = parse_dtype(a.dtype, device);
-  const int threads = configure_threads(a.threads);
-  const uint64_t seed = a.seed ? parse_seed(*a.seed) : std::random_device{}();
+  job.device = parse_device(a.device);
+  job.dtype = parse_dtype(a.dtype, job.device);
+  job.threads = configure_threads(a.threads);
+  job.seed = a.seed ? parse_seed(*a.seed) : std::random_device{}();
   // Image i uses seed + i, which must not wrap around to 0.
-  if (seed > UINT64_MAX - static_cast<uint64_t>(a.num_images - 1))
-    fail("seed", "--seed " + std::to_string(seed) + " with --num-images " + std::to_string(a.num_images) +
+  if (job.seed > UINT64_MAX - static_cast<uint64_t>(a.num_images - 1))
+    fail("seed", "--seed " + std::to_string(job.seed) + " with --num-images " + std::to_string(a.num_images) +
                      " runs past the largest seed " + std::to_string(UINT64_MAX));
-
-  // Inputs are read before the model loads, so a bad file fails fast.
-  std::vector<at::Tensor> images;
-  for (const auto& path : a.images) images.push_back(io::read_image(path));
-  if (!a.init_image.empty() && !(a.strength > 0.0 && a.strength <= 1.0))
-    fail("strength", "--strength " + c10::str(a.strength) + " must be in (0, 1]");
-  // The init and control images are decoded once the output size is checked, as without --size
+  for (const auto& path : a.images) o.images.push_back(io::read_image(path));
+  // The init and control pictures are decoded once the output size is checked, as without --size
   // the first of them sets it: a huge picture is refused from its header, before it is decoded.
-  // Their headers are checked now, so that a bad file still fails before the model loads.
+  // Their headers are read now, so that a bad file still fails before the model loads.
   const std::string sized_by = !a.init_image.empty() ? a.init_image
                                : a.control_images.empty() ? std::string() : a.control_images[0];
-  std::optional<std::pair<int64_t, int64_t>> sized_by_size;
-  if (!sized_by.empty()) sized_by_size = io::read_image_size(sized_by);
+  if (!sized_by.empty()) job.picture_size = io::read_image_size(sized_by);
   for (const auto& path : a.control_images) io::read_image_size(path);
   const size_t n_control = a.controlnets.size();
   if (a.control_images.size() != n_control)
     fail("control-image", "got " + std::to_string(a.control_images.size()) + " --control-image for " +
                               std::to_string(n_control) + " --controlnet; give one control image per ControlNet");
-  const auto preprocess_specs =
-      per_controlnet<std::string>(a.control_preprocess, n_control, "none", "control-preprocess");
-  std::vector<io::ControlPreprocess> preprocess;
-  for (const auto& text : preprocess_specs) preprocess.push_back(io::ControlPreprocess::parse(text));
-  const auto control_scales = per_controlnet(a.control_scales, n_control, 1.0, "control-scale");
-  const auto control_starts = per_controlnet(a.control_starts, n_control, 0.0, "control-start");
-  const auto control_ends = per_controlnet(a.control_ends, n_control, 1.0, "control-end");
-  std::vector<std::pair<LoraArg, models::LoraWeights>> loras;
+  const auto preprocess = per_controlnet<std::string>(a.control_preprocess, n_control, "none", "control-preprocess");
+  const auto scales = per_controlnet(a.control_scales, n_control, 1.0, "control-scale");
+  const auto starts = per_controlnet(a.control_starts, n_control, 0.0, "control-start");
+  const auto ends = per_controlnet(a.control_ends, n_control, 1.0, "control-end");
+  for (size_t k = 0; k < n_control; ++k)
+    job.controls.push_back({a.controlnets[k], a.control_images[k], preprocess[k],
+                            io::ControlPreprocess::parse(preprocess[k]), scales[k], starts[k], ends[k]});
   for (const auto& text : a.loras) {
     auto arg = parse_lora_arg(text);
-    loras.emplace_back(arg, models::read_lora(arg.path));
+    job.loras.emplace_back(arg, models::read_lora(arg.path));
   }
-  std::vector<pipeline::ControlNetGuide> guides;
-  for (size_t k = 0; k < n_control; ++k) {
-    pipeline::ControlNetGuide guide;
-    guide.model = models::load_controlnet(a.controlnets[k]);
-    guide.scale = control_scales[k];
-    guide.start = control_starts[k];
-    guide.end = control_ends[k];
-    guide.name = a.controlnets[k];
-    guides.push_back(std::move(guide));
-  }
-  const bool kosmosg = pipeline::KosmosGPipeline::is_kosmosg_folder(a.model);
-  if (!kosmosg && !images.empty())
-    fail("image", "--image needs a Kosmos-G model folder (with kosmosg/); " + a.model +
-                      " is a plain Stable Diffusion folder");
+  return job;
+}
 
-  auto t0 = std::chrono::steady_clock::now();
-  std::optional<pipeline::KosmosGPipeline> kosmosg_pipe;
-  std::optional<pipeline::StableDiffusionPipeline> sd_pipe;
-  pipeline::DiffusionDecoder* decoder = nullptr;
-  if (kosmosg) {
-    kosmosg_pipe = pipeline::KosmosGPipeline::from_folder(a.model);
-    kosmosg_pipe->to(device, dtype);
-    decoder = &kosmosg_pipe->decoder();
-  } else {
-    sd_pipe = pipeline::StableDiffusionPipeline::from_folder(a.model);
-    sd_pipe->to(device, dtype);
-    decoder = &sd_pipe->decoder();
+// Loads the model and its add-ons and completes the job's options: the size, the pictures.
+pipeline::Pipeline build(const GenerateArgs& a, GenerateJob& job) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto& o = job.options;
+  for (const auto& c : job.controls) {
+    pipeline::ControlNetGuide guide;
+    guide.model = models::load_controlnet(c.dir);
+    guide.scale = c.scale;
+    guide.start = c.start;
+    guide.end = c.end;
+    guide.name = c.dir;
+    o.controlnets.push_back(std::move(guide));
   }
-  for (const auto& [arg, weights] : loras) {
+  auto pipe = pipeline::Pipeline::from_folder(a.model);
+  pipe.to(job.device, job.dtype);
+  for (const auto& [arg, weights] : job.loras) {
     size_t skipped = 0;
-    torch::nn::Module* text_encoder = sd_pipe ? sd_pipe->text_encoder().ptr().get() : nullptr;
-    models::attach_lora(weights, *decoder->unet(), text_encoder, arg.scale, &skipped);
+    pipe.attach_lora(weights, arg.scale, &skipped);
+    const bool text_encoder = pipe.encoder().text_encoder() != nullptr;
     spdlog::info("LoRA {} at scale {} ({} UNet{} layers)", arg.path, arg.scale, weights.unet.size(),
                  text_encoder ? " + " + std::to_string(weights.text_encoder.size()) + " text-encoder" : "");
     if (skipped > 0)
-      spdlog::warn("{}: {} text-encoder layers skipped: a Kosmos-G model has no CLIP text encoder "
-                   "(its conditions come from the MLLM)", arg.path, skipped);
+      spdlog::warn("{}: {} text-encoder layers skipped: a {} model has no CLIP text encoder "
+                   "(its conditions come from the MLLM)", arg.path, skipped, pipe.encoder().kind());
   }
-  if (a.lora_merge) {
-    models::merge_lora(*decoder->unet());
-    if (sd_pipe) models::merge_lora(*sd_pipe->text_encoder());
-  }
-  const int64_t scale = decoder->vae_scale();
-  const int64_t default_side = decoder->unet()->config().sample_size * scale;
-  std::pair<int64_t, int64_t> default_size{default_side, default_side};
+  if (a.lora_merge) pipe.merge_lora();
+
+  const int64_t scale = pipe.decoder().vae_scale();
+  const int64_t side = pipe.decoder().native_size();
+  std::pair<int64_t, int64_t> size = job.default_size.value_or(std::pair{side, side});
   // As diffusers' img2img and ControlNet pipelines: the input picture's own size, rounded down to
   // the latent grid.
-  if (sized_by_size) default_size = {sized_by_size->first / scale * scale, sized_by_size->second / scale * scale};
-  const auto [width, height] = size ? *size : default_size;
-  pipeline::check_image_size(width, height, scale);
-  std::optional<at::Tensor> init_image;
-  if (!a.init_image.empty()) init_image = io::read_image(a.init_image);
-  std::vector<at::Tensor> control_images;
-  for (const auto& path : a.control_images) control_images.push_back(io::read_image(path));
-  for (size_t k = 0; k < n_control; ++k) {
-    auto& guide = guides[k];
-    guide.model->to(device, dtype);
+  if (job.picture_size) size = {job.picture_size->first / scale * scale, job.picture_size->second / scale * scale};
+  std::tie(o.width, o.height) = job.size.value_or(size);
+  // Before any picture is decoded (the library checks it again with the rest of the options).
+  pipeline::check_image_size(o.width, o.height, scale);
+  if (!a.init_image.empty()) o.init_image = io::read_image(a.init_image);
+  for (size_t k = 0; k < job.controls.size(); ++k) {
+    const auto& c = job.controls[k];
+    auto& guide = o.controlnets[k];
+    guide.model->to(job.device, job.dtype);
     // The control map is made at the output size, so edges keep their width.
-    guide.image = io::preprocess_control_image(
-        io::resize(control_images[k], width, height, io::Resample::Lanczos), preprocess[k]);
+    guide.image = io::preprocess_control_image(io::resize(io::read_image(c.image), o.width, o.height,
+                                                          io::Resample::Lanczos), c.preprocess);
     if (a.save_control_maps) {
       fs::path out(a.out);
       const auto path = (out.parent_path() / (out.stem().string() + "_control" + std::to_string(k) + ".png")).string();
-      io::write_png(path, guide.image, {{"controlnet", guide.name}, {"control_image", a.control_images[k]},
-                                        {"preprocess", preprocess_specs[k]},
-                                        {"software", "kosmosg"}});
+      io::write_png(path, guide.image, {{"controlnet", c.dir}, {"control_image", c.image},
+                                        {"preprocess", c.preprocess_spec}, {"software", "kosmosg"}});
       spdlog::info("wrote the control map {}", path);
     }
   }
-  spdlog::info("loaded {} ({}) in {:.1f} s; {} threads, device {}, {}", a.model,
-               kosmosg ? "Kosmos-G" : "Stable Diffusion",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), threads,
-               device.str(), c10::toString(dtype));
-  const pipeline::SamplingOptions sampling{a.sampler, a.steps, a.guidance, !a.quiet};
-  auto generate_one = [&](uint64_t seed) {
-    pipeline::GenerateOptions opt;
-    opt.prompt = a.prompt;
-    opt.images = images;
-    opt.negative = a.negative;
-    opt.sampling = sampling;
-    opt.width = width;
-    opt.height = height;
-    opt.seed = seed;
-    opt.init_image = init_image;
-    opt.strength = a.strength;
-    opt.controlnets = guides;
-    return kosmosg ? kosmosg_pipe->generate(opt) : sd_pipe->generate(opt);
-  };
+  spdlog::info("loaded {} ({}) in {:.1f} s; {} threads, device {}, {}", a.model, pipe.encoder().kind(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), job.threads,
+               job.device.str(), c10::toString(job.dtype));
+  return pipe;
+}
+
+// The PNG text chunk: the prompt, seed and settings that remake the image.
+std::map<std::string, std::string> png_text(const GenerateArgs& a, const GenerateJob& job) {
+  const auto& o = job.options;
+  std::map<std::string, std::string> text{{"prompt", o.prompt},
+                                          {"negative_prompt", o.negative},
+                                          {"steps", std::to_string(o.sampling.steps)},
+                                          {"guidance", c10::str(o.sampling.guidance)},
+                                          {"sampler", o.sampling.sampler},
+                                          {"size", std::to_string(o.width) + "x" + std::to_string(o.height)},
+                                          {"model", fs::path(a.model).lexically_normal().string()},
+                                          {"software", "kosmosg"}};
   std::string image_list;
   for (const auto& path : a.images) image_list += (image_list.empty() ? "" : "; ") + path;
+  if (!image_list.empty()) text["images"] = image_list;
+  for (size_t k = 0; k < job.loras.size(); ++k)
+    text["lora" + (k ? std::to_string(k) : std::string())] =
+        job.loras[k].first.path + ":" + c10::str(job.loras[k].first.scale);
+  if (o.init_image) {
+    text["init_image"] = a.init_image;
+    text["strength"] = c10::str(o.strength);
+  }
+  for (size_t k = 0; k < job.controls.size(); ++k) {
+    const auto& c = job.controls[k];
+    text["controlnet" + (k ? std::to_string(k) : std::string())] =
+        c.dir + " image=" + c.image + " preprocess=" + c.preprocess_spec + " scale=" + c10::str(c.scale) +
+        " window=" + c10::str(c.start) + "-" + c10::str(c.end);
+  }
+  return text;
+}
 
+int run_generate(const GenerateArgs& a) {
+  GenerateJob job = parse(a);
+  auto pipe = build(a, job);
+  auto text = png_text(a, job);
   for (int64_t i = 0; i < a.num_images; ++i) {
-    const uint64_t image_seed = seed + static_cast<uint64_t>(i);
-    auto [latents, image] = generate_one(image_seed);
-    const std::string path = output_path(a.out, i, a.num_images);
-    std::map<std::string, std::string> text{{"prompt", a.prompt},
-                   {"negative_prompt", a.negative},
-                   {"seed", std::to_string(image_seed)},
-                   {"steps", std::to_string(a.steps)},
-                   {"guidance", c10::str(a.guidance)},
-                   {"sampler", a.sampler},
-                   {"size", std::to_string(width) + "x" + std::to_string(height)},
-                   {"model", fs::path(a.model).lexically_normal().string()},
-                   {"software", "kosmosg"}};
-    if (!image_list.empty()) text["images"] = image_list;
-    for (size_t k = 0; k < loras.size(); ++k)
-      text["lora" + (k ? std::to_string(k) : std::string())] =
-          loras[k].first.path + ":" + c10::str(loras[k].first.scale);
-    if (init_image) {
-      text["init_image"] = a.init_image;
-      text["strength"] = c10::str(a.strength);
+    auto options = job.options;
+    options.seed = job.seed + static_cast<uint64_t>(i);
+    at::Tensor image;
+    try {
+      image = pipe.generate(options).second;
+    } catch (const SettingError& e) {
+      // A bad value from generation.json is the file's to fix, not an option's.
+      const auto source = job.from_file.find(e.setting());
+      if (source == job.from_file.end()) throw;
+      throw e.renamed(source->second);
     }
-    for (size_t k = 0; k < n_control; ++k)
-      text["controlnet" + (k ? std::to_string(k) : std::string())] =
-          a.controlnets[k] + " image=" + a.control_images[k] + " preprocess=" + preprocess_specs[k] +
-          " scale=" + c10::str(control_scales[k]) + " window=" + c10::str(control_starts[k]) +
-          "-" + c10::str(control_ends[k]);
+    const std::string path = output_path(a.out, i, a.num_images);
+    text["seed"] = std::to_string(options.seed);
     io::write_png(path, pipeline::to_uint8_images(image)[0], text);
     std::printf("%s\n", path.c_str());
-    spdlog::info("wrote {} (seed {})", path, image_seed);
+    spdlog::info("wrote {} (seed {})", path, options.seed);
   }
   return 0;
 }
@@ -303,12 +303,18 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--model", a->model, "Model folder: Kosmos-G (kosmosg convert) or diffusers Stable Diffusion 1.x")->required();
   sub->add_option("--prompt", a->prompt, "What to draw; with Kosmos-G each <i> stands for the next --image")->required();
   sub->add_option("--image", a->images, "An input image for the next <i> of the prompt (repeat in order; Kosmos-G only)");
-  sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch)");
-  sub->add_option("--steps", a->steps, "Sampler steps")->capture_default_str();
-  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale, 0 to 100 (<= 1 disables it)")->capture_default_str();
-  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde, dpmpp-2m-sde-karras, euler, euler-a or pndm")->capture_default_str();
+  const pipeline::GenerateOptions library;  // the defaults a model folder's generation.json may replace
+  sub->add_option("--negative", a->negative, "What to steer away from (the unconditional branch; default: empty)");
+  sub->add_option("--steps", a->steps, "Sampler steps (default: " + std::to_string(library.sampling.steps) + ")");
+  sub->add_option("--guidance", a->guidance, "Classifier-free guidance scale, 0 to 100 (<= 1 disables it; default: " +
+                                                 c10::str(library.sampling.guidance) + ")");
+  sub->add_option("--sampler", a->sampler, "ddim, dpmpp-2m, dpmpp-2m-karras, dpmpp-2m-sde, dpmpp-2m-sde-karras, euler, "
+                                           "euler-a or pndm (default: " + library.sampling.sampler + ")");
   sub->add_option("--seed", a->seed, "Seed of the initial noise, 0 to 2^64-1; image i uses seed+i (default: random)");
-  sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model's native size)");
+  sub->add_option("--size", a->size, "WIDTHxHEIGHT in pixels, multiples of 8 (default: the model folder's generation.json, else the model's native size)");
+  sub->footer("Defaults: a generation.json at the model folder's root, e.g. {\"size\": \"64x64\", \"steps\": 20, "
+              "\"guidance\": 5.0, \"sampler\": \"dpmpp-2m\", \"negative\": \"\"} (every key optional), replaces the "
+              "defaults of --size, --steps, --guidance, --sampler and --negative; options given here win.");
   sub->add_option("--num-images", a->num_images, "How many images (at most 1000)")->capture_default_str();
   sub->add_option("--out", a->out, "Output PNG; several images get _0, _1, ... before .png")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads, at most the number of cores (0 = all cores)")->capture_default_str();
@@ -326,7 +332,10 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--control-start", a->control_starts, "Share of the steps after which a ControlNet starts acting (default 0)")->needs(controlnet)->type_name("A");
   sub->add_option("--control-end", a->control_ends, "Share of the steps after which it stops (default 1)")->needs(controlnet)->type_name("B");
   sub->add_flag("--quiet", a->quiet, "No progress output");
-  return {sub, [a] { return run_generate(*a); }};
+  return {sub,
+          [a] { return run_generate(*a); },
+          {{"steps", "--steps"}, {"guidance", "--guidance"}, {"sampler", "--sampler"}, {"strength", "--strength"},
+           {"size", "--size"}, {"threads", "--threads"}}};
 }
 
 }  // namespace kosmosg::cli

@@ -22,9 +22,17 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  const kosmosg::cli::Command* command = nullptr;
+  for (const auto& c : commands)
+    if (c.app->parsed()) command = &c;
   try {
-    for (auto& c : commands)
-      if (c.app->parsed()) return c.run();
+    if (command) return command->run();
+  } catch (const kosmosg::SettingError& e) {
+    // The library names its settings ("steps"); the user knows them as options ("--steps").
+    const auto option = command->settings.find(e.setting());
+    std::fprintf(stderr, "kosmosg: error: %s\n",
+                 option == command->settings.end() ? e.what() : e.renamed(option->second).what());
+    return 1;
   } catch (const kosmosg::Error& e) {
     std::fprintf(stderr, "kosmosg: error: %s\n", e.what());
     return 1;

@@ -6,7 +6,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/io/image.h"
-#include "kosmosg/pipeline/kosmosg.h"
+#include "kosmosg/pipeline/pipeline.h"
 #include "kosmosg/runtime.h"
 #include "kosmosg/train/loop.h"
 
@@ -30,7 +30,7 @@ struct TrainArgs {
 // OUT/samples/update_<N>_<k>.png (fixed seeds, so the images of different updates compare).
 void write_samples(const TrainArgs& a, int64_t update) {
   namespace fs = std::filesystem;
-  auto pipe = pipeline::KosmosGPipeline::from_folder(a.out);
+  auto pipe = pipeline::Pipeline::from_folder(a.out);
   const fs::path dir = fs::path(a.out) / "samples";
   fs::create_directories(dir);
   size_t next_image = 0;
@@ -44,8 +44,7 @@ void write_samples(const TrainArgs& a, int64_t update) {
     }
     g.sampling.steps = a.sample_steps;
     g.seed = k;
-    const int64_t side = pipe.decoder().unet()->config().sample_size * pipe.decoder().vae_scale();
-    g.width = g.height = side;
+    g.width = g.height = pipe.decoder().native_size();
     const auto image = pipe.generate(g).second;
     const std::string path = (dir / ("update_" + std::to_string(update) + "_" + std::to_string(k) + ".png")).string();
     io::write_png(path, pipeline::to_uint8_images(image)[0], {{"prompt", g.prompt}, {"update", std::to_string(update)}});
@@ -132,7 +131,7 @@ Command add_train(CLI::App& app) {
   sub->add_option("--dist-timeout", a->dist_timeout_s, "Seconds after which a rendezvous that cannot complete, or a rank that died or hangs, stops every rank with an error naming it")->capture_default_str();
   sub->add_option("--dist-bucket-mb", a->dist_bucket_mb, "Size of the gradient buckets all-reduced while backward runs (DDP's bucket_cap_mb)")->capture_default_str();
   sub->add_flag("--quiet", a->quiet, "No table or progress lines");
-  return {sub, [a] { return run_train(*a); }};
+  return {sub, [a] { return run_train(*a); }, {{"threads", "--threads"}, {"steps", "--sample-steps"}}};
 }
 
 }  // namespace kosmosg::cli

@@ -42,8 +42,9 @@ double Scheduler::timestep_at(size_t step_index, const char* op) const {
 void Scheduler::check_steps(int64_t steps) const {
   const int64_t n = schedule_.num_train_timesteps;
   if (steps < 1 || steps > n)
-    fail_here("the number of inference steps is " + std::to_string(steps) + "; it must lie in [1, " +
-              std::to_string(n) + "] (num_train_timesteps)");
+    fail_setting("scheduler", "steps",
+                 "{} " + std::to_string(steps) + " must lie in [1, " + std::to_string(n) +
+                     "] (the num_train_timesteps of " + name_ + ", " + class_name_ + ")");
 }
 
 void Scheduler::check_timestep_range(const std::vector<double>& timesteps, int64_t steps,
@@ -79,7 +80,7 @@ std::unique_ptr<Scheduler> make_scheduler(const std::string& kind, const io::Jso
   if (kind == "pndm") return detail::make_pndm(kind, scheduler_config);
   std::string valid;
   for (const auto& k : scheduler_kinds()) valid += (valid.empty() ? "" : ", ") + k;
-  fail("scheduler", "unknown sampler '" + kind + "' (valid: " + valid + ")");
+  fail_setting("scheduler", "sampler", "unknown {} '" + kind + "' (valid: " + valid + ")");
 }
 
 std::string scheduler_kind_for_class(const std::string& class_name) {

@@ -127,12 +127,14 @@ at::Tensor TorchscaleEncoderImpl::forward(const at::Tensor& x, const at::Tensor&
   if (t > config_.max_condition_length())
     fail("aligner", "sequence of " + std::to_string(t) + " positions exceeds the " +
                         std::to_string(config_.max_condition_length()) + " the position table holds");
+  // Shapes: x [B, T, I] (I: the input width, or E without embed_tokens), E = embed_dim.
   const auto& table = embed_positions->weight;
-  auto mask = pad_mask(padding_mask, b, t, table.device());
+  auto mask = pad_mask(padding_mask, b, t, table.device());  // [B, T], true at padding
   auto input = x.to(table.device(), table.scalar_type());
   auto h = (embed_tokens ? embed_tokens(input) : input) * config_.embed_scale +
-           table.slice(0, config_.position_offset, config_.position_offset + t);
+           table.slice(0, config_.position_offset, config_.position_offset + t);  // [B, T, E]
   h = at::dropout(h, config_.dropout, is_training());
+  // Padded positions start from zero, as torchscale's encoder zeroes them.
   if (mask.defined()) h = h.masked_fill(mask.unsqueeze(-1), 0.0);
   for (const auto& layer : *layers) {
     auto* l = layer->as<nn::EncoderLayerImpl>();
@@ -140,8 +142,8 @@ at::Tensor TorchscaleEncoderImpl::forward(const at::Tensor& x, const at::Tensor&
           return std::vector<at::Tensor>{l->forward(in[0], in[1])};
         }, {h, mask})[0];
   }
-  h = layer_norm(h);
-  return output_projection ? output_projection(h) : h;
+  h = layer_norm(h);                                     // [B, T, E]
+  return output_projection ? output_projection(h) : h;  // [B, T, output_dim] or [B, T, E]
 }
 
 TorchscaleDecoderImpl::TorchscaleDecoderImpl(const AlignerConfig& config) : config_(config) {
@@ -153,15 +155,16 @@ TorchscaleDecoderImpl::TorchscaleDecoderImpl(const AlignerConfig& config) : conf
 
 at::Tensor TorchscaleDecoderImpl::forward(const at::Tensor& queries, const at::Tensor& memory,
                                           const at::Tensor& memory_padding_mask) {
-  auto mask = pad_mask(memory_padding_mask, memory.size(0), memory.size(1), memory.device());
-  auto h = at::dropout(queries * config_.embed_scale, config_.dropout, is_training());
+  // Shapes: queries [B, Q, E] attend to memory [B, T, E] (no causal mask: queries see each other).
+  auto mask = pad_mask(memory_padding_mask, memory.size(0), memory.size(1), memory.device());  // [B, T]
+  auto h = at::dropout(queries * config_.embed_scale, config_.dropout, is_training());         // [B, Q, E]
   for (const auto& layer : *layers) {
     auto* l = layer->as<nn::DecoderLayerImpl>();
     h = checkpointing.run(*this, *l, [l](const std::vector<at::Tensor>& in) {
           return std::vector<at::Tensor>{l->forward(in[0], /*causal=*/false, in[1], in[2])};
         }, {h, memory, mask})[0];
   }
-  return layer_norm(h);
+  return layer_norm(h);  // [B, Q, E]
 }
 
 AlignerEncoderImpl::AlignerEncoderImpl(const AlignerConfig& config) : config_(config) {
@@ -179,10 +182,11 @@ at::Tensor AlignerEncoderImpl::forward(const at::Tensor& condition, const at::Te
   if (condition.dim() != 3 || condition.size(2) != config_.input_dim)
     fail("aligner", "condition must be [B, T, " + std::to_string(config_.input_dim) + "], found " +
                         std::to_string(condition.dim()) + " dims");
-  auto mask = pad_mask(padding_mask, condition.size(0), condition.size(1), encoder_query.device());
-  auto memory = encoder_proj(condition, mask);
-  auto queries = encoder_query.unsqueeze(0).expand({condition.size(0), -1, -1});
-  return encoder(queries, memory, mask);
+  // M: the MLLM's condition [B, T, D] → Q learned queries [B, Q, E] shaped like CLIP text states.
+  auto mask = pad_mask(padding_mask, condition.size(0), condition.size(1), encoder_query.device());  // [B, T]
+  auto memory = encoder_proj(condition, mask);                                     // [B, T, E]
+  auto queries = encoder_query.unsqueeze(0).expand({condition.size(0), -1, -1});  // [B, Q, E]
+  return encoder(queries, memory, mask);                                           // [B, Q, E]
 }
 
 void AlignerEncoderImpl::set_gradient_checkpointing(bool on, bool reentrant_compat) {
@@ -212,6 +216,7 @@ AlignerOutput AlignerImpl::forward(const at::Tensor& condition, const at::Tensor
     os << "teacher embedding: found shape " << teacher.sizes() << ", expected " << out.aligned.sizes();
     fail("aligner", os.str());
   }
+  // N: back from the Q aligned states to the T condition positions, [B, T, E] → [B, T, D].
   auto queries = decoder_query.slice(0, 0, t).unsqueeze(0).expand({b, -1, -1});
   out.reconstruction = decoder_proj(decoder(queries, out.aligned));
   auto target = teacher.to(out.aligned.device(), at::kFloat);

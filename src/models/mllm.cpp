@@ -94,8 +94,9 @@ MLLMOutput LMDecoderImpl::forward(const at::Tensor& src_tokens, const at::Tensor
                                   const at::Tensor& img_gpt_input_mask, bool compute_logits) {
   const auto device = embed_tokens->weight.device();
   if (src_tokens.dim() != 2) fail("mllm", "src_tokens must be [B, T], found " + std::to_string(src_tokens.dim()) + " dims");
-  auto tokens = src_tokens.to(device, at::kLong);
-  auto embedded = embed_tokens(tokens);
+  // Shapes: B prompts of T tokens, width D (decoder_embed_dim), V the vocabulary, N image slots in all.
+  auto tokens = src_tokens.to(device, at::kLong);  // [B, T]
+  auto embedded = embed_tokens(tokens);             // [B, T, D]
   at::Tensor mask;
   if (img_gpt_input_mask.defined()) {
     if (img_gpt_input_mask.sizes() != src_tokens.sizes())
@@ -111,19 +112,21 @@ MLLMOutput LMDecoderImpl::forward(const at::Tensor& src_tokens, const at::Tensor
   if (slots != given)
     fail("mllm", "img_gpt_input_mask marks " + std::to_string(slots) + " image slots but " +
                      std::to_string(given) + " image feature rows were given");
+  // The image features [N, D] take the places of the <image> tokens the mask marks, in order.
   if (slots > 0)
     embedded = embedded.masked_scatter(mask.unsqueeze(-1), img_features.to(embedded.dtype()));
 
   auto x = embedded * config_.embed_scale +
-           nn::fairseq_sinusoidal_positions(tokens, config_.embed_dim, config_.padding_idx, embedded);
+           nn::fairseq_sinusoidal_positions(tokens, config_.embed_dim, config_.padding_idx, embedded);  // [B, T, D]
   x = at::dropout(x, config_.dropout, is_training());
   for (const auto& layer : *layers) {
     auto* l = layer->as<nn::DecoderLayerImpl>();
     x = checkpointing.run(*this, *l, [l](const at::Tensor& h) { return l->forward(h, /*causal=*/true); }, x);
-  }
+  }  // [B, T, D] through every causal layer
   MLLMOutput out;
-  out.hidden = layer_norm(x);
-  if (compute_logits) out.logits = at::linear(out.hidden, embed_tokens->weight);
+  out.hidden = layer_norm(x);  // [B, T, D]
+  // The LM head is tied to the token embedding, as in the official checkpoint.
+  if (compute_logits) out.logits = at::linear(out.hidden, embed_tokens->weight);  // [B, T, V]
   return out;
 }
 

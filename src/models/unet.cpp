@@ -238,15 +238,20 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
                    std::to_string(batch) + ", L, " + std::to_string(c.cross_attention_dim[0]) +
                    "]");
 
+  // Shapes: sample [N, C_in, h, w], context [N, L, D]; C0..Ck are block_out_channels.
+  // 1. time
   const auto dtype = conv_in->weight.scalar_type();
-  auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());
+  auto t = broadcast_timesteps(timestep, batch, what).to(sample.device());  // [N]
   auto emb = blocks::timestep_sinusoids(t, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
-                 .to(dtype);
-  emb = time_embedding(emb);
+                 .to(dtype);  // [N, C0]
+  emb = time_embedding(emb);  // [N, T]: time_embedding_dim, by default 4·C0
 
+  // 2. pre-process
   auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
-  h = conv_in(h);
+  h = conv_in(h);  // [N, C0, h, w]
+  // Every resolution's features, kept for the up blocks' skip connections.
   std::vector<at::Tensor> skips{h};
+  // 3. down: each block ends at [N, Ci, h/2^i, w/2^i] (the last one does not downsample).
   for (const auto& block : *down_blocks) {
     auto* b = block->as<blocks::DownBlock>();
     // The block's skip tensors come back as outputs; the last of them is its result.
@@ -258,7 +263,9 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     skips.insert(skips.end(), produced.begin(), produced.end());
     if (!produced.empty()) h = produced.back();
   }
+  // h: [N, Ck, h/2^k, w/2^k]
 
+  // ControlNet residuals add onto the skips and the mid block's output, as diffusers does.
   if (residuals) {
     if (residuals->down.size() != skips.size())
       fail(what, "got " + std::to_string(residuals->down.size()) +
@@ -272,6 +279,7 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     }
   }
 
+  // 4. mid: the same shape in and out, [N, Ck, h/2^k, w/2^k].
   if (mid_block) {
     auto* b = mid_block.get();
     h = checkpointing.run(*this, *b, [b](const std::vector<at::Tensor>& in) {
@@ -285,6 +293,8 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     h = h + residuals->mid;
   }
 
+  // 5. up: each block takes its share of the skips (last in, first out) and, but for the last,
+  // upsamples to the size of the skip below it; the last ends at [N, C0, h, w].
   for (size_t i = 0; i < up_blocks->size(); ++i) {
     auto* block = up_blocks[i]->as<blocks::UpBlock>();
     std::optional<std::vector<int64_t>> size;
@@ -302,8 +312,9 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
     }, inputs)[0];
   }
 
-  h = blocks::activate(conv_norm_out(h), blocks::parse_activation(c.act_fn, "act_fn"), true);
-  return conv_out(h);
+  // 6. post-process
+  h = blocks::activate(conv_norm_out(h), blocks::parse_activation(c.act_fn, "act_fn"), true);  // [N, C0, h, w]
+  return conv_out(h);  // [N, C_out, h, w]
 }
 
 }  // namespace kosmosg::models

@@ -63,11 +63,13 @@ EncoderImpl::EncoderImpl(const AutoencoderKLConfig& c) : act_(parse_activation(c
   conv_out = register_module("conv_out", conv3(ch.back(), 2 * c.latent_channels));
 }
 
-at::Tensor EncoderImpl::forward(const at::Tensor& images) {
-  auto h = conv_in(images);
+// C0..Ck are block_out_channels, z latent_channels, f = 2^k the downsampling factor.
+at::Tensor EncoderImpl::forward(const at::Tensor& images) {      // [N, 3, H, W]
+  auto h = conv_in(images);                                       // [N, C0, H, W]
+  // Block i ends at [N, Ci, H/2^(i+1), W/2^(i+1)]; the last one does not downsample.
   for (const auto& block : *down_blocks) h = block->as<DownBlock>()->forward(h, {}, {});
-  h = mid_block(h);
-  return conv_out(activate(conv_norm_out(h), act_, true));
+  h = mid_block(h);                                               // [N, Ck, H/f, W/f]
+  return conv_out(activate(conv_norm_out(h), act_, true));        // [N, 2z, H/f, W/f]: mean, log-variance
 }
 
 DecoderImpl::DecoderImpl(const AutoencoderKLConfig& c) : act_(parse_activation(c.act_fn, "act_fn")) {
@@ -86,10 +88,11 @@ DecoderImpl::DecoderImpl(const AutoencoderKLConfig& c) : act_(parse_activation(c
   conv_out = register_module("conv_out", conv3(rev.back(), c.out_channels));
 }
 
-at::Tensor DecoderImpl::forward(const at::Tensor& latents) {
-  auto h = mid_block(conv_in(latents));
+at::Tensor DecoderImpl::forward(const at::Tensor& latents) {    // [N, z, h, w]
+  auto h = mid_block(conv_in(latents));                           // [N, Ck, h, w]
+  // The channels in reverse; each block but the last doubles the side: [N, C0, f·h, f·w] at the end.
   for (const auto& block : *up_blocks) h = block->as<UpBlock>()->forward(h, {}, {});
-  return conv_out(activate(conv_norm_out(h), act_, true));
+  return conv_out(activate(conv_norm_out(h), act_, true));        // [N, 3, f·h, f·w]
 }
 
 }  // namespace blocks
@@ -150,8 +153,9 @@ DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& images) {
   if (images.dim() != 4 || images.size(1) != config_.in_channels)
     fail("AutoencoderKL", "images have shape " + c10::str(images.sizes()) + "; expected [B, " +
                               std::to_string(config_.in_channels) + ", H, W]");
-  auto moments = quant_conv(encoder(images));
-  auto parts = moments.chunk(2, 1);
+  auto moments = quant_conv(encoder(images));  // [N, 2z, H/f, W/f]
+  auto parts = moments.chunk(2, 1);            // mean and log-variance, [N, z, H/f, W/f] each
+  // diffusers' DiagonalGaussianDistribution clamps the log-variance, so exp() stays finite.
   return {parts[0], at::clamp(parts[1], -30.0, 20.0)};
 }
 
@@ -159,7 +163,7 @@ at::Tensor AutoencoderKLImpl::decode(const at::Tensor& latents) {
   if (latents.dim() != 4 || latents.size(1) != config_.latent_channels)
     fail("AutoencoderKL", "latents have shape " + c10::str(latents.sizes()) + "; expected [B, " +
                               std::to_string(config_.latent_channels) + ", h, w]");
-  return decoder(post_quant_conv(latents));
+  return decoder(post_quant_conv(latents));  // [N, z, h, w] → [N, 3, f·h, f·w]
 }
 
 }  // namespace kosmosg::models

@@ -107,12 +107,14 @@ at::Tensor VisionTransformerImpl::forward(const at::Tensor& pixel_values) {
     os << "pixel_values: found shape " << pixel_values.sizes() << ", expected [N, 3, " << s << ", " << s << "]";
     fail("vit", os.str());
   }
-  auto x = conv1(pixel_values.to(conv1->weight.device(), conv1->weight.scalar_type()));
+  // Shapes: S = image_size, P = patch_size, G = S/P patches a side, W = width.
+  auto x = conv1(pixel_values.to(conv1->weight.device(), conv1->weight.scalar_type()));  // [N, W, G, G]
   const int64_t n = x.size(0);
-  x = x.flatten(2).transpose(1, 2);
-  auto cls = class_embedding.to(x.scalar_type()).view({1, 1, -1}).expand({n, 1, config_.width});
-  x = at::cat({cls, x}, 1) + positional_embedding.to(x.scalar_type());
-  x = transformer(ln_pre(x));
+  x = x.flatten(2).transpose(1, 2);  // [N, G², W]: one token per patch, row by row
+  auto cls = class_embedding.to(x.scalar_type()).view({1, 1, -1}).expand({n, 1, config_.width});  // [N, 1, W]
+  x = at::cat({cls, x}, 1) + positional_embedding.to(x.scalar_type());  // [N, 1 + G², W]
+  x = transformer(ln_pre(x));                                           // [N, 1 + G², W]
+  // Every token, not only the class token: the connector reads all of them.
   return ln_post(x);
 }
 

@@ -14,6 +14,28 @@ namespace kosmosg::pipeline {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// Checks a classifier-free guidance scale: a finite number from 0 to 100 (an infinite one turns
+// every image black, and beyond 100 the result is noise).
+void check_guidance(double guidance) {
+  constexpr double kMaxGuidance = 100;
+  if (!(guidance >= 0 && guidance <= kMaxGuidance))
+    fail_setting("guidance", "guidance", "{} " + c10::str(guidance) + " must be a finite number from 0 to " +
+                                             c10::str(kMaxGuidance) + " (<= 1 disables guidance)");
+}
+
+// The step image-to-image starts from: as diffusers' img2img, int(steps · strength) steps remain,
+// counted from the schedule's end. 0 (all steps) without an initial image or at strength 1.
+size_t first_step(const GenerateOptions& options) {
+  if (!options.init_image || options.strength >= 1.0) return 0;
+  const int64_t steps = options.sampling.steps;
+  const int64_t kept = std::min(static_cast<int64_t>(steps * options.strength), steps);
+  return static_cast<size_t>(steps - kept);
+}
+
+}  // namespace
+
 void DiffusionDecoder::check_controlnet(const ControlNetGuide& guide) const {
   const std::string name = guide.name.empty() ? std::string("a ControlNet") : guide.name;
   if (!guide.model) fail("controlnet", name + ": no model given");
@@ -59,6 +81,8 @@ int64_t DiffusionDecoder::vae_scale() const {
   return int64_t{1} << (vae_->config().block_out_channels.size() - 1);
 }
 
+int64_t DiffusionDecoder::native_size() const { return unet_->config().sample_size * vae_scale(); }
+
 void DiffusionDecoder::to(const c10::Device& device, c10::ScalarType dtype) {
   unet_->to(device, dtype);
   vae_->to(device, dtype);
@@ -75,6 +99,7 @@ at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tenso
                                     const SamplingOptions& options, at::Generator generator,
                                     const StepCallback& on_step,
                                     const std::vector<ControlNetGuide>& controlnets) {
+  for (const auto& guide : controlnets) check_controlnet(guide);
   auto scheduler = diffusion::make_scheduler(options.sampler, scheduler_config_);
   scheduler->set_timesteps(options.steps);
   return denoise(*scheduler, latents * scheduler->init_noise_sigma(), 0, condition, options,
@@ -102,7 +127,6 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
   // Each control image once at the pixel size of the latents, repeated for every UNet row.
   std::vector<at::Tensor> control_images;
   for (const auto& guide : controlnets) {
-    check_controlnet(guide);
     const int64_t s = guide.model->config().cond_scale();
     control_images.push_back(io::control_pixel_values(guide.image, s * x.size(3), s * x.size(2))
                                  .repeat({expected_rows, 1, 1, 1})
@@ -159,57 +183,52 @@ void check_image_size(int64_t width, int64_t height, int64_t scale) {
   }
 }
 
-void check_guidance(double guidance) {
-  constexpr double kMaxGuidance = 100;
-  if (!(guidance >= 0 && guidance <= kMaxGuidance))
-    fail("guidance", "--guidance " + c10::str(guidance) + " must be a finite number from 0 to " +
-                         c10::str(kMaxGuidance) + " (<= 1 disables guidance)");
-}
+void DiffusionDecoder::check(const GenerateOptions& options) const { prepare(options); }
 
-void DiffusionDecoder::check(const GenerateOptions& options) const {
+std::unique_ptr<diffusion::Scheduler> DiffusionDecoder::prepare(const GenerateOptions& options) const {
   check_image_size(options.width, options.height, vae_scale());
   check_guidance(options.sampling.guidance);
-  if (options.sampling.steps < 1)
-    fail("steps", "--steps must be at least 1, got " + std::to_string(options.sampling.steps));
+  // The scheduler knows its kinds and the step counts its schedule allows.
+  auto scheduler = diffusion::make_scheduler(options.sampling.sampler, scheduler_config_);
+  scheduler->set_timesteps(options.sampling.steps);
   if (options.init_image) {
     if (!(options.strength > 0.0 && options.strength <= 1.0))
-      fail("strength", "--strength " + c10::str(options.strength) +
-                           " must be in (0, 1] (the share of the schedule image-to-image runs)");
+      fail_setting("strength", "strength", "{} " + c10::str(options.strength) +
+                                               " must be in (0, 1] (the share of the schedule image-to-image runs)");
+    if (first_step(options) >= scheduler->timesteps().size())
+      fail_setting("strength", "strength", "{} " + c10::str(options.strength) + " leaves no step of " +
+                                               std::to_string(options.sampling.steps) +
+                                               " to run; raise it or the step count");
     const auto& image = *options.init_image;
     if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
       fail("init-image", "the initial image must be uint8 H×W×3 RGB, got " +
                              c10::str(image.sizes()) + " " + c10::toString(image.scalar_type()));
   }
   for (const auto& guide : options.controlnets) check_controlnet(guide);
+  return scheduler;
 }
 
 std::pair<at::Tensor, at::Tensor> DiffusionDecoder::generate(const at::Tensor& condition,
                                                              const GenerateOptions& options,
                                                              const StepCallback& on_step) {
-  check(options);
+  return run(*prepare(options), condition, options, on_step);
+}
+
+std::pair<at::Tensor, at::Tensor> DiffusionDecoder::run(diffusion::Scheduler& scheduler, const at::Tensor& condition,
+                                                        const GenerateOptions& options, const StepCallback& on_step) {
   auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
   const at::Tensor noise = options.initial_latents
                                ? *options.initial_latents
                                : initial_latents(1, options.height, options.width, generator);
-  auto scheduler = diffusion::make_scheduler(options.sampling.sampler, scheduler_config_);
-  scheduler->set_timesteps(options.sampling.steps);
-  at::Tensor x = noise * scheduler->init_noise_sigma();
-  size_t first_step = 0;
-  if (options.init_image && options.strength < 1.0) {
-    // diffusers' img2img: int(steps · strength) steps remain, counted from the schedule's end.
-    const int64_t steps = options.sampling.steps;
-    const int64_t kept = std::min(static_cast<int64_t>(steps * options.strength), steps);
-    first_step = static_cast<size_t>(steps - kept);
-    if (first_step >= scheduler->timesteps().size())
-      fail("strength", "--strength " + c10::str(options.strength) + " leaves no step of " +
-                           std::to_string(steps) + " to run; raise --strength or --steps");
+  at::Tensor x = noise * scheduler.init_noise_sigma();
+  const size_t start = first_step(options);
+  if (start > 0) {
     const auto pixels =
         io::control_pixel_values(*options.init_image, options.width, options.height) * 2.0 - 1.0;
-    x = scheduler->add_noise(encode(pixels, generator), noise, first_step);
+    x = scheduler.add_noise(encode(pixels, generator), noise, start);
   }
   at::Tensor final_latents =
-      denoise(*scheduler, x, first_step, condition, options.sampling, generator, on_step,
-              options.controlnets);
+      denoise(scheduler, x, start, condition, options.sampling, generator, on_step, options.controlnets);
   return {final_latents, decode(final_latents)};
 }
 

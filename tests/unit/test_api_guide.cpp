@@ -23,6 +23,7 @@
 #include "kosmosg/models/unet.h"
 #include "kosmosg/pipeline/convert.h"
 #include "kosmosg/pipeline/kosmosg.h"
+#include "kosmosg/pipeline/pipeline.h"
 #include "kosmosg/text/prompt_layout.h"
 #include "kosmosg/data/loader.h"
 #include "kosmosg/train/trainer.h"
@@ -52,7 +53,7 @@ kosmosg::models::UNet2DConditionModel load_unet(const std::string& folder) {
 // [guide:pipeline]
 // The whole pipeline from C++: "<i>" takes the next image, as on the command line.
 void paint(const std::string& model_dir, const std::string& photo, const std::string& out) {
-  auto pipe = kosmosg::pipeline::KosmosGPipeline::from_folder(model_dir);
+  auto pipe = kosmosg::pipeline::Pipeline::from_folder(model_dir);
   kosmosg::pipeline::GenerateOptions options;
   options.prompt = "<i> as an oil painting";
   options.images = {kosmosg::io::read_image(photo)};
@@ -68,11 +69,11 @@ void paint(const std::string& model_dir, const std::string& photo, const std::st
 // Swapping a component: compose the parts yourself. Here the image features come from the
 // model's own tower and connector (put your encoder's [N·Q, C] slot embeddings there instead),
 // and any aligner producing [B, Q, W] conditions can replace `model->aligner`.
-at::Tensor my_condition(kosmosg::pipeline::KosmosGPipeline& pipe, const std::string& prompt,
+at::Tensor my_condition(kosmosg::pipeline::KosmosGConditionEncoder& encoder, const std::string& prompt,
                         const at::Tensor& pixel_values, kosmosg::models::AlignerEncoder aligner) {
   torch::NoGradGuard no_grad;
-  auto& model = pipe.model();
-  const auto layout = kosmosg::text::layout_prompt(pipe.tokenizer(), prompt,
+  auto& model = encoder.model();
+  const auto layout = kosmosg::text::layout_prompt(encoder.tokenizer(), prompt,
                                                    model->config().connector.latent_query_num);
   const auto batch = kosmosg::text::batch_prompts({layout});
   at::Tensor slots = model->image_embeddings(pixel_values);
@@ -83,11 +84,10 @@ at::Tensor my_condition(kosmosg::pipeline::KosmosGPipeline& pipe, const std::str
 
 // [guide:techniques]
 // LoRA beside the weights (its strength changes between images), a ControlNet fed a Canny map
-// and image-to-image, all through one GenerateOptions; the same works on StableDiffusionPipeline.
-std::vector<at::Tensor> restyle(kosmosg::pipeline::KosmosGPipeline& pipe, const std::string& lora_file,
+// and image-to-image, all through one GenerateOptions; the same works with a Stable Diffusion folder.
+std::vector<at::Tensor> restyle(kosmosg::pipeline::Pipeline& pipe, const std::string& lora_file,
                                 const std::string& controlnet_dir, const std::string& photo) {
-  auto strength = kosmosg::models::attach_lora(kosmosg::models::read_lora(lora_file),
-                                               *pipe.decoder().unet(), nullptr, 0.0);
+  auto strength = pipe.attach_lora(kosmosg::models::read_lora(lora_file), 0.0);
   const auto picture = kosmosg::io::read_image(photo);
   kosmosg::pipeline::GenerateOptions options;
   options.prompt = "<i> on the beach";
@@ -184,14 +184,17 @@ TEST(ApiGuide, ExamplesRun) {
   paint(convert.out_dir, (official / "image_0_0.png").string(), (work / "painting.png").string());
   EXPECT_TRUE(fs::exists(work / "painting.png"));
 
-  auto pipe = kosmosg::pipeline::KosmosGPipeline::from_folder(convert.out_dir);
-  const auto& config = pipe.model()->config();
+  auto encoder = kosmosg::pipeline::KosmosGConditionEncoder::from_folder(convert.out_dir);
+  const auto& config = encoder->model()->config();
   auto pixels = kosmosg::io::clip_pixel_values(kosmosg::io::read_image((official / "image_0_0.png").string()),
                                                config.vision.image_size).unsqueeze(0);
-  at::Tensor ours = my_condition(pipe, "<i> in the jungle", pixels, pipe.model()->aligner);
-  at::Tensor reference = pipe.encode_condition("<i> in the jungle",
-                                               {kosmosg::io::read_image((official / "image_0_0.png").string())}, "", false);
+  at::Tensor ours = my_condition(*encoder, "<i> in the jungle", pixels, encoder->model()->aligner);
+  at::Tensor reference =
+      encoder->encode("<i> in the jungle", {kosmosg::io::read_image((official / "image_0_0.png").string())}, "", false)
+          .conditional;
   EXPECT_TRUE(torch::allclose(ours, reference, 1e-5, 1e-6));
+
+  auto pipe = kosmosg::pipeline::Pipeline::from_folder(convert.out_dir);
 
   const auto images = restyle(pipe, kosmosg::test::write_golden_lora("lora_kohya_unet_sd15_tiny", (work / "lora.safetensors").string()),
                               kosmosg::test::write_tiny_controlnet((work / "controlnet").string()),

@@ -12,6 +12,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/io/image.h"
 
 namespace {
 
@@ -140,4 +141,68 @@ TEST_F(CliGenerate, UnknownSampler) {
 
 TEST_F(CliGenerate, UnwritableOutput) {
   expect_error(run(generate(fixture(), "", (work / "no" / "such" / "dir" / "x.png").string())), "does not exist");
+}
+
+// generation.json: the model folder's own defaults for generate; options given on the command
+// line win. The fixture's UNet is made for 64x64 and the built-in defaults are 25 dpmpp-2m steps
+// at guidance 7.5 without a negative prompt.
+TEST_F(CliGenerate, GenerationJsonSetsTheDefaultsAndOptionsWin) {
+  const auto model = copy_model();
+  std::ofstream(model / "generation.json")
+      << R"({"size": "32x32", "steps": 3, "guidance": 5.0, "sampler": "euler", "negative": "blurry"})";
+  const std::string base = "generate --model " + model.string() + " --prompt 'a cat' --seed 3 --quiet --out ";
+  auto r = run(base + (work / "defaults.png").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  auto text = kosmosg::io::read_png_text((work / "defaults.png").string());
+  EXPECT_EQ(text["size"], "32x32");
+  EXPECT_EQ(text["steps"], "3");
+  EXPECT_EQ(text["guidance"], "5");
+  EXPECT_EQ(text["sampler"], "euler");
+  EXPECT_EQ(text["negative_prompt"], "blurry");
+  cv::Mat image = cv::imread((work / "defaults.png").string());
+  EXPECT_EQ(image.cols, 32);
+  EXPECT_EQ(image.rows, 32);
+
+  r = run(base + (work / "options.png").string() + " --size 48x40 --steps 2 --guidance 3 --sampler ddim --negative sharp");
+  ASSERT_EQ(r.status, 0) << r.output;
+  text = kosmosg::io::read_png_text((work / "options.png").string());
+  EXPECT_EQ(text["size"], "48x40");
+  EXPECT_EQ(text["steps"], "2");
+  EXPECT_EQ(text["guidance"], "3");
+  EXPECT_EQ(text["sampler"], "ddim");
+  EXPECT_EQ(text["negative_prompt"], "sharp");
+  EXPECT_EQ(cv::imread((work / "options.png").string()).cols, 48);
+
+  // Every key is optional: the others keep the built-in defaults.
+  std::ofstream(model / "generation.json") << R"({"steps": 2})";
+  r = run(base + (work / "steps.png").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  text = kosmosg::io::read_png_text((work / "steps.png").string());
+  EXPECT_EQ(text["steps"], "2");
+  EXPECT_EQ(text["size"], "64x64");
+  EXPECT_EQ(text["sampler"], "dpmpp-2m");
+  EXPECT_EQ(text["guidance"], "7.5");
+}
+
+TEST_F(CliGenerate, GenerationJsonErrorsNameTheFileAndKey) {
+  const auto model = copy_model();
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"step": 20})", "'step'"},          {R"({"steps": "20"})", "'steps'"},
+      {R"({"steps": 2.5})", "'steps'"},       {R"({"guidance": true})", "'guidance'"},
+      {R"({"size": 64})", "'size'"},          {R"({"size": "big"})", "'size'"},
+      {R"({"negative": null})", "'negative'"}, {R"(["steps"])", "JSON object"},
+      // Values are checked when the image is made, and still named as the file's.
+      {R"({"steps": 0})", "generation.json's steps 0"}, {R"({"sampler": "heun9"})", "generation.json's sampler"},
+  };
+  for (const auto& [json, needle] : bad) {
+    SCOPED_TRACE(json);
+    std::ofstream(model / "generation.json") << json;
+    const auto r = run("generate --model " + model.string() + " --prompt 'a cat' --quiet --out " + (work / "x.png").string());
+    expect_error(r, (model / "generation.json").string());
+    EXPECT_NE(r.output.find(needle), std::string::npos) << r.output;
+  }
+}
+
+TEST_F(CliGenerate, HelpNamesGenerationJson) {
+  EXPECT_NE(run("generate --help").output.find("generation.json"), std::string::npos);
 }

@@ -5,7 +5,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
-#include "kosmosg/pipeline/stable_diffusion.h"
+#include "kosmosg/pipeline/pipeline.h"
 #include "support.h"
 
 namespace {
@@ -15,8 +15,8 @@ using namespace kosmosg;
 class ImageToImage : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    pipe_ = new pipeline::StableDiffusionPipeline(
-        pipeline::StableDiffusionPipeline::from_folder(test::shared_dir() + "/fixtures/tiny-sd15"));
+    pipe_ = new pipeline::Pipeline(
+        pipeline::Pipeline::from_folder(test::shared_dir() + "/fixtures/tiny-sd15"));
     picture_ = new at::Tensor(
         io::read_image(test::shared_dir() + "/fixtures/kosmosg-official-tiny/image_0_0.png"));
   }
@@ -35,11 +35,11 @@ class ImageToImage : public ::testing::Test {
   }
   static at::Tensor image(const pipeline::GenerateOptions& o) { return pipe_->generate(o).second; }
 
-  static pipeline::StableDiffusionPipeline* pipe_;
+  static pipeline::Pipeline* pipe_;
   static at::Tensor* picture_;
 };
 
-pipeline::StableDiffusionPipeline* ImageToImage::pipe_ = nullptr;
+pipeline::Pipeline* ImageToImage::pipe_ = nullptr;
 at::Tensor* ImageToImage::picture_ = nullptr;
 
 TEST_F(ImageToImage, EverySamplerStartsFromThePictureAndStrengthOneIsTextToImage) {

@@ -13,6 +13,7 @@
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/pipeline/convert.h"
 #include "kosmosg/pipeline/kosmosg.h"
+#include "kosmosg/pipeline/pipeline.h"
 #include "kosmosg/text/prompt_layout.h"
 
 namespace {
@@ -72,14 +73,15 @@ TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
   auto expected = kosmosg::io::SafeTensors::open((fixture() / "expected.safetensors").string());
   const auto prompts = kosmosg::io::parse_json(expected.metadata().at("prompts"), "prompts");
   const auto image_files = kosmosg::io::parse_json(expected.metadata().at("images"), "images");
-  auto pipe = kosmosg::pipeline::KosmosGPipeline::from_folder((dir_ / "model").string());
-  const int64_t image_size = pipe.model()->config().vision.image_size;
+  auto encoder = kosmosg::pipeline::KosmosGConditionEncoder::from_folder((dir_ / "model").string());
+  auto pipe = kosmosg::pipeline::Pipeline::from_folder((dir_ / "model").string());
+  const int64_t image_size = encoder->model()->config().vision.image_size;
   size_t next_image = 0;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const std::string key = std::to_string(i);
     const std::string prompt = prompts[i][0], negative = prompts[i][1];
-    const auto layout = kosmosg::text::layout_prompt(pipe.tokenizer(), prompt,
-                                                     pipe.model()->config().connector.latent_query_num);
+    const auto layout = kosmosg::text::layout_prompt(encoder->tokenizer(), prompt,
+                                                     encoder->model()->config().connector.latent_query_num);
     EXPECT_TRUE(torch::equal(at::tensor(layout.tokens).unsqueeze(0), expected.get("input." + key + ".src_tokens")));
     std::vector<at::Tensor> images;
     std::vector<at::Tensor> pixels;
@@ -90,7 +92,7 @@ TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
     // The official app casts the pixels to float16 before the model sees them.
     EXPECT_TRUE(torch::equal(at::stack(pixels).to(at::kHalf).to(at::kFloat), expected.get("input." + key + ".pixel_values")));
 
-    auto condition = pipe.encode_condition(prompt, images, negative, /*guided=*/true);
+    auto condition = encoder->encode(prompt, images, negative, /*guided=*/true).batch();
     EXPECT_LT(rel_l2(condition, expected.get("output." + key + ".condition")), 1e-3) << prompt;
 
     kosmosg::pipeline::GenerateOptions options;
@@ -109,10 +111,10 @@ TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
 }
 
 TEST_F(KosmosGFixture, PlaceholderCountMustMatchTheImages) {
-  auto pipe = kosmosg::pipeline::KosmosGPipeline::from_folder((dir_ / "model").string());
+  auto encoder = kosmosg::pipeline::KosmosGConditionEncoder::from_folder((dir_ / "model").string());
   auto image = kosmosg::io::read_image((fixture() / "image_0_0.png").string());
   try {
-    pipe.encode_condition("<i> next to <i>", {image}, "", true);
+    encoder->encode("<i> next to <i>", {image}, "", true);
     FAIL() << "expected an error";
   } catch (const kosmosg::Error& e) {
     EXPECT_NE(std::string(e.what()).find("2 <i> placeholders but 1 image"), std::string::npos) << e.what();

@@ -1,10 +1,12 @@
 #pragma once
-// The frozen image decoder shared by every pipeline: SD1.5 UNet + VAE + a sampler loop with
-// classifier-free guidance. Conditions come from the CLIP text encoder or from Kosmos-G.
+// The frozen image decoder every model kind shares: SD1.5 UNet + VAE + a sampler loop with
+// classifier-free guidance. Its conditions come from a ConditionEncoder (condition_encoder.h):
+// the CLIP text encoder or Kosmos-G; Pipeline (pipeline.h) puts the two together.
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -47,7 +49,7 @@ struct ControlNetGuide {
   std::string name;          // for messages (its folder)
 };
 
-// One image to generate, whichever pipeline encodes the prompt.
+// One image to generate, whichever encoder makes the prompt's conditions.
 struct GenerateOptions {
   std::string prompt;               // with Kosmos-G each "<i>" takes the next image
   std::vector<at::Tensor> images;   // uint8 H×W×3 RGB, in prompt order (Kosmos-G only)
@@ -64,6 +66,8 @@ struct GenerateOptions {
   std::vector<ControlNetGuide> controlnets;
 };
 
+class Pipeline;
+
 class DiffusionDecoder {
  public:
   DiffusionDecoder(models::UNet2DConditionModel unet, models::AutoencoderKL vae,
@@ -74,19 +78,21 @@ class DiffusionDecoder {
 
   // Runs the sampler from `latents` (B×4×h×w, unscaled noise: init_noise_sigma is applied here).
   // `condition` is [2B, L, D] ordered [unconditional × B; conditional × B] when guidance > 1,
-  // else [B, L, D]. `generator` draws the noise ancestral samplers need.
+  // else [B, L, D]. `generator` draws the noise ancestral samplers need. The ControlNets are
+  // checked here; `options` by the scheduler.
   at::Tensor sample(const at::Tensor& condition, const at::Tensor& latents,
                     const SamplingOptions& options, at::Generator generator,
                     const StepCallback& on_step = {},
                     const std::vector<ControlNetGuide>& controlnets = {});
 
-  // Checks the size, step count, image-to-image and ControlNet settings of `options` (before any
-  // expensive work).
+  // The one check of a GenerateOptions, before any expensive work: the size, guidance, sampler and
+  // step count, image-to-image settings and each ControlNet's fit and settings. Errors about a
+  // setting are SettingErrors naming it ("steps", "strength", ...).
   void check(const GenerateOptions& options) const;
 
-  // Samples from the seeded noise (or options.initial_latents; with options.init_image from that
-  // image, noised) with `condition` and decodes: final latents (1×4×h×w) and the image in
-  // [-1, 1] (1×3×H×W).
+  // Checks `options`, samples from the seeded noise (or options.initial_latents; with
+  // options.init_image from that image, noised) with `condition` and decodes: final latents
+  // (1×4×h×w) and the image in [-1, 1] (1×3×H×W).
   std::pair<at::Tensor, at::Tensor> generate(const at::Tensor& condition, const GenerateOptions& options,
                                              const StepCallback& on_step = {});
 
@@ -106,8 +112,17 @@ class DiffusionDecoder {
   models::AutoencoderKL& vae() { return vae_; }
   const io::Json& scheduler_config() const { return scheduler_config_; }
   int64_t vae_scale() const;  // pixels per latent cell (8 for SD)
+  // The side, in pixels, the UNet was made for (its sample_size × vae_scale()).
+  int64_t native_size() const;
 
  private:
+  // A Pipeline checks the options before it encodes the prompt, then runs them.
+  friend class Pipeline;
+  // check(): the scheduler of the checked options, its timesteps set.
+  std::unique_ptr<diffusion::Scheduler> prepare(const GenerateOptions& options) const;
+  // generate() after prepare().
+  std::pair<at::Tensor, at::Tensor> run(diffusion::Scheduler& scheduler, const at::Tensor& condition,
+                                        const GenerateOptions& options, const StepCallback& on_step);
   // The sampler loop from timesteps()[first_step] on, with `x` already at that noise level.
   at::Tensor denoise(diffusion::Scheduler& scheduler, at::Tensor x, size_t first_step,
                      const at::Tensor& condition, const SamplingOptions& options,
@@ -122,12 +137,9 @@ class DiffusionDecoder {
 };
 
 // Checks `width`×`height` for a model whose latents are `scale`× smaller: positive multiples of
-// `scale` no larger than 4096 per side. Errors name the offending value.
+// `scale` no larger than 4096 per side. Errors name the offending value. (DiffusionDecoder::check
+// runs it; a caller that derives the size from a picture runs it before decoding the picture.)
 void check_image_size(int64_t width, int64_t height, int64_t scale);
-
-// Checks a classifier-free guidance scale: a finite number from 0 to 100 (an infinite one turns
-// every image black, and beyond 100 the result is noise).
-void check_guidance(double guidance);
 
 // Images in [-1, 1] (N×3×H×W) → uint8 N×H×W×3, as diffusers' numpy_to_pil rounds them.
 at::Tensor to_uint8_images(const at::Tensor& images);

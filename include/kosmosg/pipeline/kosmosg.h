@@ -1,7 +1,7 @@
 #pragma once
-// Generation from interleaved text-and-image prompts with a Kosmos-G model folder: the diffusers
-// SD1.5 layout (unet/, vae/, scheduler/) plus kosmosg/ (config.json, model.safetensors,
-// sentencepiece.bpe.model, dict.txt).
+// Kosmos-G's condition encoder: the MLLM and AlignerNet of a model folder's kosmosg/ part
+// (config.json, model.safetensors, sentencepiece.bpe.model, dict.txt). Prompts interleave text and
+// images: each "<i>" takes the next image.
 #include <ATen/core/Tensor.h>
 
 #include <memory>
@@ -9,34 +9,33 @@
 #include <vector>
 
 #include "kosmosg/models/kosmosg.h"
-#include "kosmosg/pipeline/diffusion.h"
+#include "kosmosg/pipeline/condition_encoder.h"
 #include "kosmosg/text/kosmosg_tokenizer.h"
 
 namespace kosmosg::pipeline {
 
-class KosmosGPipeline {
+class KosmosGConditionEncoder : public ConditionEncoder {
  public:
-  // Loads a Kosmos-G model folder (see `is_kosmosg_folder`).
-  static KosmosGPipeline from_folder(const std::string& dir);
+  KosmosGConditionEncoder(models::KosmosGModel model, text::KosmosGTokenizer tokenizer);
+  // Loads the kosmosg/ part of the model folder `dir`.
+  static std::unique_ptr<KosmosGConditionEncoder> from_folder(const std::string& dir);
   // True when `dir` holds a kosmosg/ part (else it is a plain Stable Diffusion folder).
   static bool is_kosmosg_folder(const std::string& dir);
 
-  // The UNet conditions for one prompt: [2, Q, W] (unconditional, conditional), or [1, Q, W]
-  // without guidance. Checks the "<i>" count against the images.
-  at::Tensor encode_condition(const std::string& prompt, const std::vector<at::Tensor>& images,
-                              const std::string& negative, bool guided);
-  // One image: final latents (1×4×h×w) and the decoded image in [-1, 1] (1×3×H×W).
-  std::pair<at::Tensor, at::Tensor> generate(const GenerateOptions& options, const StepCallback& on_step = {});
+  // Checks the "<i>" count against the images and the prompt's length against the model's
+  // positions.
+  Conditions encode(const std::string& prompt, const std::vector<at::Tensor>& images, const std::string& negative,
+                    bool guided) override;
 
-  void to(const c10::Device& device, c10::ScalarType dtype);
-  DiffusionDecoder& decoder() { return *decoder_; }
+  void to(const c10::Device& device, c10::ScalarType dtype) override;
+  std::string kind() const override { return "Kosmos-G"; }
+
   models::KosmosGModel& model() { return model_; }
-  const text::KosmosGTokenizer& tokenizer() const { return *tokenizer_; }
+  const text::KosmosGTokenizer& tokenizer() const { return tokenizer_; }
 
  private:
-  std::unique_ptr<DiffusionDecoder> decoder_;
-  models::KosmosGModel model_{nullptr};
-  std::unique_ptr<text::KosmosGTokenizer> tokenizer_;
+  models::KosmosGModel model_;
+  text::KosmosGTokenizer tokenizer_;
 };
 
 }  // namespace kosmosg::pipeline
