@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
 cmake --build build -j "$(nproc)"
+shared=${KOSMOSG_SHARED_DIR:-../shared}
+if [ ! -d "$shared/golden" ] && [ ! -d "${KOSMOSG_GOLDEN_DIR:-/nonexistent}" ]; then
+  echo "test: $shared/golden not found: the golden parity and fixture tests need the project's shared" \
+       "folder beside the checkout (or KOSMOSG_SHARED_DIR and KOSMOSG_GOLDEN_DIR); they will fail" >&2
+fi
 export OMP_WAIT_POLICY=PASSIVE
 # One process per test (gtest_discover_tests): run them on every core. Each test's temporary
 # folder carries its process id and each distributed test picks a free port, so they do not collide.
