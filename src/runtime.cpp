@@ -17,7 +17,13 @@
 
 namespace kosmosg {
 
+namespace detail {
+const char* version();  // generated from the CMake project() (cmake/version.cpp.in)
+}  // namespace detail
+
 namespace {
+
+int core_count() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
 
 // A `KEY=value` of LibTorch's build settings ("" when absent).
 std::string build_setting(const std::string& config, const std::string& key) {
@@ -29,13 +35,9 @@ std::string build_setting(const std::string& config, const std::string& key) {
 
 }  // namespace
 
-// The project's version, as the CMake project() declares it.
-constexpr const char* kVersion = "0.1.0";
-
 std::string build_report() {
   const std::string config = at::show_config();
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  std::string out = std::string("kosmosg ") + kVersion + "\nLibTorch " + TORCH_VERSION;
+  std::string out = std::string("kosmosg ") + detail::version() + "\nLibTorch " + TORCH_VERSION;
   if (!torch::cuda::is_available()) {
     out += at::hasCUDA() ? "\nCUDA: compiled in, no GPU visible" : "\nCUDA: not compiled in (CPU only)";
   } else {
@@ -45,24 +47,25 @@ std::string build_report() {
   // A "generic" BLAS is whichever libblas.so the loader picked (Debian's alternatives): name its file.
   std::string blas_library;
   Dl_info info{};
-  if (void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_"); sgemm && dladdr(sgemm, &info) && info.dli_fname)
-  {
+  if (void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_"); sgemm && dladdr(sgemm, &info) && info.dli_fname) {
     std::error_code ec;
     const auto resolved = std::filesystem::canonical(info.dli_fname, ec);
     blas_library = " (" + (ec ? std::string(info.dli_fname) : resolved.string()) + ")";
   }
   out += "\nBLAS: " + (blas.empty() ? std::string("unknown") : blas) + blas_library + ", oneDNN: " +
          (onednn == "ON" ? "on" : onednn.empty() ? "unknown" : "off");
-  const auto capability = config.find("CPU capability usage: ");
-  if (capability != std::string::npos)
-    out += ", CPU kernels: " + config.substr(capability + 22, config.find('\n', capability) - capability - 22);
-  out += "\nthreads: " + std::to_string(cores) + " (every core; --threads N to change), OMP_WAIT_POLICY=" +
+  const std::string capability_label = "CPU capability usage: ";
+  if (const auto at = config.find(capability_label); at != std::string::npos) {
+    const auto begin = at + capability_label.size();
+    out += ", CPU kernels: " + config.substr(begin, config.find('\n', begin) - begin);
+  }
+  out += "\nthreads: " + std::to_string(core_count()) + " (every core; --threads N to change), OMP_WAIT_POLICY=" +
          (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset");
   return out;
 }
 
 int configure_threads(int threads) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = core_count();
   // More threads than cores only contend: a thousand of them all but stall LibTorch.
   if (threads < 0 || threads > cores)
     fail_setting("threads", "threads", "{} must be from 1 to " + std::to_string(cores) +
