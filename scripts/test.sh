@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds (setup.sh, then the tests) and runs the whole GoogleTest suite with ctest.
-# KOSMOSG_GOLDEN_DIR / KOSMOSG_SHARED_DIR point the tests at other golden data or fixtures.
+# KOSMOSG_GOLDEN_DIR / KOSMOSG_SHARED_DIR point the tests at other golden data or fixtures;
+# KOSMOSG_LIBTORCH=pip tests the build against the pip LibTorch (build-pip/, see setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-cmake --build build -j "$(nproc)"
+build=build
+[ "${KOSMOSG_LIBTORCH:-system}" = pip ] && build=build-pip
+cmake --build "$build" -j "$(nproc)"
 shared=${KOSMOSG_SHARED_DIR:-../shared}
 if [ ! -d "$shared/golden" ] && [ ! -d "${KOSMOSG_GOLDEN_DIR:-/nonexistent}" ]; then
   echo "test: $shared/golden not found: the golden parity and fixture tests need the project's shared" \
@@ -14,4 +17,4 @@ fi
 export OMP_WAIT_POLICY=PASSIVE
 # One process per test (gtest_discover_tests): run them on every core. Each test's temporary
 # folder carries its process id and each distributed test picks a free port, so they do not collide.
-ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"
+ctest --test-dir "$build" --output-on-failure -j "$(nproc)" "$@"

@@ -14,6 +14,11 @@
 #include <thread>
 
 #include "kosmosg/error.h"
+#include "kosmosg_features.h"
+#if KOSMOSG_HAVE_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace kosmosg {
 
@@ -39,10 +44,19 @@ std::string build_report() {
   const std::string config = at::show_config();
   std::string out = std::string("kosmosg ") + detail::version() + "\nLibTorch " + TORCH_VERSION;
   if (!torch::cuda::is_available()) {
-    out += at::hasCUDA() ? "\nCUDA: compiled in, no GPU visible" : "\nCUDA: not compiled in (CPU only)";
+    // (at::hasCUDA() is false without a GPU on LibTorch 2.x even when CUDA is built in.)
+    out += KOSMOSG_HAVE_CUDA || at::hasCUDA() ? "\nCUDA: compiled in, no GPU visible" : "\nCUDA: not compiled in (CPU only)";
   } else {
     out += "\nCUDA: compiled in, " + std::to_string(torch::cuda::device_count()) + " GPU(s) visible";
+#if KOSMOSG_HAVE_CUDA
+    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
+      const auto* p = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(i));
+      out += "\n  cuda:" + std::to_string(i) + " " + p->name + ", " + std::to_string(p->totalGlobalMem >> 20) +
+             " MiB, compute capability " + std::to_string(p->major) + "." + std::to_string(p->minor);
+    }
+#endif
   }
+  if (!has_opencv()) out += "\nimages: not built in (KOSMOSG_WITH_OPENCV=OFF)";
   const std::string blas = build_setting(config, "BLAS_INFO"), onednn = build_setting(config, "USE_MKLDNN");
   // A "generic" BLAS is whichever libblas.so the loader picked (Debian's alternatives): name its file.
   std::string blas_library;
@@ -62,6 +76,30 @@ std::string build_report() {
   out += "\nthreads: " + std::to_string(core_count()) + " (every core; --threads N to change), OMP_WAIT_POLICY=" +
          (std::getenv("OMP_WAIT_POLICY") ? std::getenv("OMP_WAIT_POLICY") : "unset");
   return out;
+}
+
+bool has_opencv() { return KOSMOSG_HAVE_OPENCV; }
+
+void synchronize(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
+}
+
+int64_t peak_device_memory(const c10::Device& device) {
+#if KOSMOSG_HAVE_CUDA
+  if (device.is_cuda()) {
+    const auto index = device.has_index() ? device.index() : c10::DeviceIndex(0);
+    // Entry 0 of a statistic is the aggregate over the large and small pools (StatType::AGGREGATE).
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(index).allocated_bytes[0].peak;
+  }
+#endif
+  return 0;
+}
+
+void reset_peak_device_memory(const c10::Device& device) {
+#if KOSMOSG_HAVE_CUDA
+  if (device.is_cuda())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : c10::DeviceIndex(0));
+#endif
 }
 
 int configure_threads(int threads) {

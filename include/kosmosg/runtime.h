@@ -23,6 +23,16 @@ c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 // and which GPUs are visible, the BLAS and oneDNN LibTorch uses, and the thread count.
 std::string build_report();
 
+// Whether this build decodes and writes images (built with OpenCV, KOSMOSG_WITH_OPENCV).
+bool has_opencv();
+
+// Waits for the work queued on `device` (a no-op on the CPU), so that a timer reads finished work.
+void synchronize(const c10::Device& device);
+
+// The most bytes of tensors held on a CUDA `device` since the last reset (0 on the CPU), and the reset.
+int64_t peak_device_memory(const c10::Device& device);
+void reset_peak_device_memory(const c10::Device& device);
+
 // Re-executes the current program with OMP_WAIT_POLICY=PASSIVE when it is unset: the OpenMP
 // runtime reads it only at start, and spin-waiting threads fight OpenBLAS's for the cores.
 void ensure_passive_omp_wait(char** argv);

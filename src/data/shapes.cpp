@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
-#include <opencv2/imgproc.hpp>
 #include <thread>
 
 #include "data/internal.h"
@@ -21,6 +20,10 @@
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/safetensors.h"
+#include "kosmosg_features.h"
+#if KOSMOSG_HAVE_OPENCV
+#include <opencv2/imgproc.hpp>
+#endif
 
 namespace kosmosg::data {
 namespace {
@@ -46,6 +49,7 @@ constexpr double kEntityHalf = 0.30;  // entity images
 double between(std::mt19937_64& rng, double lo, double hi) { return lo + (hi - lo) * detail::uniform(rng); }
 int below(std::mt19937_64& rng, size_t n) { return static_cast<int>(detail::uniform_below(rng, n)); }
 
+#if KOSMOSG_HAVE_OPENCV
 cv::Scalar scalar(const std::array<uint8_t, 3>& rgb) { return {double(rgb[0]), double(rgb[1]), double(rgb[2])}; }
 
 // Fills `shape` into an RGB image with 4 bits of sub-pixel precision; scene coordinates put pixel
@@ -81,6 +85,7 @@ void draw_shape(cv::Mat& image, const Shape& shape, const std::array<uint8_t, 3>
 at::Tensor to_tensor(const cv::Mat& rgb) {
   return at::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, at::kByte).clone();
 }
+#endif
 
 // ---- Scenes ----------------------------------------------------------------------------------
 
@@ -416,18 +421,26 @@ std::string ShapesWorld::caption(const Scene& scene) const {
 }
 
 at::Tensor draw_shapes_scene(const ShapesWorld& world, const Scene& scene) {
+#if !KOSMOSG_HAVE_OPENCV
+  kosmosg::detail::fail_without_opencv("shapes");
+#else
   const int side = static_cast<int>(world.image_size);
   cv::Mat image(side, side, CV_8UC3, scalar(world.palette[scene.background].rgb));
   for (const auto& s : scene.shapes) draw_shape(image, s, world.palette[s.color].rgb);
   return to_tensor(image);
+#endif
 }
 
 at::Tensor draw_shapes_entity(const ShapesWorld& world, ShapeKind kind, int color) {
+#if !KOSMOSG_HAVE_OPENCV
+  kosmosg::detail::fail_without_opencv("shapes");
+#else
   const int side = static_cast<int>(world.image_size);
   cv::Mat image(side, side, CV_8UC3, scalar(shapes_entity_background().rgb));
   const double half_side = world.image_size / 2.0;
   draw_shape(image, Shape{kind, color, half_side, half_side, kEntityHalf * world.image_size}, world.palette[color].rgb);
   return to_tensor(image);
+#endif
 }
 
 // ---- Writing a world -------------------------------------------------------------------------

@@ -11,11 +11,14 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <opencv2/imgproc.hpp>
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/util/progress.h"
+#include "kosmosg_features.h"
+#if KOSMOSG_HAVE_OPENCV
+#include <opencv2/imgproc.hpp>
+#endif
 
 namespace kosmosg::eval {
 namespace {
@@ -33,6 +36,7 @@ constexpr double kMinAreaShare = 0.004;     // smaller regions are noise
 constexpr double kMinFilledShare = 0.6;     // regions filling less of their outline are rings, not shapes
 constexpr double kSplitShare = 0.25;        // a region with two palette colours this large is split by colour
 
+#if KOSMOSG_HAVE_OPENCV
 struct Reference {
   std::string name;
   cv::Vec3f rgb;
@@ -123,6 +127,7 @@ std::pair<std::string, double> classify(const std::vector<cv::Point>& contour, d
   }
   return {kind, second > 0 ? 1.0 - best / second : 0.0};
 }
+#endif
 
 // The ground truth labels of a test manifest line.
 ShapesCase read_case(const io::Json& line, const fs::path& dir, const std::string& split, int64_t index,
@@ -165,6 +170,7 @@ std::string cell(const ShapesRate& r) {
   return buf;
 }
 
+#if KOSMOSG_HAVE_OPENCV
 // Adds the shapes of `region` (a mask): each outer outline at least kMinAreaShare of the image
 // and mostly filled, coloured by the median of its pixels.
 void add_shapes(const cv::Mat& region, const cv::Mat& rgb, const std::vector<Reference>& refs, size_t palette,
@@ -185,6 +191,8 @@ void add_shapes(const cv::Mat& region, const cv::Mat& rgb, const std::vector<Ref
   }
 }
 
+#endif
+
 }  // namespace
 
 ShapesReading read_shapes_image(const at::Tensor& hwc_u8, const data::ShapesWorld& world) {
@@ -192,6 +200,9 @@ ShapesReading read_shapes_image(const at::Tensor& hwc_u8, const data::ShapesWorl
       hwc_u8.size(1) < 8)
     fail(kWhere, "image of shape " + std::to_string(hwc_u8.dim()) +
                      "-d, expected uint8 [H, W, 3] RGB of at least 8x8 pixels");
+#if !KOSMOSG_HAVE_OPENCV
+  detail::fail_without_opencv(kWhere);
+#else
   const at::Tensor image = hwc_u8.cpu().contiguous();
   const cv::Mat rgb(static_cast<int>(image.size(0)), static_cast<int>(image.size(1)), CV_8UC3, image.data_ptr());
   cv::Mat work;
@@ -246,6 +257,7 @@ ShapesReading read_shapes_image(const at::Tensor& hwc_u8, const data::ShapesWorl
   std::sort(reading.shapes.begin(), reading.shapes.end(),
             [](const FoundShape& a, const FoundShape& b) { return a.area > b.area; });
   return reading;
+#endif
 }
 
 std::vector<ShapesCase> read_shapes_cases(const std::string& world_dir, std::optional<int64_t> limit) {

@@ -3,11 +3,14 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <opencv2/core.hpp>
-#include <opencv2/imgproc.hpp>
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/image.h"
+#include "kosmosg_features.h"
+#if KOSMOSG_HAVE_OPENCV
+#include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
+#endif
 
 namespace kosmosg::io {
 namespace {
@@ -20,6 +23,7 @@ void check_image(const at::Tensor& image, const char* what) {
                    c10::toString(image.scalar_type()));
 }
 
+#if KOSMOSG_HAVE_OPENCV
 // A cv::Mat over the tensor's memory (kept alive by `image`).
 cv::Mat as_mat(const at::Tensor& image) {
   return cv::Mat(static_cast<int>(image.size(0)), static_cast<int>(image.size(1)), CV_8UC3,
@@ -31,6 +35,7 @@ at::Tensor to_rgb(const cv::Mat& grey) {
   auto out = torch::from_blob(grey.data, {grey.rows, grey.cols, 1}, at::kByte).clone();
   return out.expand({grey.rows, grey.cols, 3}).contiguous();
 }
+#endif
 
 }  // namespace
 
@@ -79,14 +84,21 @@ at::Tensor canny_edges(const at::Tensor& hwc_u8, double low_threshold, double hi
   if (low_threshold < 0 || low_threshold > high_threshold)
     fail("canny", "thresholds " + std::to_string(low_threshold) + " and " +
                       std::to_string(high_threshold) + " must satisfy 0 <= low <= high");
+#if !KOSMOSG_HAVE_OPENCV
+  detail::fail_without_opencv("canny");
+#else
   const auto image = hwc_u8.contiguous();
   cv::Mat edges;
   cv::Canny(as_mat(image), edges, low_threshold, high_threshold);
   return to_rgb(edges);
+#endif
 }
 
 at::Tensor scribble_edges(const at::Tensor& hwc_u8, double threshold) {
   check_image(hwc_u8, "scribble");
+#if !KOSMOSG_HAVE_OPENCV
+  detail::fail_without_opencv("scribble");
+#else
   const auto image = hwc_u8.contiguous();
   cv::Mat x, fine, coarse;
   as_mat(image).convertTo(x, CV_32FC3);
@@ -97,10 +109,14 @@ at::Tensor scribble_edges(const at::Tensor& hwc_u8, double threshold) {
   auto dog = torch::from_blob(difference.data, {x.rows, x.cols, 3}, at::kFloat).amin(2);
   auto strokes = (2 * dog.clamp(0, 255)) > threshold;
   return (strokes.to(at::kByte) * 255).unsqueeze(2).expand({x.rows, x.cols, 3}).contiguous();
+#endif
 }
 
 at::Tensor lineart_edges(const at::Tensor& hwc_u8) {
   check_image(hwc_u8, "lineart");
+#if !KOSMOSG_HAVE_OPENCV
+  detail::fail_without_opencv("lineart");
+#else
   const auto image = hwc_u8.contiguous();
   cv::Mat x, blurred;
   as_mat(image).convertTo(x, CV_32FC3);
@@ -111,6 +127,7 @@ at::Tensor lineart_edges(const at::Tensor& hwc_u8) {
   const double median = lines.numel() > 0 ? lines.median().item<double>() : 0.0;
   auto out = (darker / std::max(16.0, median) * 127).clamp(0, 255).to(at::kByte);
   return out.unsqueeze(2).expand({x.rows, x.cols, 3}).contiguous();
+#endif
 }
 
 at::Tensor preprocess_control_image(const at::Tensor& hwc_u8, const ControlPreprocess& preprocess) {

@@ -7,14 +7,17 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
-#include <opencv2/core.hpp>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <optional>
 #include <sstream>
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/file.h"
+#include "kosmosg_features.h"
+#if KOSMOSG_HAVE_OPENCV
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#endif
 #include "kosmosg/io/safetensors.h"
 #include "text/unicode.h"
 
@@ -410,6 +413,9 @@ at::Tensor decode_image(const std::string& data, const std::string& what, int64_
   check_pixels(what, header.width, header.height, max_pixels);
   if (data.size() > static_cast<size_t>(INT_MAX))
     fail(kRead, what + ": " + std::to_string(data.size()) + " bytes of image data, more than OpenCV decodes");
+#if !KOSMOSG_HAVE_OPENCV
+  detail::fail_without_opencv(kRead);
+#else
   cv::Mat mat;
   try {
     mat = cv::imdecode(cv::Mat(1, static_cast<int>(data.size()), CV_8U, const_cast<char*>(data.data())),
@@ -453,6 +459,7 @@ at::Tensor decode_image(const std::string& data, const std::string& what, int64_
     }
   }
   return out;
+#endif
 }
 
 at::Tensor resize(const at::Tensor& hwc_u8, int64_t width, int64_t height, Resample filter) {
@@ -507,6 +514,11 @@ void write_png(const std::string& path, const at::Tensor& hwc_u8, const std::map
   check_image(hwc_u8, kPng);
   if (hwc_u8.size(2) == 2) fail(kPng, path + ": 2-channel images cannot be written, expected 1, 3 or 4 channels");
   const at::Tensor img = hwc_u8.cpu().contiguous();
+  std::string chunks;  // checks the text before any encoding
+  for (const auto& [key, value] : text) chunks += text_chunk(path, key, value);
+#if !KOSMOSG_HAVE_OPENCV
+  detail::fail_without_opencv(kPng);
+#else
   const int channels = static_cast<int>(img.size(2));
   cv::Mat rgb(static_cast<int>(img.size(0)), static_cast<int>(img.size(1)), CV_8UC(channels), img.data_ptr<uint8_t>());
   cv::Mat bgr;
@@ -518,12 +530,11 @@ void write_png(const std::string& path, const at::Tensor& hwc_u8, const std::map
   std::string png(encoded.begin(), encoded.end());
   if (png.size() < 33 || png.compare(12, 4, "IHDR") != 0) fail(kPng, path + ": encoder output has no IHDR chunk");
   const size_t after_ihdr = 8 + 12 + be32(reinterpret_cast<const unsigned char*>(png.data()) + 8);
-  std::string chunks;
-  for (const auto& [key, value] : text) chunks += text_chunk(path, key, value);
   png.insert(after_ihdr, chunks);
   write_file_atomically(path, [&](std::FILE* f) {
     if (std::fwrite(png.data(), 1, png.size(), f) != png.size()) fail(kPng, "cannot write " + path);
   });
+#endif
 }
 
 std::map<std::string, std::string> read_png_text(const std::string& path) {

@@ -11,11 +11,6 @@
 namespace kosmosg::nn {
 namespace {
 
-// Scores of one query block stay within this many elements (16 MiB of float32): measured on
-// 2 cores, the 4096-token self-attention of SD's first UNet block runs 2.3× faster than with the
-// whole score matrix, which makes the softmax memory-bound.
-constexpr int64_t kScoreBlockElements = int64_t{1} << 22;
-
 // torch.finfo(dtype).min: float's lowest overflows half and bfloat16.
 double lowest_finite(at::ScalarType type) {
   switch (type) {
@@ -47,6 +42,13 @@ at::Tensor attention_bias(const at::Tensor& q, int64_t lq, int64_t lk, const Att
   }
   return bias;
 }
+
+// LibTorch before 2.1 has no SDPA with a scale: the two kernels it needs instead.
+#if !KOSMOSG_TORCH_HAS_SDPA_SCALE
+// Scores of one query block stay within this many elements (16 MiB of float32): measured on
+// 2 cores, the 4096-token self-attention of SD's first UNet block runs 2.3× faster than with the
+// whole score matrix, which makes the softmax memory-bound.
+constexpr int64_t kScoreBlockElements = int64_t{1} << 22;
 
 at::Tensor differentiable_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     const at::Tensor& bias, double scale, double dropout) {
@@ -83,6 +85,7 @@ at::Tensor blocked_attention(const at::Tensor& q, const at::Tensor& k, const at:
   }
   return out.view({b, h, lq, v.size(3)});
 }
+#endif
 
 }  // namespace
 

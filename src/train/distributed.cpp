@@ -9,7 +9,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/torch.h>
 #include <torch/version.h>
-#ifdef KOSMOSG_WITH_NCCL
+#ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -79,7 +79,7 @@ class C10dProcessGroup final : public ProcessGroup {
           o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
         backend_impl_ = c10::make_intrusive<c10d::ProcessGroupGloo>(pg_store, launch.rank, launch.world_size, o);
       } else {
-#ifdef KOSMOSG_WITH_NCCL
+#ifdef USE_C10D_NCCL
         auto o = c10d::ProcessGroupNCCL::Options::create();
         o->timeout = options.timeout;
         backend_impl_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg_store, launch.rank, launch.world_size, o);
