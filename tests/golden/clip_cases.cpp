@@ -16,7 +16,7 @@ void load(torch::nn::Module& module, const Case& c, kosmosg::io::TensorMap param
   kosmosg::io::LoadOptions options;
   options.source_name = c.name + " param.*";
   kosmosg::io::load_weights(module, params.empty() ? c.params() : params, options);
-  module.eval();
+  kosmosg::golden::place(module);
 }
 
 at::Tensor metric_tensor(const at::Tensor& scores) {

@@ -15,6 +15,8 @@ void run_controlnet(const Case& c, Report& report) {
   io::load_weights(*controlnet, c.params("controlnet."), options);
   options.source_name = c.name + " param.unet.*";
   io::load_weights(*unet, c.params("unet."), options);
+  place(*controlnet);
+  place(*unet);
   models::check_controlnet_fits(controlnet->config(), unet->config(), c.name);
 
   torch::NoGradGuard no_grad;

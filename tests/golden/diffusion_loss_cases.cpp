@@ -1,5 +1,6 @@
 #include "harness.h"
 #include "kosmosg/io/weights.h"
+#include "kosmosg/nn/autocast.h"
 #include "kosmosg/train/diffusion_loss.h"
 
 namespace kosmosg::golden {
@@ -8,11 +9,16 @@ namespace {
 void run_diffusion_loss(const Case& c, Report& report) {
   models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(c.config.at("unet")));
   io::load_weights(*unet, c.params("unet."));
+  // The instruct stage's loss: the frozen UNet stays float32 and computes under autocast in the
+  // test dtype, as the trainer's precision policy runs it.
+  unet->to(placement().device);
   unet->eval();
+  auto input = [&](const std::string& name) { return c.file.get("input." + name).to(placement().device); };
   train::DiffusionLoss loss(unet, diffusion::DDPMTraining(c.config.at("noise_scheduler")));
-  train::DiffusionLossDraws draws{c.input("noise"), c.input("timesteps"), c.input("random_p")};
+  train::DiffusionLossDraws draws{input("noise"), input("timesteps"), input("random_p")};
   torch::NoGradGuard no_grad;
-  auto out = loss.forward(c.input("latents"), c.input("condition"), c.input("null_token"), draws);
+  nn::AutocastGuard autocast(placement().device.type(), placement().dtype);
+  auto out = loss.forward(input("latents"), input("condition"), input("null_token"), draws);
   report.check(c, "noisy_latents", out.noisy_latents);
   report.check(c, "unet_condition", out.unet_condition);
   report.check(c, "model_pred", out.model_pred);

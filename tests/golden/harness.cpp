@@ -10,8 +10,9 @@
 #include <thread>
 
 #include "kosmosg/error.h"
-#include "support.h"
 #include "kosmosg/io/config.h"
+#include "kosmosg/runtime.h"
+#include "support.h"
 
 namespace kosmosg::golden {
 namespace {
@@ -40,6 +41,7 @@ struct Outcome {
 };
 
 Outcome summarise(const Report& report, const std::vector<std::string>& required) {
+  if (!report.skipped().empty()) return {"SKIP", report.skipped()};
   const auto& checks = report.checks();
   std::vector<std::string> unchecked;
   for (const auto& name : required) {
@@ -65,6 +67,40 @@ Outcome summarise(const Report& report, const std::vector<std::string>& required
 }
 
 }  // namespace
+
+const Placement& placement() {
+  static const Placement p = [] {
+    Placement out;
+    const char* device = std::getenv("KOSMOSG_TEST_DEVICE");
+    const char* dtype = std::getenv("KOSMOSG_TEST_DTYPE");
+    out.device = kosmosg::parse_device(device ? device : "cpu");
+    out.dtype = kosmosg::parse_dtype(dtype ? dtype : "float32", out.device);
+    if (out.device.is_cuda()) {
+      // The goldens are float32 arithmetic: TensorFloat-32 matrix products would round to 10 bits.
+      at::globalContext().setAllowTF32CuBLAS(false);
+      at::globalContext().setAllowTF32CuDNN(false);
+    }
+    return out;
+  }();
+  return p;
+}
+
+double half_precision_tolerance(c10::ScalarType dtype) {
+  // Relative L2 of a few layers rounded to 11 (float16) or 8 (bfloat16) significant bits.
+  if (dtype == at::kHalf) return 1e-2;
+  if (dtype == at::kBFloat16) return 5e-2;
+  return 0;
+}
+
+void place(torch::nn::Module& module) {
+  module.to(placement().device, placement().dtype);
+  module.eval();
+}
+
+at::Tensor placed(const at::Tensor& t) {
+  if (t.is_floating_point()) return t.to(placement().device, placement().dtype);
+  return t.to(placement().device);
+}
 
 std::vector<std::string> Case::outputs() const {
   std::vector<std::string> out;
@@ -113,7 +149,7 @@ void Report::check(const Case& c, const std::string& name, const at::Tensor& act
   const at::Tensor expected = c.expected(name);
   auto [exact, bound] = tolerance_of(c, tolerance_key.empty() ? name : tolerance_key);
   out.exact = exact;
-  out.tolerance = bound;
+  out.tolerance = exact ? bound : std::max(bound, half_precision_tolerance(placement().dtype));
   if (actual.sizes() != expected.sizes()) {
     std::ostringstream os;
     os << "shape " << actual.sizes() << ", expected " << expected.sizes();
@@ -126,7 +162,7 @@ void Report::check(const Case& c, const std::string& name, const at::Tensor& act
     out.pass = out.error == 0;
   } else {
     out.error = relative_l2(actual, expected);
-    out.pass = out.error <= bound;
+    out.pass = out.error <= out.tolerance;
   }
   checks_.push_back(out);
 }
@@ -179,6 +215,7 @@ TEST(GoldenParity, EveryCase) {
   const std::string root = golden_dir();
   ASSERT_TRUE(fs::is_directory(root)) << "golden folder " << root << " not found (set KOSMOSG_GOLDEN_DIR)";
   const char* filter = std::getenv("KOSMOSG_GOLDEN_FILTER");
+  std::printf("golden: computing on %s in %s\n", placement().device.str().c_str(), c10::toString(placement().dtype));
   std::vector<fs::path> files;
   for (const auto& e : fs::recursive_directory_iterator(root)) {
     if (!e.is_regular_file()) continue;

@@ -14,6 +14,20 @@
 
 namespace kosmosg::golden {
 
+// Where the suite computes: $KOSMOSG_TEST_DEVICE (cpu, cuda, cuda:N; default cpu) and
+// $KOSMOSG_TEST_DTYPE (float32, float16, bfloat16; default float32). In half precision a tensor
+// compared within a tolerance passes within max(case tolerance, half_precision_tolerance()).
+struct Placement {
+  c10::Device device{c10::kCPU};
+  c10::ScalarType dtype = c10::kFloat;
+};
+const Placement& placement();
+double half_precision_tolerance(c10::ScalarType dtype);
+// The module's parameters and buffers on the test device in the test dtype, in eval mode.
+void place(torch::nn::Module& module);
+// `t` on the test device; floating tensors in the test dtype.
+at::Tensor placed(const at::Tensor& t);
+
 struct Case {
   std::string path;      // absolute path of the file
   std::string name;      // path relative to the golden folder, for printing
@@ -24,7 +38,8 @@ struct Case {
   nlohmann::json tolerance;
 
   bool has(const std::string& key) const { return file.contains(key); }
-  at::Tensor input(const std::string& name) const { return file.get("input." + name); }
+  // input.<name> on the test device (floating inputs in the test dtype).
+  at::Tensor input(const std::string& name) const { return placed(file.get("input." + name)); }
   at::Tensor expected(const std::string& name) const { return file.get("output." + name); }
   // param.<prefix>* with the prefix removed ("" for single-module files, "unet." etc.).
   io::TensorMap params(const std::string& prefix = "") const { return file.tensors("param." + prefix); }
@@ -49,6 +64,9 @@ class Report {
   // (`tolerance_key` when the tolerance is listed under another name).
   void check(const Case& c, const std::string& name, const at::Tensor& actual,
              const std::string& tolerance_key = "");
+  // The case cannot run in this build or placement (it is reported as skipped, with `why`).
+  void skip(const std::string& why) { skipped_ = why; }
+  const std::string& skipped() const { return skipped_; }
   // A failure that is not a tensor comparison (an exception, a mismatch in a JSON golden).
   void fail(const std::string& what, const std::string& why);
   // A JSON golden's comparison: `failures` of `total` items differ.
@@ -57,6 +75,7 @@ class Report {
 
  private:
   std::vector<Check> checks_;
+  std::string skipped_;
 };
 
 using CaseRunner = std::function<void(const Case&, Report&)>;

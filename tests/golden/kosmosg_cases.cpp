@@ -22,7 +22,7 @@ io::LoadOptions strict_from(const Case& c) {
 void run_mllm(const Case& c, Report& report) {
   models::GPTModel model(models::MLLMConfig::from_json(c.config, c.name));
   model->load(c.params(), strict_from(c));
-  model->eval();
+  golden::place(*model);
   torch::NoGradGuard no_grad;
   auto out = model(c.input("src_tokens"), c.input("img_features"), c.input("img_gpt_input_mask"));
   report.check(c, "logits", out.logits);
@@ -33,7 +33,7 @@ void run_mllm(const Case& c, Report& report) {
 void run_clip_vision(const Case& c, Report& report) {
   models::ClipVisualOnly model(models::ViTConfig::from_json(c.config, c.name));
   model->load(c.params(), strict_from(c), /*ignore_unused_attn=*/false);
-  model->eval();
+  golden::place(*model);
   torch::NoGradGuard no_grad;
   report.check(c, "features", model(c.input("pixel_values")).transpose(0, 1));
 }
@@ -42,7 +42,7 @@ void run_xconnector(const Case& c, Report& report) {
   models::XConnectorConfig config = models::XConnectorConfig::from_json(c.config, c.name);
   models::XConnector model(config);
   io::load_weights(*model, c.params(), strict_from(c));
-  model->eval();
+  golden::place(*model);
   torch::NoGradGuard no_grad;
   const int64_t tokens = c.input("src_len").item<int64_t>();
   auto features = c.input("features").view({-1, tokens, config.input_dim});
@@ -52,7 +52,7 @@ void run_xconnector(const Case& c, Report& report) {
 void run_aligner(const Case& c, Report& report) {
   models::Aligner model(models::AlignerConfig::from_json(c.config, c.name));
   io::load_weights(*model, c.params(), strict_from(c));
-  model->eval();
+  golden::place(*model);
   torch::NoGradGuard no_grad;
   auto out = model(c.input("condition"), c.input("padding_mask"), c.input("clip_embed"));
   report.check(c, "aligned", out.aligned);
@@ -64,7 +64,7 @@ void run_aligner(const Case& c, Report& report) {
 void run_aligner_encoder(const Case& c, Report& report) {
   models::AlignerEncoder model(models::AlignerConfig::from_json(c.config, c.name));
   io::load_weights(*model, c.params(), strict_from(c));
-  model->eval();
+  golden::place(*model);
   torch::NoGradGuard no_grad;
   report.check(c, "output", model(c.input("condition"), c.input("padding_mask")));
 }
@@ -72,7 +72,7 @@ void run_aligner_encoder(const Case& c, Report& report) {
 void run_encode_condition(const Case& c, Report& report) {
   models::KosmosGModel model(models::KosmosGConfig::from_json(c.config, c.name));
   model->load(c.params(), strict_from(c));
-  model->eval();
+  golden::place(*model);
   torch::NoGradGuard no_grad;
   const int64_t per_prompt = c.config.at("num_images_per_prompt").get<int64_t>();
   report.check(c, "condition",

@@ -13,6 +13,7 @@ void run_unet_lora(const Case& c, Report& report) {
   io::LoadOptions options;
   options.source_name = c.name + " param.*";
   io::load_weights(*unet, c.params(), options);
+  place(*unet);
   torch::NoGradGuard no_grad;
   auto run = [&] {
     return unet->forward(c.input("sample"), c.input("timestep"), c.input("encoder_hidden_states"));

@@ -10,6 +10,8 @@ void run_sample_pipeline(const Case& c, Report& report) {
   models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(c.config.at("vae")));
   io::load_weights(*unet, c.params("unet."));
   io::load_weights(*vae, c.params("vae."));
+  place(*unet);
+  place(*vae);
   pipeline::DiffusionDecoder decoder(unet, vae, c.config.at("scheduler"));
 
   pipeline::SamplingOptions options;

@@ -12,6 +12,7 @@ void run_unet(const Case& c, Report& report) {
   io::LoadOptions options;
   options.source_name = c.name + " param.*";
   io::load_weights(*unet, c.params(), options);
+  place(*unet);
   torch::NoGradGuard no_grad;
   auto out =
       unet->forward(c.input("sample"), c.input("timestep"), c.input("encoder_hidden_states"));
@@ -23,6 +24,7 @@ void run_vae(const Case& c, Report& report) {
   io::LoadOptions options;
   options.source_name = c.name + " param.*";
   io::load_weights(*vae, c.params(), options);
+  place(*vae);
   torch::NoGradGuard no_grad;
   auto posterior = vae->encode(c.input("image"));
   report.check(c, "latent_mean", posterior.mean);
