@@ -1,6 +1,7 @@
-// Speed and memory figures of the full-size SD1.5 parts with random weights (no download).
-// One line per figure, `NAME: MEDIAN s (min MIN, max MAX, RUNS runs, THREADS threads)`, then
-// `peak_rss: N MiB`, so scripts can read it.
+// Speed and memory figures of the full-size SD1.5 and Kosmos-G parts with random weights (no
+// download), on the CPU or a CUDA device. One line per figure,
+// `NAME: MEDIAN s (min MIN, max MAX, RUNS runs, THREADS threads)`, then `peak_rss: N MiB` (and
+// on CUDA `peak_gpu_memory: N MiB`), so scripts can read it.
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -28,19 +29,37 @@ namespace {
 
 using namespace kosmosg;
 
-void report(const std::string& name, int runs, int threads, const std::function<void()>& body,
-            bool warm_up = true) {
-  if (warm_up) body();  // first-touch allocations and one-time kernel selection
+// Where the figures compute: the device, the dtype of inference weights, and the training precision.
+struct Placement {
+  c10::Device device{c10::kCPU};
+  c10::ScalarType dtype = c10::kFloat;
+  std::string precision = "float32";
+  at::TensorOptions options() const { return at::TensorOptions().device(device).dtype(dtype); }
+};
+
+// The median time of `body` over `runs` runs; on CUDA each run waits for the device's queue.
+double report(const std::string& name, int runs, int threads, const Placement& at, const std::function<void()>& body,
+              bool warm_up = true) {
+  auto timed = [&] {
+    body();
+    synchronize(at.device);
+  };
+  reset_peak_device_memory(at.device);
+  if (warm_up) timed();  // first-touch allocations and one-time kernel selection
   std::vector<double> times;
   for (int i = 0; i < runs; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
-    body();
+    timed();
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(times.begin(), times.end());
   std::printf("%s: %.3f s (min %.3f, max %.3f, %d runs, %d threads)\n", name.c_str(), times[times.size() / 2],
               times.front(), times.back(), runs, threads);
+  if (at.device.is_cuda())
+    std::printf("peak_gpu_memory after %s: %lld MiB\n", name.c_str(),
+                static_cast<long long>(peak_device_memory(at.device) >> 20));
   std::fflush(stdout);
+  return times[times.size() / 2];
 }
 
 void print_peak_rss(const std::string& after) {
@@ -105,7 +124,7 @@ data::Batch synthetic_batch(const models::KosmosGConfig& c, data::StageKind stag
 // teacher runs as part of the step.
 void bench_training(const std::string& size, const io::Json& kosmosg, int64_t batch, int64_t target_size,
                     const io::Json& text_encoder, const std::function<bool(const std::string&)>& selected, int runs,
-                    int threads) {
+                    int threads, const Placement& at) {
   torch::AutoGradMode grad(true);
   for (const auto stage_kind : {data::StageKind::LM, data::StageKind::Align, data::StageKind::Instruct}) {
     const std::string base = std::string("train_") + data::stage_name(stage_kind) + "_" + size;
@@ -119,28 +138,34 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
       train::StageOptions options;
       options.gradient_checkpointing = checkpointing;
       auto stage = train::make_stage(stage_kind, models, options);
+      stage->model().to(at.device);
       train::OptimizationOptions o;
       o.schedule.warmup_updates = 1;
+      o.precision = train::PrecisionPolicy::parse(at.precision, at.device.type());
+      o.loss_scaling = o.precision.compute == at::kHalf;
       train::Trainer trainer(*stage, o);
       const auto b = synthetic_batch(config, stage_kind, batch, target_size);
       models::CLIPTextModel teacher(models::CLIPTextConfig::from_json(text_encoder));
+      teacher->to(at.device);
       teacher->eval();
       at::Generator generator = at::detail::createCPUGenerator(0);
-      report(name, runs, threads, [&] {
+      const double seconds = report(name, runs, threads, at, [&] {
         trainer.update({[&] {
           if (stage_kind != data::StageKind::Align) return stage->forward(b, generator);
           at::Tensor clip;
           {
             torch::NoGradGuard no_grad;
             const int64_t length = config.aligner.num_queries;
-            clip = teacher->forward(torch::randint(0, teacher->config().vocab_size, {batch, length}, torch::kLong))
+            clip = teacher
+                       ->forward(torch::randint(0, teacher->config().vocab_size, {batch, length},
+                                                at::TensorOptions().dtype(torch::kLong).device(at.device)))
                        .last_hidden_state;
           }
           return train::align_forward_with_teacher(*stage, b, clip);
         }});
       });
-      std::printf("%s: batch %lld, %zu trainable tensors\n", name.c_str(), static_cast<long long>(batch),
-                  stage->trainable().size());
+      std::printf("%s: batch %lld, %zu trainable tensors, %.2f samples/s (%s)\n", name.c_str(),
+                  static_cast<long long>(batch), stage->trainable().size(), batch / seconds, at.precision.c_str());
       print_peak_rss(name);
     }
   }
@@ -154,14 +179,26 @@ int main(int argc, char** argv) {
   std::string configs = "configs/sd15";
   std::vector<std::string> only;
   int runs = 3, threads = 0;
+  std::string device_name = "cpu", dtype_name = "auto";
+  int64_t full_batch = 4;
+  Placement at;
   app.add_option("--configs", configs, "Folder with unet.json, vae.json, text_encoder.json")->capture_default_str();
-  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, unet_b2_lora, unet_b2_lora_merged, controlnet_b2, vae_decode, text_encoder, encode_condition, generate_512, train_{lm,align,instruct}_{tiny,mid}[_ckpt]");
+  app.add_option("--only", only, "Run only these figures: unet_b1, unet_b2, unet_b2_lora, unet_b2_lora_merged, controlnet_b2, vae_decode, text_encoder, encode_condition, sample_512, generate_512, train_{lm,align,instruct}_{tiny,mid,full}[_ckpt]");
   app.add_option("--runs", runs, "Timed runs per figure (after one warm-up)")->capture_default_str();
   app.add_option("--threads", threads, "Threads (0 = all cores)")->capture_default_str();
+  app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--dtype", dtype_name, "Inference weights: auto (float16 on CUDA), float32, float16 or bfloat16")
+      ->capture_default_str();
+  app.add_option("--full-batch", full_batch, "Batch of the train_*_full figures")->capture_default_str();
+  app.add_option("--precision", at.precision, "Training figures: float32, bfloat16 or float16 (CUDA, loss scaling)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     const int used = configure_threads(threads);
-    std::printf("threads: %d (OMP_WAIT_POLICY=%s)\n", used, std::getenv("OMP_WAIT_POLICY"));
+    at.device = parse_device(device_name);
+    at.dtype = parse_dtype(dtype_name, at.device);
+    std::printf("threads: %d (OMP_WAIT_POLICY=%s), device %s, dtype %s, training precision %s\n", used,
+                std::getenv("OMP_WAIT_POLICY"), at.device.str().c_str(), c10::toString(at.dtype), at.precision.c_str());
     const std::set<std::string> wanted(only.begin(), only.end());
     auto selected = [&](const std::string& n) { return wanted.empty() || wanted.count(n) > 0; };
     torch::NoGradGuard no_grad;
@@ -169,14 +206,15 @@ int main(int argc, char** argv) {
 
     if (selected("unet_b1") || selected("unet_b2")) {
       models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
+      unet->to(at.device, at.dtype);
       unet->eval();
       for (int64_t batch : {1, 2}) {
         const std::string name = "unet_b" + std::to_string(batch);
         if (!selected(name)) continue;
-        auto x = torch::randn({batch, 4, 64, 64});
-        auto t = torch::full({1}, 500, torch::kLong);
-        auto ctx = torch::randn({batch, 77, 768});
-        report(name, runs, used, [&] { unet->forward(x, t, ctx); });
+        auto x = torch::randn({batch, 4, 64, 64}, at.options());
+        auto t = torch::full({1}, 500, at::TensorOptions().dtype(torch::kLong).device(at.device));
+        auto ctx = torch::randn({batch, 77, 768}, at.options());
+        report(name, runs, used, at, [&] { unet->forward(x, t, ctx); });
       }
     }
     if (selected("unet_b2_lora") || selected("unet_b2_lora_merged")) {
@@ -202,9 +240,10 @@ int main(int argc, char** argv) {
       auto x = torch::randn({2, 4, 64, 64});
       auto t = torch::full({1}, 500, torch::kLong);
       auto ctx = torch::randn({2, 77, 768});
-      if (selected("unet_b2_lora")) report("unet_b2_lora", runs, used, [&] { unet->forward(x, t, ctx); });
+      if (selected("unet_b2_lora")) report("unet_b2_lora", runs, used, at, [&] { unet->forward(x, t, ctx); });
       models::merge_lora(*unet);
-      if (selected("unet_b2_lora_merged")) report("unet_b2_lora_merged", runs, used, [&] { unet->forward(x, t, ctx); });
+      if (selected("unet_b2_lora_merged"))
+        report("unet_b2_lora_merged", runs, used, at, [&] { unet->forward(x, t, ctx); });
     }
     if (selected("controlnet_b2")) {
       // One guided step with a ControlNet: its encoder copy, then the UNet with the residuals.
@@ -217,27 +256,50 @@ int main(int argc, char** argv) {
       auto t = torch::full({1}, 500, torch::kLong);
       auto ctx = torch::randn({2, 77, 768});
       auto cond = torch::rand({2, 3, 512, 512});
-      report("controlnet_b2", runs, used, [&] {
+      report("controlnet_b2", runs, used, at, [&] {
         const auto residuals = controlnet->forward(x, t, ctx, cond);
         unet->forward(x, t, ctx, &residuals);
       });
     }
     if (selected("vae_decode")) {
       models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(io::read_json(configs + "/vae.json")));
+      vae->to(at.device, at.dtype);
       vae->eval();
-      auto z = torch::randn({1, 4, 64, 64});
-      report("vae_decode", runs, used, [&] { vae->decode(z); });
+      auto z = torch::randn({1, 4, 64, 64}, at.options());
+      report("vae_decode", runs, used, at, [&] { vae->decode(z); });
+    }
+    if (selected("sample_512")) {
+      // What diffusers' progress bar counts: SD1.5 sampler steps at 512x512, batch 1, with
+      // classifier-free guidance (the UNet at batch 2), the scheduler's arithmetic included.
+      const int64_t steps = 50;
+      models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
+      models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(io::read_json(configs + "/vae.json")));
+      pipeline::DiffusionDecoder decoder(unet, vae, io::read_json(configs + "/scheduler.json"));
+      decoder.to(at.device, at.dtype);
+      unet->eval();
+      vae->eval();
+      pipeline::SamplingOptions sampling;
+      sampling.sampler = "pndm";
+      sampling.steps = steps;
+      const auto condition = torch::randn({2, 77, 768}, at.options());
+      const auto latents = torch::randn({1, 4, 64, 64});
+      const double seconds = report("sample_512", runs, used, at, [&] {
+        decoder.sample(condition, latents, sampling, at::detail::createCPUGenerator(0));
+      });
+      std::printf("sample_512: %.2f it/s (%lld steps, guidance 7.5)\n", steps / seconds, static_cast<long long>(steps));
     }
     if (selected("text_encoder")) {
       models::CLIPTextModel te(models::CLIPTextConfig::from_json(io::read_json(configs + "/text_encoder.json")));
+      te->to(at.device, at.dtype);
       te->eval();
-      auto ids = torch::randint(0, 49407, {1, 77}, torch::kLong);
-      report("text_encoder", runs, used, [&] { te->forward(ids); });
+      auto ids = torch::randint(0, 49407, {1, 77}, at::TensorOptions().dtype(torch::kLong).device(at.device));
+      report("text_encoder", runs, used, at, [&] { te->forward(ids); });
     }
     if (selected("encode_condition") || selected("generate_512")) {
       // Full-size Kosmos-G conditioning (MLLM 24×2048, ViT-L/14, XConnector, AlignerNet M) over a
       // prompt with two images: <s> <image>×65 </image> text <image>×65 </image> text.
       models::KosmosGModel kg(models::KosmosGConfig::from_json(io::builtin_config("kosmosg/full.json")));
+      kg->to(at.device, at.dtype);
       kg->eval();
       const auto& config = kg->config();
       const int64_t slots = config.connector.latent_query_num;
@@ -250,30 +312,31 @@ int main(int argc, char** argv) {
         mask.push_back(0);
         for (int64_t word : {20, 5, 2711, 1679}) tokens.push_back(word), mask.push_back(0);
       }
-      auto src = torch::tensor(tokens).unsqueeze(0);
-      auto image_mask = torch::tensor(mask).unsqueeze(0).to(torch::kBool);
-      auto pixels = torch::randn({2, 3, config.vision.image_size, config.vision.image_size});
-      auto negative = torch::zeros({1, 1}, torch::kLong);
+      auto src = torch::tensor(tokens).unsqueeze(0).to(at.device);
+      auto image_mask = torch::tensor(mask).unsqueeze(0).to(at.device, torch::kBool);
+      auto pixels = torch::randn({2, 3, config.vision.image_size, config.vision.image_size}, at.options());
+      auto negative = torch::zeros({1, 1}, at::TensorOptions().dtype(torch::kLong).device(at.device));
       if (selected("encode_condition")) {
         std::printf("encode_condition prompt: %zu tokens, 2 images\n", tokens.size());
-        report("encode_condition", runs, used, [&] { kg->encode_condition(src, pixels, image_mask, negative, 1); });
+        report("encode_condition", runs, used, at, [&] { kg->encode_condition(src, pixels, image_mask, negative, 1); });
       }
       if (selected("generate_512")) {
         models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
         models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(io::read_json(configs + "/vae.json")));
         pipeline::DiffusionDecoder decoder(unet, vae, io::read_json(configs + "/scheduler.json"));
+        decoder.to(at.device, at.dtype);
         pipeline::GenerateOptions options;
         options.sampling.steps = 25;
-        report("generate_512", runs, used, [&] {
+        report("generate_512", runs, used, at, [&] {
           decoder.generate(kg->encode_condition(src, pixels, image_mask, negative, 1), options);
-        }, /*warm_up=*/false);  // minutes per run; the first of 25 steps warms up
+        }, /*warm_up=*/at.device.is_cuda());  // minutes per run on the CPU, where the first of 25 steps warms up
       }
     }
     // Training updates: the tiny config, and a mid size (MLLM 12x768, ViT-B/16, full aligner and
     // SD1.5 UNet/VAE at 64x64 latents, batch 1).
     {
       const auto tiny = io::builtin_config("kosmosg/tiny.json");
-      bench_training("tiny", tiny, 4, 16, tiny.at("clip_text"), selected, runs, used);
+      bench_training("tiny", tiny, 4, 16, tiny.at("clip_text"), selected, runs, used, at);
     }
     {
       auto mid = io::builtin_config("kosmosg/full.json");
@@ -285,7 +348,15 @@ int main(int argc, char** argv) {
       mid["unet"] = io::read_json(configs + "/unet.json");
       mid["vae"] = io::read_json(configs + "/vae.json");
       if (std::any_of(only.begin(), only.end(), [](const std::string& n) { return n.find("_mid") != std::string::npos; }))
-        bench_training("mid", mid, 1, 512, io::read_json(configs + "/text_encoder.json"), selected, std::min(runs, 2), used);
+        bench_training("mid", mid, 1, 512, io::read_json(configs + "/text_encoder.json"), selected, std::min(runs, 2), used,
+                       at);
+    }
+    {
+      // The official size (MLLM 24x2048, ViT-L/14, SD1.5 UNet and VAE at 512x512): a GPU's figure.
+      const auto full = io::builtin_config("kosmosg/full.json");
+      if (std::any_of(only.begin(), only.end(), [](const std::string& n) { return n.find("_full") != std::string::npos; }))
+        bench_training("full", full, full_batch, 512, io::read_json(configs + "/text_encoder.json"), selected,
+                       std::min(runs, 3), used, at);
     }
     print_peak_rss("all");
   } catch (const std::exception& e) {
