@@ -84,21 +84,24 @@ void synchronize(const c10::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize(device.index());
 }
 
+#if KOSMOSG_HAVE_CUDA
+namespace {
+c10::DeviceIndex cuda_index(const c10::Device& device) { return device.has_index() ? device.index() : 0; }
+}  // namespace
+#endif
+
 int64_t peak_device_memory(const c10::Device& device) {
 #if KOSMOSG_HAVE_CUDA
-  if (device.is_cuda()) {
-    const auto index = device.has_index() ? device.index() : c10::DeviceIndex(0);
-    // Entry 0 of a statistic is the aggregate over the large and small pools (StatType::AGGREGATE).
-    return c10::cuda::CUDACachingAllocator::getDeviceStats(index).allocated_bytes[0].peak;
-  }
+  // Entry 0 of a statistic is the aggregate over the large and small pools (StatType::AGGREGATE).
+  if (device.is_cuda())
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(cuda_index(device)).allocated_bytes[0].peak;
 #endif
   return 0;
 }
 
 void reset_peak_device_memory(const c10::Device& device) {
 #if KOSMOSG_HAVE_CUDA
-  if (device.is_cuda())
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : c10::DeviceIndex(0));
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));
 #endif
 }
 

@@ -13,12 +13,13 @@ void run_diffusion_loss(const Case& c, Report& report) {
   // test dtype, as the trainer's precision policy runs it.
   unet->to(placement().device);
   unet->eval();
-  auto input = [&](const std::string& name) { return c.file.get("input." + name).to(placement().device); };
   train::DiffusionLoss loss(unet, diffusion::DDPMTraining(c.config.at("noise_scheduler")));
-  train::DiffusionLossDraws draws{input("noise"), input("timesteps"), input("random_p")};
+  train::DiffusionLossDraws draws{c.training_input("noise"), c.training_input("timesteps"),
+                                  c.training_input("random_p")};
   torch::NoGradGuard no_grad;
   nn::AutocastGuard autocast(placement().device.type(), placement().dtype);
-  auto out = loss.forward(input("latents"), input("condition"), input("null_token"), draws);
+  auto out = loss.forward(c.training_input("latents"), c.training_input("condition"), c.training_input("null_token"),
+                          draws);
   report.check(c, "noisy_latents", out.noisy_latents);
   report.check(c, "unet_condition", out.unet_condition);
   report.check(c, "model_pred", out.model_pred);

@@ -85,11 +85,10 @@ const Placement& placement() {
   return p;
 }
 
-double half_precision_tolerance(c10::ScalarType dtype) {
-  // Relative L2 of a few layers rounded to 11 (float16) or 8 (bfloat16) significant bits.
-  if (dtype == at::kHalf) return 1e-2;
-  if (dtype == at::kBFloat16) return 5e-2;
-  return 0;
+double placed_tolerance(double bound) {
+  if (placement().dtype == at::kHalf) return std::max(bound, 1e-2);
+  if (placement().dtype == at::kBFloat16) return std::max(bound, 5e-2);
+  return bound;
 }
 
 void place(torch::nn::Module& module) {
@@ -149,7 +148,7 @@ void Report::check(const Case& c, const std::string& name, const at::Tensor& act
   const at::Tensor expected = c.expected(name);
   auto [exact, bound] = tolerance_of(c, tolerance_key.empty() ? name : tolerance_key);
   out.exact = exact;
-  out.tolerance = exact ? bound : std::max(bound, half_precision_tolerance(placement().dtype));
+  out.tolerance = exact ? bound : placed_tolerance(bound);
   if (actual.sizes() != expected.sizes()) {
     std::ostringstream os;
     os << "shape " << actual.sizes() << ", expected " << expected.sizes();

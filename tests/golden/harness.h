@@ -15,14 +15,15 @@
 namespace kosmosg::golden {
 
 // Where the suite computes: $KOSMOSG_TEST_DEVICE (cpu, cuda, cuda:N; default cpu) and
-// $KOSMOSG_TEST_DTYPE (float32, float16, bfloat16; default float32). In half precision a tensor
-// compared within a tolerance passes within max(case tolerance, half_precision_tolerance()).
+// $KOSMOSG_TEST_DTYPE (float32, float16, bfloat16; default float32).
 struct Placement {
   c10::Device device{c10::kCPU};
   c10::ScalarType dtype = c10::kFloat;
 };
 const Placement& placement();
-double half_precision_tolerance(c10::ScalarType dtype);
+// A case's tolerance `bound` in the test dtype: in half precision at least 1e-2 (float16) or
+// 5e-2 (bfloat16), the relative L2 of a few layers rounded to 11 or 8 significant bits.
+double placed_tolerance(double bound);
 // The module's parameters and buffers on the test device in the test dtype, in eval mode.
 void place(torch::nn::Module& module);
 // `t` on the test device; floating tensors in the test dtype.
@@ -40,6 +41,11 @@ struct Case {
   bool has(const std::string& key) const { return file.contains(key); }
   // input.<name> on the test device (floating inputs in the test dtype).
   at::Tensor input(const std::string& name) const { return placed(file.get("input." + name)); }
+  // input.<name> on the test device in its stored dtype: in the training cases the precision
+  // policy, not the inputs' dtype, decides what computes in half precision.
+  at::Tensor training_input(const std::string& name) const {
+    return file.get("input." + name).to(placement().device);
+  }
   at::Tensor expected(const std::string& name) const { return file.get("output." + name); }
   // param.<prefix>* with the prefix removed ("" for single-module files, "unet." etc.).
   io::TensorMap params(const std::string& prefix = "") const { return file.tensors("param." + prefix); }

@@ -55,12 +55,6 @@ train::OptimizationOptions optimization(const Case& c) {
   return opt;
 }
 
-// Training inputs go to the test device as they are: the precision policy, not the inputs'
-// dtype, decides what computes in half precision.
-at::Tensor device_input(const Case& c, const std::string& name) {
-  return c.file.get("input." + name).to(placement().device);
-}
-
 // The stage on the test device, its updates under the trainer's precision policy in the test
 // dtype (float16 with the loss scaler).
 void place_training(train::Stage& stage, train::OptimizationOptions& opt) {
@@ -72,14 +66,14 @@ void place_training(train::Stage& stage, train::OptimizationOptions& opt) {
 
 data::Batch batch_of(const Case& c) {
   data::Batch b;
-  b.src_tokens = device_input(c, "src_tokens");
-  b.target = device_input(c, "target");
-  b.img_gpt_input_mask = device_input(c, "img_gpt_input_mask");
-  b.gpt_loss_mask = device_input(c, "gpt_loss_mask");
-  if (c.has("input.gpt_img_src_tokens")) b.images = device_input(c, "gpt_img_src_tokens");
-  if (c.has("input.img_tgt_tokens")) b.target_images = device_input(c, "img_tgt_tokens");
-  b.nsentences = device_input(c, "nsentences").item<int64_t>();
-  b.ntokens = device_input(c, "ntokens").item<int64_t>();
+  b.src_tokens = c.training_input("src_tokens");
+  b.target = c.training_input("target");
+  b.img_gpt_input_mask = c.training_input("img_gpt_input_mask");
+  b.gpt_loss_mask = c.training_input("gpt_loss_mask");
+  if (c.has("input.gpt_img_src_tokens")) b.images = c.training_input("gpt_img_src_tokens");
+  if (c.has("input.img_tgt_tokens")) b.target_images = c.training_input("img_tgt_tokens");
+  b.nsentences = c.training_input("nsentences").item<int64_t>();
+  b.ntokens = c.training_input("ntokens").item<int64_t>();
   return b;
 }
 
@@ -116,8 +110,7 @@ void check_final(const Case& c, Report& report, train::Stage& stage, const std::
     delta_norm += ref_delta.pow(2).sum().item<double>();
   }
   const double global = std::sqrt(delta_error / delta_norm);
-  const double bound = std::max(std::stod(c.tolerance.at("final_delta_global").get<std::string>()),
-                                half_precision_tolerance(placement().dtype));
+  const double bound = placed_tolerance(std::stod(c.tolerance.at("final_delta_global").get<std::string>()));
   if (global > bound)
     report.fail("final_delta_global", c10::str(global, " > ", bound));
   else
@@ -155,8 +148,8 @@ void run_train_instruct(const Case& c, Report& report) {
   std::vector<double> lrs;
   for (int k = 1; k <= 3; ++k) {
     const std::string s = std::to_string(k);
-    train::InstructDraws draws{device_input(c, "vae_eps_" + s), device_input(c, "noise_" + s),
-                               device_input(c, "timesteps_" + s), device_input(c, "random_p_" + s)};
+    train::InstructDraws draws{c.training_input("vae_eps_" + s), c.training_input("noise_" + s),
+                               c.training_input("timesteps_" + s), c.training_input("random_p_" + s)};
     at::Tensor latents;
     auto r = trainer.update({[&] {
       auto out = train::instruct_forward_with_draws(*stage, batch, draws);
@@ -176,7 +169,7 @@ void run_train_align(const Case& c, Report& report) {
   place_training(*stage, opt);
   train::Trainer trainer(*stage, opt);
   const data::Batch batch = batch_of(c);
-  const at::Tensor teacher = device_input(c, "clip_embed");
+  const at::Tensor teacher = c.training_input("clip_embed");
   std::vector<double> lrs;
   for (int k = 1; k <= 3; ++k) {
     const std::string s = std::to_string(k);
