@@ -29,6 +29,29 @@ inline std::string shared_dir() {
   return KOSMOSG_DEFAULT_SHARED_DIR;
 }
 
+// Whether the shared folder is there: a clone on its own has no ../shared beside it.
+inline bool shared_data_present() {
+  return std::filesystem::is_directory(shared_dir() + "/fixtures") &&
+         std::filesystem::is_directory(shared_dir() + "/golden");
+}
+
+}  // namespace kosmosg::test
+
+// Starts every deliberate skip's message: ctest reports only these as skipped, so a test suite
+// whose set-up failed (which GoogleTest also prints as skipped) still fails.
+#define KOSMOSG_SKIP_MARKER "[kosmosg: skipped] "
+
+// Skips the running test (reported by name as skipped by ctest) when it needs the shared folder
+// and that is absent, naming the variable that points at it. With ../shared present it does nothing.
+// Call it in the test or in SetUp: in SetUpTestSuite it only spares the suite's set-up, since
+// GoogleTest 1.12 still runs the tests of a suite skipped there.
+#define KOSMOSG_REQUIRE_SHARED_DATA()                                                                    \
+  if (!::kosmosg::test::shared_data_present())                                                           \
+  GTEST_SKIP() << KOSMOSG_SKIP_MARKER "needs the project's shared test data: " << ::kosmosg::test::shared_dir() \
+               << " (fixtures/, golden/) not found; set KOSMOSG_SHARED_DIR to the folder that holds them"
+
+namespace kosmosg::test {
+
 // Writes the LoRA of golden case `name` (e.g. "lora_kohya_unet_sd15_tiny", its lora.* tensors
 // without the prefix) as a standalone LoRA file at `path`, as users have them.
 inline std::string write_golden_lora(const std::string& name, const std::string& path) {

@@ -28,7 +28,8 @@ Command add_convert(CLI::App& app) {
             spdlog::info("converted {} ({} checkpoint): {} Kosmos-G tensors, {} UNet, {} VAE -> {}", o->checkpoint,
                          report.stage, report.kosmosg_tensors, report.unet_tensors, report.vae_tensors, o->out_dir);
             return 0;
-          }};
+          },
+          {{"sizes file", "--sizes"}, {"sd15 folder", "--sd15"}, {"tokenizer folder", "--tokenizer"}}};
 }
 
 Command add_export(CLI::App& app) {

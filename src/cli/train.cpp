@@ -131,7 +131,18 @@ Command add_train(CLI::App& app) {
   sub->add_option("--dist-timeout", a->dist_timeout_s, "Seconds after which a rendezvous that cannot complete, or a rank that died or hangs, stops every rank with an error naming it")->capture_default_str();
   sub->add_option("--dist-bucket-mb", a->dist_bucket_mb, "Size of the gradient buckets all-reduced while backward runs (DDP's bucket_cap_mb)")->capture_default_str();
   sub->add_flag("--quiet", a->quiet, "No table or progress lines");
-  return {sub, [a] { return run_train(*a); }, {{"threads", "--threads"}, {"steps", "--sample-steps"}}};
+  return {sub, [a] { return run_train(*a); },
+          {{"threads", "--threads"},
+           {"steps", "--sample-steps"},
+           {"updates", "--steps"},
+           {"resume", "--resume"},
+           {"output folder", "--out"},
+           {"data source", "--data"},
+           {"batch size", "--batch-size"},
+           {"model folder", "--model"},
+           {"init-from folder", "--init-from"},
+           {"distributed backend", "--dist-backend"},
+           {"distributed timeout", "--dist-timeout"}}};
 }
 
 }  // namespace kosmosg::cli

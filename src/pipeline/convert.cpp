@@ -43,16 +43,16 @@ io::Json pick(const io::Json& override, const io::Json& fallback, const std::str
   return official;
 }
 
-// Checks the shape of a --sizes file before any value is used: an object of sections, each an
+// Checks the shape of a sizes file before any value is used: an object of sections, each an
 // object; the Kosmos-G sections hold positive integers (mlp_ratio a positive number), except
 // the "official" notes beside them. The diffusers sections are checked by their configs.
 void check_sizes(const io::Json& sizes, const std::string& file) {
-  if (!sizes.is_object()) fail(kOp, "--sizes " + file + ": expected a JSON object, found " + io::brief(sizes));
+  if (!sizes.is_object()) fail_setting(kOp, "sizes file", "{} " + file + ": expected a JSON object, found " + io::brief(sizes));
   for (const char* section : {"mllm", "vision", "connector", "aligner", "unet", "vae", "scheduler"}) {
     const auto it = sizes.find(section);
     if (it == sizes.end() || it->is_null()) continue;
     if (!it->is_object())
-      fail(kOp, "--sizes " + file + ": '" + section + "' is " + io::brief(*it) + ", expected an object");
+      fail_setting(kOp, "sizes file", "{} " + file + ": '" + section + "' is " + io::brief(*it) + ", expected an object");
     const std::string name(section);
     if (name == "unet" || name == "vae" || name == "scheduler") continue;
     for (auto entry = it->begin(); entry != it->end(); ++entry) {
@@ -63,7 +63,7 @@ void check_sizes(const io::Json& sizes, const std::string& file) {
                           ? v.is_number() && v.get<double>() > 0 && v.get<double>() <= models::detail::kMaxConfigSize
                           : io::detail::to_integer(v, integer) && integer > 0 && integer <= models::detail::kMaxConfigSize;
       if (!ok)
-        fail(kOp, "--sizes " + file + ": '" + name + "." + entry.key() + "' is " + io::brief(v) + ", expected a " +
+        fail_setting(kOp, "sizes file", "{} " + file + ": '" + name + "." + entry.key() + "' is " + io::brief(v) + ", expected a " +
                       (entry.key() == "mlp_ratio" ? "positive number" : "positive integer") + " of at most " +
                       std::to_string(models::detail::kMaxConfigSize));
     }
@@ -140,7 +140,7 @@ void write_json(const fs::path& path, const io::Json& json) {
 
 void reuse_component(const fs::path& sd15, const std::string& part, const fs::path& out) {
   const fs::path src = sd15 / part;
-  if (!fs::is_directory(src)) fail(kOp, "--sd15 " + sd15.string() + " has no " + part + "/ folder");
+  if (!fs::is_directory(src)) fail_setting(kOp, "sd15 folder", "{} " + sd15.string() + " has no " + part + "/ folder");
   fs::create_directories(out / part);
   for (const auto& e : fs::directory_iterator(src))
     if (e.is_regular_file()) io::link_or_copy(e.path().string(), (out / part / e.path().filename()).string());
@@ -226,8 +226,8 @@ ConvertReport convert_checkpoint(const ConvertOptions& options) {
   for (const char* file : {"sentencepiece.bpe.model", "dict.txt"}) {
     std::error_code ec;
     if (!fs::exists(tokenizer_dir / file, ec))
-      fail(kOp, (tokenizer_dir / file).string() + " not found: the folder needs the official tokenizer "
-                                                  "files (pass --tokenizer DIR)");
+      fail_setting(kOp, "tokenizer folder",
+                   (tokenizer_dir / file).string() + " not found: the official tokenizer files are needed (give the {})");
     io::require_regular_file((tokenizer_dir / file).string(), kOp);
   }
   io::Json sizes = io::Json::object();
@@ -247,8 +247,8 @@ ConvertReport convert_checkpoint(const ConvertOptions& options) {
   if (embed == state.end())
     fail(kOp, options.checkpoint + " is not a Kosmos-G checkpoint: gpt_model.decoder.embed_tokens.weight is missing");
   if (!has_unet && !options.sd15_dir)
-    fail(kOp, options.checkpoint + " holds no UNet and VAE (a " + report.stage +
-                  " checkpoint): pass --sd15 DIR with a Stable Diffusion 1.5 folder");
+    fail_setting(kOp, "sd15 folder", options.checkpoint + " holds no UNet and VAE (a " + report.stage +
+                                         " checkpoint): give the {} with a Stable Diffusion 1.5 folder");
 
   const io::Json cfg_model = checkpoint.cfg.is_object() ? checkpoint.cfg.value("model", io::Json::object()) : io::Json::object();
   const io::Json config = kosmosg_config(sizes, cfg_model, embed->second.size(0));

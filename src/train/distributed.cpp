@@ -62,7 +62,7 @@ class C10dProcessGroup final : public ProcessGroup {
       : launch_(launch), options_(options) {
     backend_ = options.backend.empty() ? (device.rfind("cuda", 0) == 0 ? "nccl" : "gloo") : options.backend;
     if (backend_ != "gloo" && backend_ != "nccl")
-      fail(kWhere, "--dist-backend '" + backend_ + "' is not a backend (gloo or nccl)");
+      fail_setting(kWhere, "distributed backend", "{} '" + backend_ + "' is not one (gloo or nccl)");
     store_ = connect_store("rendezvous");
     wait_for_everyone();
     heartbeat_store_ = connect_store("heartbeat");
@@ -84,8 +84,9 @@ class C10dProcessGroup final : public ProcessGroup {
         o->timeout = options.timeout;
         backend_impl_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(pg_store, launch.rank, launch.world_size, o);
 #else
-        fail(kWhere, "the nccl backend needs a LibTorch built with CUDA and NCCL; this build (LibTorch " +
-                         std::string(TORCH_VERSION) + ") has only gloo: pass --dist-backend gloo or use the pip LibTorch");
+        fail_setting(kWhere, "distributed backend",
+                     "{} nccl needs a LibTorch built with CUDA and NCCL; this build (LibTorch " +
+                         std::string(TORCH_VERSION) + ") has only gloo: choose gloo or use the pip LibTorch");
 #endif
       }
     } catch (const Error&) {
@@ -400,7 +401,7 @@ LaunchInfo LaunchInfo::from_environment(const std::function<const char*(const ch
 
 std::shared_ptr<ProcessGroup> ProcessGroup::connect(const LaunchInfo& launch, const DistributedOptions& options,
                                                     const std::string& device) {
-  if (options.timeout.count() <= 0) fail(kWhere, "--dist-timeout must be positive");
+  if (options.timeout.count() <= 0) fail_setting(kWhere, "distributed timeout", "{} must be positive");
   return std::make_shared<C10dProcessGroup>(launch, options, device);
 }
 

@@ -130,12 +130,12 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
 }
 
 RunSummary run_training(const RunOptions& o) {
-  if (o.out_dir.empty()) fail("train", "no --out folder given");
-  if (o.data.empty()) fail("train", "no --data source given");
-  if (o.batch_size < 1) fail("train", "--batch-size " + std::to_string(o.batch_size) + " must be at least 1");
+  if (o.out_dir.empty()) fail_setting("train", "output folder", "no {} given");
+  if (o.data.empty()) fail_setting("train", "data source", "no {} given");
+  if (o.batch_size < 1) fail_setting("train", "batch size", "{} " + std::to_string(o.batch_size) + " must be at least 1");
   if (o.update_freq < 1) fail("train", "update_freq " + std::to_string(o.update_freq) + " must be at least 1");
   const int64_t target = o.steps > 0 ? o.steps : o.max_update;
-  if (target < 1) fail("train", "nothing to do: give --steps N (updates to reach) or max_update in the config");
+  if (target < 1) fail_setting("train", "updates", "nothing to do: give the {} to reach, or max_update in the config");
 
   const fs::path model(o.model_dir), out(o.out_dir);
   std::string device_name = o.device;
@@ -151,9 +151,10 @@ RunSummary run_training(const RunOptions& o) {
   if (o.resume) {
     resumed = checkpoints.load_latest();
     if (!resumed && main_rank)
-      spdlog::warn("--resume: {} has no checkpoint yet, starting from update 0", checkpoints.folder());
+      spdlog::warn("asked to resume, but {} has no checkpoint yet: starting from update 0", checkpoints.folder());
   } else if (fs::exists(out / "checkpoints" / "latest")) {
-    fail("train", o.out_dir + " already holds a training run; pass --resume to continue it or choose another --out");
+    fail_setting("train", "resume",
+                 "the output folder " + o.out_dir + " already holds a training run: continue it with {}, or choose another");
   }
   if (resumed) {
     const auto stage = resumed->state.at("stage").get<std::string>();
@@ -165,13 +166,15 @@ RunSummary run_training(const RunOptions& o) {
   const bool kosmosg_stage = data::is_kosmosg_stage(o.stage);
   fs::path kosmosg_source = kosmosg_stage ? model / "kosmosg" : fs::path();
   if (!o.init_from.empty() && !kosmosg_stage)
-    fail("train", std::string("--init-from takes kosmosg/ weights, which the ") + data::stage_name(o.stage) +
-                      " stage does not use; give the folder to start from as --model");
+    fail_setting("train", "init-from folder",
+                 std::string("{} gives kosmosg/ weights, which the ") + data::stage_name(o.stage) +
+                     " stage does not use; start from that folder as the model instead");
   if (!o.init_from.empty()) {
     kosmosg_source = fs::path(o.init_from) / "kosmosg";
     for (const char* file : {"config.json", "model.safetensors"})
       if (!fs::exists(kosmosg_source / file))
-        fail("train", "--init-from " + o.init_from + " has no kosmosg/" + file + " (expected a previous stage's output)");
+        fail_setting("train", "init-from folder",
+                     "{} " + o.init_from + " has no kosmosg/" + file + " (expected a previous stage's output)");
     models.kosmosg_config = io::read_json((kosmosg_source / "config.json").string());
     models.kosmosg = io::SafeTensors::open((kosmosg_source / "model.safetensors").string()).tensors();
   }

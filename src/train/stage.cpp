@@ -124,7 +124,7 @@ int64_t diffusion_target_side(const io::Json& unet_config, const io::Json& vae_c
 
 StageModels StageModels::from_folder(const std::string& dir, data::StageKind kind) {
   const fs::path root(dir);
-  if (!fs::is_directory(root)) fail("train", "--model " + dir + " is not a folder");
+  if (!fs::is_directory(root)) fail_setting("train", "model folder", "{} " + dir + " is not a folder");
   if (!data::is_kosmosg_stage(kind)) return decoder_models(root, kind);
   std::vector<std::string> missing;
   auto need = [&](const fs::path& p) {

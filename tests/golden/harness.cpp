@@ -212,7 +212,8 @@ std::string golden_dir() {
 TEST(GoldenParity, EveryCase) {
   torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   const std::string root = golden_dir();
-  ASSERT_TRUE(fs::is_directory(root)) << "golden folder " << root << " not found (set KOSMOSG_GOLDEN_DIR)";
+  if (!fs::is_directory(root))
+    GTEST_SKIP() << KOSMOSG_SKIP_MARKER "golden folder " << root << " not found: set KOSMOSG_GOLDEN_DIR (or KOSMOSG_SHARED_DIR) to run the golden cases";
   const char* filter = std::getenv("KOSMOSG_GOLDEN_FILTER");
   std::printf("golden: computing on %s in %s\n", placement().device.str().c_str(), c10::toString(placement().dtype));
   std::vector<fs::path> files;

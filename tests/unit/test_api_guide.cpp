@@ -169,6 +169,7 @@ TEST(ApiGuide, EveryCodeBlockOfTheGuideIsCompiledHere) {
 }
 
 TEST(ApiGuide, ExamplesRun) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const fs::path work = fs::temp_directory_path() / ("kosmosg_guide_" + std::to_string(::getpid()));
   fs::remove_all(work);
   fs::create_directories(work);  // convert, as generate, writes into an existing folder

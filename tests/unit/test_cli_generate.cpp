@@ -61,6 +61,7 @@ class CliGenerate : public ::testing::Test {
 }  // namespace
 
 TEST_F(CliGenerate, WritesPngsWithSettingsAndSeedsReproduce) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto out = (work / "cat.png").string();
   auto r = run(generate(fixture(), "--seed 1 --num-images 2 --size 64x64", out));
   ASSERT_EQ(r.status, 0) << r.output;
@@ -98,6 +99,7 @@ TEST_F(CliGenerate, NotAModelFolder) {
 }
 
 TEST_F(CliGenerate, TruncatedWeights) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto model = copy_model();
   auto weights = model / "unet" / "diffusion_pytorch_model.safetensors";
   fs::resize_file(weights, fs::file_size(weights) / 2);
@@ -105,12 +107,14 @@ TEST_F(CliGenerate, TruncatedWeights) {
 }
 
 TEST_F(CliGenerate, CorruptWeightsHeader) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto model = copy_model();
   std::ofstream(model / "vae" / "diffusion_pytorch_model.safetensors", std::ios::binary) << "garbage that is not safetensors";
   expect_error(run(generate(model.string(), "", (work / "x.png").string())), "vae");
 }
 
 TEST_F(CliGenerate, ConfigAndWeightsDisagree) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto model = copy_model();
   auto config = kosmosg::io::read_json((model / "unet" / "config.json").string());
   config["block_out_channels"] = {16, 16, 32, 64};
@@ -119,10 +123,12 @@ TEST_F(CliGenerate, ConfigAndWeightsDisagree) {
 }
 
 TEST_F(CliGenerate, SizeNotMultipleOf8) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   expect_error(run(generate(fixture(), "--size 60x64", (work / "x.png").string())), "multiple of 8");
 }
 
 TEST_F(CliGenerate, SizeAbsurd) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   expect_error(run(generate(fixture(), "--size 100000x64", (work / "x.png").string())), "100000");
 }
 
@@ -131,11 +137,13 @@ TEST_F(CliGenerate, SizeMalformed) {
 }
 
 TEST_F(CliGenerate, StepsBelowOne) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   expect_error(run("generate --model " + fixture() + " --prompt a --steps 0 --out " + (work / "x.png").string()),
                "--steps");
 }
 
 TEST_F(CliGenerate, UnknownSampler) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   expect_error(run(generate(fixture(), "--sampler heun9", (work / "x.png").string())), "heun9");
 }
 
@@ -147,6 +155,7 @@ TEST_F(CliGenerate, UnwritableOutput) {
 // line win. The fixture's UNet is made for 64x64 and the built-in defaults are 25 dpmpp-2m steps
 // at guidance 7.5 without a negative prompt.
 TEST_F(CliGenerate, GenerationJsonSetsTheDefaultsAndOptionsWin) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto model = copy_model();
   std::ofstream(model / "generation.json")
       << R"({"size": "32x32", "steps": 3, "guidance": 5.0, "sampler": "euler", "negative": "blurry"})";
@@ -185,6 +194,7 @@ TEST_F(CliGenerate, GenerationJsonSetsTheDefaultsAndOptionsWin) {
 }
 
 TEST_F(CliGenerate, GenerationJsonErrorsNameTheFileAndKey) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto model = copy_model();
   const std::vector<std::pair<std::string, std::string>> bad = {
       {R"({"step": 20})", "'step'"},          {R"({"steps": "20"})", "'steps'"},

@@ -25,7 +25,9 @@ Result run(const std::string& args) { return kosmosg::test::run_cli(args); }
 // One converted copy of the official tiny checkpoint for the whole suite.
 class CliKosmosG : public ::testing::Test {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work_ = fs::temp_directory_path() / ("kosmosg_cli_kg_" + std::to_string(::getpid()));
     fs::remove_all(work_);
     fs::create_directories(work_);
@@ -117,6 +119,9 @@ TEST_F(CliKosmosG, ConvertNeedsTheTokenizerFiles) {
   expect_error(run("convert " + (fixture() / "checkpoint_tiny.pt").string() + " " + out.string() + " --tokenizer " +
                    work_.string()),
                "sentencepiece.bpe.model", out);
+  expect_error(run("convert " + (fixture() / "checkpoint_tiny.pt").string() + " " + out.string() + " --tokenizer " +
+                   work_.string()),
+               "give the --tokenizer", out);
 }
 
 // --version reports what a bug report needs: versions, CUDA and GPUs, BLAS, threads.

@@ -21,7 +21,9 @@ fs::path fixtures() { return fs::path(shared_dir()) / "fixtures"; }
 
 class CliTechniques : public ::testing::TestWithParam<std::string> {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work_ = fs::temp_directory_path() / ("kosmosg_cli_tech_" + std::to_string(::getpid()));
     fs::remove_all(work_);
     fs::create_directories(work_);

@@ -46,6 +46,7 @@ Json tiny_text_config() {
 }  // namespace
 
 TEST(CLIPText, Sd15FixtureTextEncoderMatchesReference) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const fs::path root = shared_dir() / "fixtures" / "tiny-sd15";
   auto model = models::load_clip_text_model((root / "text_encoder").string());
   auto expected = kosmosg::io::SafeTensors::open((root / "expected.safetensors").string());

@@ -66,8 +66,9 @@ TEST(CLIPTokenizer, TruncationKeepsEos) {
 }
 
 TEST(CLIPTokenizer, RealVocabularyPadsTo77) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const std::string dir = golden_tokenizer();
-  if (dir.empty()) GTEST_SKIP() << "golden CLIP tokenizer files not found";
+  ASSERT_FALSE(dir.empty()) << "the golden CLIP tokenizer files are missing from " << kosmosg::test::shared_dir();
   auto tok = CLIPTokenizer::from_folder(dir);
   EXPECT_EQ(tok.vocab_size(), 49408u);
   auto ids = tok.encode("A Photo Of A CAT");

@@ -21,6 +21,7 @@ using test::expect_error;
 class ControlNet : public ::testing::Test {
  protected:
   void SetUp() override {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work = fs::temp_directory_path() / ("kosmosg_controlnet_" + std::to_string(::getpid()));
     fs::remove_all(work);
     dir = test::write_tiny_controlnet((work / "controlnet").string());

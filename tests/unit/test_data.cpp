@@ -164,6 +164,7 @@ data::LoaderOptions loader_options(std::vector<data::SourceSpec> sources, StageK
 // ---- JSONL ---------------------------------------------------------------------------------------
 
 TEST(DataJsonl, TextRecordIsALaionDocument) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("jsonl");
   write_text(dir / "m.jsonl", "\n{\"text\": \"a photo of dog\"}\n\n");
   const auto source = data::open_source({"", (dir / "m.jsonl").string()});
@@ -181,6 +182,7 @@ TEST(DataJsonl, TextRecordIsALaionDocument) {
 }
 
 TEST(DataJsonl, InterleavedRecordUsesTheOpenImagesLayout) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("jsonl");
   io::write_png((dir / "a.png").string(), image(1));
   io::write_png((dir / "b.png").string(), image(2));
@@ -206,6 +208,7 @@ TEST(DataJsonl, InterleavedRecordUsesTheOpenImagesLayout) {
 }
 
 TEST(DataJsonl, CaptionRecordAndItsFilters) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("jsonl");
   io::write_png((dir / "t.png").string(), image(3));
   std::string many_a, long_caption;
@@ -234,6 +237,7 @@ TEST(DataJsonl, CaptionRecordAndItsFilters) {
 }
 
 TEST(DataJsonl, MalformedRecordsNameTheirLine) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("jsonl");
   io::write_png((dir / "a.png").string(), image(1));
   write_text(dir / "m.jsonl",
@@ -274,6 +278,7 @@ TEST(DataSource, ParsesSpecsAndGuessesFolderKinds) {
 }
 
 TEST(DataCollate, PadsAndStacks) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   Sample a, b;
   a.sequence = text::laion_sequence(tokenizer(), "a photo of dog");
   a.caption = "a photo of dog";
@@ -301,6 +306,7 @@ TEST(DataCollate, PadsAndStacks) {
 // ---- Loader --------------------------------------------------------------------------------------
 
 TEST(DataLoader, RestoreContinuesWithIdenticalBatches) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("loader");
   const auto first = write_manifest(dir, 7, "first.jsonl");
   const auto second = write_manifest(dir, 5, "second.jsonl");
@@ -335,6 +341,7 @@ TEST(DataLoader, RestoreContinuesWithIdenticalBatches) {
 }
 
 TEST(DataLoader, RanksPartitionAnEpoch) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("shard");
   const auto manifest = write_manifest(dir, 11);
   std::multiset<std::string> seen;
@@ -354,6 +361,7 @@ TEST(DataLoader, RanksPartitionAnEpoch) {
 }
 
 TEST(DataLoader, RanksResumeWithAnotherWorldSizeWithoutSkipping) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("reshard");
   const auto manifest = write_manifest(dir, 13);
   auto opts = loader_options({{"", manifest.string()}});
@@ -396,6 +404,7 @@ TEST(DataLoader, RanksResumeWithAnotherWorldSizeWithoutSkipping) {
 }
 
 TEST(DataLoader, MixesSourcesByWeight) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("mix");
   std::vector<data::SourceSpec> specs;
   for (auto [name, weight] : {std::pair{"never", 0.0}, {"one", 1.0}, {"three", 3.0}}) {
@@ -414,6 +423,7 @@ TEST(DataLoader, MixesSourcesByWeight) {
 }
 
 TEST(DataLoader, SkipsAndCountsBadSamples) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("bad");
   const auto manifest = write_manifest(dir, 30);
   fs::remove(dir / "img5.png");
@@ -439,6 +449,7 @@ TEST(DataLoader, SkipsAndCountsBadSamples) {
 // ---- Official TSV folders ------------------------------------------------------------------------
 
 TEST(DataTsv, LaionFiltersAndStages) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("laion_data");
   std::string long_caption;
   for (int i = 0; i < 90; ++i) long_caption += "dog ";
@@ -467,6 +478,7 @@ TEST(DataTsv, LaionFiltersAndStages) {
 }
 
 TEST(DataTsv, InstructPix2PixChoosesSeedAndDropsCaption) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("ip2p");
   write_text(dir / "json" / "train.json", "[{\"source\": [\"a.tsv\"]}]");
   write_text(dir / "data" / "a.tsv", "a photo of dog\tin the snow\t" + b64_image(10) + "\t" + b64_image(11) + "\t" +
@@ -489,6 +501,7 @@ TEST(DataTsv, InstructPix2PixChoosesSeedAndDropsCaption) {
 }
 
 TEST(DataTsv, OpenImagesSelectsEntitiesAsTheOfficialLoader) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("openimages");
   write_text(dir / "json" / "train.json", "[{\"source\": [\"a.tsv\"]}]");
   // Tags: 0 sofa, 1 dog (matches "Dog's", case-insensitive), 2 red (a colour word), 3 cat (not in the

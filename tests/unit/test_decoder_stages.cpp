@@ -28,7 +28,9 @@ double mean_of(const std::vector<kosmosg::io::Json>& m, const char* key, size_t 
 
 class DecoderStages : public ::testing::Test {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work_ = fs::temp_directory_path() / ("kosmosg_decoder_stages_" + std::to_string(::getpid()));
     fs::remove_all(work_);
     world_ = run_cli("data shapes --out " + (work_ / "world").string() + " --count 12 --test-count 2 --quiet");

@@ -184,7 +184,9 @@ void zero_dropout(kosmosg::io::Json& j) {
 
 class DistributedTrain : public ::testing::Test {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work_ = fs::temp_directory_path() / ("kosmosg_dist_" + std::to_string(::getpid()));
     fs::remove_all(work_);
     fs::create_directories(work_ / "data");

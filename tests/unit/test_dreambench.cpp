@@ -32,6 +32,7 @@ void write(const fs::path& p, const std::string& text) { std::ofstream(p) << tex
 class DreamBenchCli : public ::testing::Test {
  protected:
   void SetUp() override {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work = fs::temp_directory_path() / ("kosmosg_dreambench_" + std::to_string(::getpid()));
     fs::remove_all(work);
     fs::create_directories(work);

@@ -55,7 +55,9 @@ void write_picture(const fs::path& path, int width, int height, int seed) {
 // in PNG and JPEG, and random tiny CLIP and DINO models in the user-facing file formats.
 class DreamBench : public ::testing::Test {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     root_ = new fs::path(fs::temp_directory_path() /
                          ("kosmosg_dreambench_" + std::to_string(::getpid())));
     fs::remove_all(*root_);
@@ -105,6 +107,7 @@ class DreamBench : public ::testing::Test {
   }
 
   static void TearDownTestSuite() {
+    if (!root_) return;
     fs::remove_all(*root_);
     delete clip_;
     delete dino_;

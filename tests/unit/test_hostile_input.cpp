@@ -123,6 +123,7 @@ TEST_F(HostileTest, PickleSharedConfigIsRefusedBeforeItBecomesJson) {
 }
 
 TEST_F(HostileTest, CliInspectAndConvertRefusePickleBombsWithinFourGigabytes) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   expect_cli_error("inspect " + corpus("checkpoint", "shared_cfg.pt"), "expand");
   expect_cli_error("inspect " + corpus("checkpoint", "shared_tuple_key.pt"), "dict key");
   fs::copy_file(official() + "/sentencepiece.bpe.model", work / "sentencepiece.bpe.model");
@@ -202,6 +203,7 @@ TEST_F(HostileTest, ConfigSizesAreBounded) {
 }
 
 TEST_F(HostileTest, CliModelTooLargeForMemoryNamesItsConfig) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   // Within the size bounds, but a 4 GB address space cannot hold it: the error names the config.
   fs::copy(sd15(), work / "model", fs::copy_options::recursive);
   for (const auto& e : fs::recursive_directory_iterator(work / "model"))
@@ -219,10 +221,14 @@ TEST_F(HostileTest, CliModelTooLargeForMemoryNamesItsConfig) {
 }
 
 TEST_F(HostileTest, CliSizesFileOfTheWrongTypeIsNamed) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto out = (work / "out").string();
   expect_cli_error("convert " + official() + "/checkpoint_tiny.pt " + out + " --sizes " +
                        corpus("config", "wrong_type_sizes.json"),
                    "'mllm.width' is \"abc\"");
+  expect_cli_error("convert " + official() + "/checkpoint_tiny.pt " + out + " --sizes " +
+                       corpus("config", "wrong_type_sizes.json"),
+                   "--sizes " + corpus("config", "wrong_type_sizes.json"));
   expect_cli_error("convert " + official() + "/checkpoint_tiny.pt " + out + " --sizes " + write("array.json", "[1]"),
                    "expected a JSON object");
   EXPECT_FALSE(fs::exists(out));
@@ -281,6 +287,7 @@ TEST_F(HostileTest, ImagesAreCheckedFromTheirHeaders) {
 }
 
 TEST_F(HostileTest, CliHugeInitImageIsRefusedBeforeDecoding) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   // Only the header exists: had the image been decoded, the error would be a decoding one.
   expect_cli_error("generate --model " + sd15() + " --prompt x --quiet --init-image " +
                        corpus("image", "huge_header_only.png") + " --out " + (work / "x.png").string(),
@@ -291,6 +298,7 @@ TEST_F(HostileTest, CliHugeInitImageIsRefusedBeforeDecoding) {
 // ---- command-line bounds ---------------------------------------------------------------------
 
 TEST_F(HostileTest, CliOptionsOutOfRangeAreRefused) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const std::string base = "generate --model " + sd15() + " --prompt x --quiet --out " + (work / "x.png").string() + " ";
   expect_cli_error(base + "--threads 1000", "--threads must be from 1 to");
   expect_cli_error(base + "--num-images 1000000000", "--num-images must be from 1 to 1000");
@@ -332,6 +340,7 @@ std::vector<std::string> reference_bpe(const std::string& word, const std::map<s
 }
 
 TEST_F(HostileTest, ClipLongWordIsTokenisedQuicklyAndAsPythonDoes) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = sd15() + "/tokenizer";
   const auto tok = kosmosg::text::CLIPTokenizer::from_folder(dir);
   const auto start = std::chrono::steady_clock::now();
@@ -368,6 +377,7 @@ TEST_F(HostileTest, CliConvertNamesAMissingCheckpointAndRefusesMissingParents) {
 }
 
 TEST_F(HostileTest, CliConvertRemovesStagingFoldersOfDeadProcesses) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   // pid_max is at most 2^22, so no process has this id.
   const fs::path stale = work / "out.partial-99999999";
   const fs::path live = work / ("out.partial-" + std::to_string(::getpid()));

@@ -14,7 +14,9 @@ using namespace kosmosg;
 
 class ImageToImage : public ::testing::Test {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     pipe_ = new pipeline::Pipeline(
         pipeline::Pipeline::from_folder(test::shared_dir() + "/fixtures/tiny-sd15"));
     picture_ = new at::Tensor(

@@ -32,7 +32,9 @@ double rel_l2(const at::Tensor& a, const at::Tensor& b) {
 // The official fixture converted once for all tests of this file.
 class KosmosGFixture : public ::testing::Test {
  protected:
+  void SetUp() override { KOSMOSG_REQUIRE_SHARED_DATA(); }
   static void SetUpTestSuite() {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     dir_ = fs::temp_directory_path() / ("kosmosg_pipe_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
     fs::create_directories(dir_);

@@ -8,6 +8,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/text/kosmosg_tokenizer.h"
 #include "kosmosg/text/prompt_layout.h"
+#include "support.h"
 #include "text/spm_library.h"
 
 namespace fs = std::filesystem;
@@ -15,12 +16,7 @@ using kosmosg::text::KosmosGTokenizer;
 
 namespace {
 
-fs::path shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
-
-fs::path golden_tokenizer_dir() { return shared_dir() / "golden" / "kosmosg" / "tokenizer"; }
+fs::path golden_tokenizer_dir() { return fs::path(kosmosg::test::shared_dir()) / "golden" / "kosmosg" / "tokenizer"; }
 
 const KosmosGTokenizer& tokenizer() {
   static const KosmosGTokenizer t = KosmosGTokenizer::from_files(
@@ -72,6 +68,7 @@ std::vector<size_t> range(size_t first, size_t last) {
 }  // namespace
 
 TEST(KosmosGTokenizer, EncodesTheReferenceExamples) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto& t = tokenizer();
   EXPECT_EQ(t.encode(" a photo of dog"), (std::vector<int64_t>{10, 1121, 9, 1133}));
   EXPECT_EQ(t.encode(" in the snow"), (std::vector<int64_t>{12, 5, 1842}));
@@ -83,6 +80,7 @@ TEST(KosmosGTokenizer, EncodesTheReferenceExamples) {
 }
 
 TEST(KosmosGTokenizer, SplitGivesPiecesWithBothIds) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto pieces = tokenizer().split("a dog");
   ASSERT_EQ(pieces.size(), 2u);
   EXPECT_EQ(pieces[1].text, "\xE2\x96\x81" "dog");
@@ -95,6 +93,7 @@ TEST(KosmosGTokenizer, SplitGivesPiecesWithBothIds) {
 }
 
 TEST(KosmosGTokenizer, SpecialIdsFollowTheDictionary) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto& t = tokenizer();
   EXPECT_EQ(t.vocab_size(), 64007);
   EXPECT_EQ(t.bos(), 0);
@@ -113,6 +112,7 @@ TEST(KosmosGTokenizer, SpecialIdsFollowTheDictionary) {
 }
 
 TEST(KosmosGTokenizer, SpecialsAlreadyInTheDictionaryKeepTheirIds) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   // fairseq's add_symbol returns the existing id instead of appending a second entry.
   const auto dict = temp_file("specials.txt", "\xE2\x96\x81" "dog 5\n<image> 1\n");
   const auto t = KosmosGTokenizer::from_files((golden_tokenizer_dir() / "sentencepiece.bpe.model").string(),
@@ -126,6 +126,7 @@ TEST(KosmosGTokenizer, SpecialsAlreadyInTheDictionaryKeepTheirIds) {
 }
 
 TEST(KosmosGTokenizer, OverwriteFlagAppendsADuplicate) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dict = temp_file("overwrite.txt", "a 1\r\nb 2\na 3 #fairseq:overwrite\n");
   const auto t = KosmosGTokenizer::from_files((golden_tokenizer_dir() / "sentencepiece.bpe.model").string(),
                                               dict.string());
@@ -135,6 +136,7 @@ TEST(KosmosGTokenizer, OverwriteFlagAppendsADuplicate) {
 }
 
 TEST(KosmosGTokenizer, MissingOrCorruptFilesAreNamed) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto model = (golden_tokenizer_dir() / "sentencepiece.bpe.model").string();
   const auto dict = (golden_tokenizer_dir() / "dict.txt").string();
   auto error = load_error("/nonexistent/spm.model", dict);
@@ -169,13 +171,15 @@ TEST(KosmosGTokenizer, MissingOrCorruptFilesAreNamed) {
 }
 
 TEST(KosmosGTokenizer, OfficialTinyFixtureLoads) {
-  const auto dir = shared_dir() / "fixtures" / "kosmosg-official-tiny";
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  const auto dir = fs::path(kosmosg::test::shared_dir()) / "fixtures" / "kosmosg-official-tiny";
   const auto t = KosmosGTokenizer::from_files((dir / "sentencepiece.bpe.model").string(), (dir / "dict.txt").string());
   EXPECT_EQ(t.vocab_size(), 64007);
   EXPECT_EQ(t.encode(" a photo of dog"), (std::vector<int64_t>{10, 1121, 9, 1133}));
 }
 
 TEST(PromptLayout, TwoImagesAroundText) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto l = kosmosg::text::layout_prompt(tokenizer(), "<i> wearing <i> on the beach");
   EXPECT_EQ(l.num_images, 2u);
   ASSERT_EQ(l.tokens.size(), 137u);
@@ -188,6 +192,7 @@ TEST(PromptLayout, TwoImagesAroundText) {
 }
 
 TEST(PromptLayout, ClosingTagIsText) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto l = kosmosg::text::layout_prompt(tokenizer(), "<i> a photo of dog </i> in the snow");
   EXPECT_EQ(l.num_images, 1u);
   EXPECT_EQ(l.tokens, concat({{0}, image_span(64), {10, 1121, 9, 1133, 8001, 166, 409, 6785, 12, 5, 1842}}));
@@ -195,6 +200,7 @@ TEST(PromptLayout, ClosingTagIsText) {
 }
 
 TEST(PromptLayout, CountsPlaceholdersAndHonoursTheSlotLength) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto l = kosmosg::text::layout_prompt(tokenizer(), "a <i> and <i><i>, then <i>", 8);
   EXPECT_EQ(l.num_images, 4u);
   EXPECT_EQ(std::count(l.image_mask.begin(), l.image_mask.end(), 1), 32);
@@ -208,6 +214,7 @@ TEST(PromptLayout, CountsPlaceholdersAndHonoursTheSlotLength) {
 }
 
 TEST(PromptLayout, NegativeTokensAndBatching) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   EXPECT_EQ(kosmosg::text::negative_tokens(tokenizer(), ""), std::vector<int64_t>{0});
   EXPECT_EQ(kosmosg::text::negative_tokens(tokenizer(), "dog."), (std::vector<int64_t>{0, 1133, 4}));
 
@@ -223,6 +230,7 @@ TEST(PromptLayout, NegativeTokensAndBatching) {
 }
 
 TEST(TrainingSequences, LaionAndInstructPix2PixCollate) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto laion = kosmosg::text::laion_sequence(tokenizer(), "a dog");
   EXPECT_EQ(laion.doc, (std::vector<int64_t>{0, 10, 1133, 2}));
   EXPECT_EQ(laion.input_mask, (std::vector<uint8_t>{0, 0, 0, 0}));
@@ -254,6 +262,7 @@ TEST(TrainingSequences, LaionAndInstructPix2PixCollate) {
 }
 
 TEST(SpmLibrary, LoadsInsideAProcessUsingLibTorch) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   // LibTorch's libprotobuf is live here; SentencePiece's own protobuf-lite must not clash with it.
   auto x = torch::randn({8, 8});
   auto y = torch::matmul(x, x.t());

@@ -21,6 +21,7 @@ using test::expect_error;
 class Lora : public ::testing::Test {
  protected:
   void SetUp() override {
+    KOSMOSG_REQUIRE_SHARED_DATA();
     work = fs::temp_directory_path() / ("kosmosg_lora_" + std::to_string(::getpid()));
     fs::create_directories(work);
     torch::manual_seed(0);

@@ -45,6 +45,7 @@ double scalar_add_noise(const kd::Scheduler& s, size_t i, double x, double e) {
 }  // namespace
 
 TEST(Schedulers, KindsAndClasses) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   EXPECT_EQ(kd::scheduler_kinds(), (std::vector<std::string>{"ddim", "dpmpp-2m", "dpmpp-2m-karras", "dpmpp-2m-sde",
                                                             "dpmpp-2m-sde-karras", "euler", "euler-a", "pndm"}));
   EXPECT_EQ(kd::scheduler_kind_for_class("PNDMScheduler"), "pndm");
@@ -58,6 +59,7 @@ TEST(Schedulers, KindsAndClasses) {
 }
 
 TEST(Schedulers, TimestepsFromTheSD15File) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const Json cfg = sd15_config();
   // Each class fills the keys the file lacks with its own defaults: DPM-Solver and Euler use
   // "linspace" spacing (steps_offset has no effect), DDIM and PNDM "leading" with the offset.
@@ -87,6 +89,7 @@ TEST(Schedulers, TimestepsFromTheSD15File) {
 }
 
 TEST(Schedulers, KarrasIsForcedByTheKarrasKind) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   Json cfg = sd15_config();
   cfg["use_karras_sigmas"] = false;
   auto k = timesteps_of("dpmpp-2m-karras", cfg, 4);
@@ -100,6 +103,7 @@ TEST(Schedulers, KarrasIsForcedByTheKarrasKind) {
 }
 
 TEST(Schedulers, InitNoiseSigma) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   for (const auto& kind : kd::scheduler_kinds()) {
     auto s = kd::make_scheduler(kind, sd15_config());
     s->set_timesteps(10);
@@ -118,6 +122,7 @@ TEST(Schedulers, InitNoiseSigma) {
 }
 
 TEST(Schedulers, SpacingsAndClassDefaults) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   Json cfg = sd15_config();
   cfg["timestep_spacing"] = "trailing";
   EXPECT_EQ(timesteps_of("ddim", cfg, 4), (std::vector<double>{999, 749, 499, 249}));
@@ -148,6 +153,7 @@ TEST(Schedulers, SpacingsAndClassDefaults) {
 }
 
 TEST(Schedulers, Errors) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const Json cfg = sd15_config();
   const auto bad = error_of([&] { kd::make_scheduler("heun", cfg); });
   EXPECT_NE(bad.find("unknown sampler 'heun'"), std::string::npos) << bad;
@@ -189,6 +195,7 @@ TEST(Schedulers, Errors) {
 class PerfectModel : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {};
 
 TEST_P(PerfectModel, LandsOnTheNextNoiseLevel) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto& [kind, prediction] = GetParam();
   Json cfg = sd15_config();
   cfg["prediction_type"] = prediction;
@@ -270,6 +277,7 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 TEST(Schedulers, SamplePredictionWhereUpstreamHasIt) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   Json cfg = sd15_config();
   cfg["prediction_type"] = "sample";
   for (const std::string kind : {"ddim", "dpmpp-2m", "euler"}) {
@@ -284,6 +292,7 @@ TEST(Schedulers, SamplePredictionWhereUpstreamHasIt) {
 }
 
 TEST(Schedulers, SetTimestepsResetsHistory) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   for (const std::string kind : {"dpmpp-2m", "pndm", "euler-a"}) {
     auto s = kd::make_scheduler(kind, sd15_config());
     auto run = [&] {
@@ -305,6 +314,7 @@ TEST(Schedulers, SetTimestepsResetsHistory) {
 }
 
 TEST(Schedulers, AddNoise) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const Json cfg = sd15_config();
   auto x0 = at::randn({2, 4, 3, 3}), eps = at::randn({2, 4, 3, 3});
   for (const std::string kind : {"ddim", "dpmpp-2m", "pndm"}) {
@@ -344,6 +354,7 @@ TEST(Schedulers, NumpyHelpers) {
 }
 
 TEST(DDPMTraining, NoiseVelocityAndTarget) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   kd::DDPMTraining ddpm(sd15_config());
   EXPECT_EQ(ddpm.prediction_type(), "epsilon");
   EXPECT_EQ(ddpm.alphas_cumprod().scalar_type(), at::kFloat);
@@ -384,6 +395,7 @@ TEST(DDPMTraining, NoiseVelocityAndTarget) {
 }
 
 TEST(Schedulers, DdimClipSample) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   Json cfg = sd15_config();
   cfg["clip_sample"] = true;
   cfg["clip_sample_range"] = 2.0;
@@ -402,6 +414,7 @@ TEST(Schedulers, DdimClipSample) {
 // A sampler that draws its own noise draws it as randn(shape) does: a non-contiguous sample
 // (here channels-last) gets the same values in the same logical places as its contiguous copy.
 TEST(Schedulers, DrawnStepNoiseIgnoresTheMemoryLayout) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   for (const std::string kind : {"euler-a", "dpmpp-2m-sde"}) {
     torch::manual_seed(5);
     const auto x = at::randn({2, 4, 6, 5}), e = at::randn({2, 4, 6, 5});
@@ -451,6 +464,7 @@ at::Tensor sde_dpmpp_2m_reference(const kd::Scheduler& s, size_t i, const at::Te
 // No golden case covers the SDE variant, so each step is checked against diffusers' formulas
 // written out independently (first order at the first and, below 15 steps, the last step).
 TEST(DpmSolverSde, FollowsDiffusersFormulas) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   for (const std::string kind : {"dpmpp-2m-sde", "dpmpp-2m-sde-karras"}) {
     for (int64_t steps : {10, 25}) {
       auto s = kd::make_scheduler(kind, sd15_config());
@@ -472,6 +486,7 @@ TEST(DpmSolverSde, FollowsDiffusersFormulas) {
 // With a model that knows x0, the SDE keeps the sample on the noise level of each timestep:
 // x_t = α_t·x0 + σ_t·ε_t with ε_t = e^{−h}·ε_s + √(1 − e^{−2h})·z, still unit Gaussian.
 TEST(DpmSolverSde, PerfectModelStaysOnTheNoiseLevels) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto s = kd::make_scheduler("dpmpp-2m-sde", sd15_config());
   s->set_timesteps(12);
   torch::manual_seed(1);
@@ -491,6 +506,7 @@ TEST(DpmSolverSde, PerfectModelStaysOnTheNoiseLevels) {
 }
 
 TEST(DpmSolverSde, SeedReproducesAndNoiseMatters) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto run = [](uint64_t seed, const char* kind) {
     auto s = kd::make_scheduler(kind, sd15_config());
     s->set_timesteps(8);
@@ -507,6 +523,7 @@ TEST(DpmSolverSde, SeedReproducesAndNoiseMatters) {
 }
 
 TEST(DpmSolverSde, ConfigsAndErrors) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   Json cfg = sd15_config();
   cfg["algorithm_type"] = "sde-dpmsolver++";  // the plain kind follows the file
   EXPECT_TRUE(kd::make_scheduler("dpmpp-2m", cfg)->needs_noise());

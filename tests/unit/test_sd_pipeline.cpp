@@ -25,6 +25,7 @@ double rel_l2(const at::Tensor& a, const at::Tensor& b) {
 
 // The diffusers folder generates exactly what diffusers computes from it.
 TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const std::string dir = shared_dir() + "/fixtures/tiny-sd15";
   auto expected = kosmosg::io::SafeTensors::open(dir + "/expected.safetensors");
   auto pipe = kosmosg::pipeline::Pipeline::from_folder(dir);
@@ -56,6 +57,7 @@ TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
 }
 
 TEST(StableDiffusionPipeline, SameSeedSameImage) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto pipe = kosmosg::pipeline::Pipeline::from_folder(shared_dir() + "/fixtures/tiny-sd15");
   kosmosg::pipeline::GenerateOptions options;
   options.prompt = "a red cube";
@@ -74,6 +76,7 @@ TEST(StableDiffusionPipeline, SameSeedSameImage) {
 // so a seed reproduces the image and another seed changes it. (The fixture's random UNet is no
 // denoiser, so "sensible" can only mean a finite, non-flat image of the right size.)
 TEST(StableDiffusionPipeline, SdeSamplerRunsReproducibly) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto pipe = kosmosg::pipeline::Pipeline::from_folder(shared_dir() + "/fixtures/tiny-sd15");
   kosmosg::pipeline::GenerateOptions options;
   options.prompt = "a red cube";

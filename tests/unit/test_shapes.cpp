@@ -240,6 +240,7 @@ TEST(ShapesWorld, HeldOutCombinationsOnlyInTheTestManifests) {
 }
 
 TEST(ShapesWorld, ManifestsLoadForEveryStage) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto& dir = shared_world();
   const std::string tok = test::shared_dir() + "/golden/kosmosg/tokenizer";
   const auto tokenizer = text::KosmosGTokenizer::from_files(tok + "/sentencepiece.bpe.model", tok + "/dict.txt");
@@ -450,6 +451,7 @@ TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
 }
 
 TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("cli_model");
   const fs::path fixtures = fs::path(test::shared_dir()) / "fixtures";
   const fs::path model = dir / "model", world = dir / "world", out = dir / "eval";

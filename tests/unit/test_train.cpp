@@ -157,6 +157,7 @@ std::set<std::string> trainable_names(const train::Stage& stage) {
 }
 
 TEST(TrainStage, TrainableSetsFollowTheOfficialFreezing) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto models = golden_models("train_instruct_steps");
   auto instruct = train::make_stage(data::StageKind::Instruct, models, {});
   auto lm = train::make_stage(data::StageKind::LM, models, {});
@@ -188,6 +189,7 @@ TEST(TrainStage, TrainableSetsFollowTheOfficialFreezing) {
 }
 
 TEST(TrainStage, MissingWeightsAreRefusedByName) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto models = golden_models("train_instruct_steps");
   auto no_aligner = models;
   for (auto it = no_aligner.kosmosg.begin(); it != no_aligner.kosmosg.end();)
@@ -206,6 +208,7 @@ TEST(TrainStage, MissingWeightsAreRefusedByName) {
 }
 
 TEST(TrainStage, TrainableStateRoundTripsAndRejectsStrangers) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto stage = train::make_stage(data::StageKind::Align, golden_models("train_align_steps"), {});
   auto state = stage->trainable_state();
   for (auto& [name, t] : state) t = t.clone().add_(1);
@@ -248,6 +251,7 @@ train::OptimizationOptions quick_optimization() {
 }  // namespace
 
 TEST(TrainTrainer, AccumulatedMicroBatchesEqualOneBatch) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/train_instruct_steps.safetensors");
   auto whole = train::make_stage(data::StageKind::Instruct, golden_models("train_instruct_steps"), {});
   auto split = train::make_stage(data::StageKind::Instruct, golden_models("train_instruct_steps"), {});
@@ -266,6 +270,7 @@ TEST(TrainTrainer, AccumulatedMicroBatchesEqualOneBatch) {
 }
 
 TEST(TrainTrainer, InstructLossFallsOnFixedDraws) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/train_instruct_steps.safetensors");
   auto stage = train::make_stage(data::StageKind::Instruct, golden_models("train_instruct_steps"), {});
   // Only the condition trains and the tiny UNet is random, so the reachable drop is modest; with the
@@ -282,6 +287,7 @@ TEST(TrainTrainer, InstructLossFallsOnFixedDraws) {
 }
 
 TEST(TrainTrainer, Fp16OverflowSkipsTheUpdateAndHalvesTheScale) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
   auto stage = train::make_stage(data::StageKind::Align, golden_models("train_align_steps"), {});
   auto o = quick_optimization();
   o.loss_scaling = true;
