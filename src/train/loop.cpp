@@ -94,6 +94,8 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
   stage_options.gradient_checkpointing =
       io::config_value<bool>(c, "gradient_checkpointing", stage_options.gradient_checkpointing, what);
   stage_options.kl_weight = io::config_value<double>(c, "kl_weight", stage_options.kl_weight, what);
+  stage_options.fit_scaling_factor =
+      io::config_value<bool>(c, "fit_scaling_factor", stage_options.fit_scaling_factor, what);
   stage_options.train_text_encoder =
       io::config_value<bool>(c, "train_text_encoder", stage_options.train_text_encoder, what);
   precision = io::config_value<std::string>(c, "precision", precision, what);
@@ -233,6 +235,7 @@ RunSummary run_training(const RunOptions& o) {
     stage->load_trainable(resumed->trainable, resumed->dir + "/trainable.safetensors");
     trainer.optimizer().load_state(resumed->optimizer);
     trainer.load_state(resumed->state.at("trainer"));
+    if (resumed->state.contains("stage_state")) stage->load_state(resumed->state.at("stage_state"));
     std::vector<io::Json> data_states;
     if (resumed->state.contains("data_ranks"))
       data_states = resumed->state.at("data_ranks").get<std::vector<io::Json>>();
@@ -260,6 +263,9 @@ RunSummary run_training(const RunOptions& o) {
       io::save_safetensors((out / path).string(), weights,
                            {{"format", "pt"}, {"stage", data::stage_name(o.stage)},
                             {"num_updates", std::to_string(trainer.num_updates())}});
+    // Written over the starting folder's file, which the output only links to.
+    for (const auto& [path, config] : stage->output_configs())
+      io::write_text_atomically((out / path).string(), config.dump(2) + "\n");
   };
   auto save = [&] {
     const io::Json data_state = loader.state();
@@ -276,6 +282,7 @@ RunSummary run_training(const RunOptions& o) {
                       // so the seed is the whole RNG state.
                       {"rng", {{"seed", o.seed}, {"scheme", "data::mix_seeds(domain, seed, update)"}}}};
     if (group) state["data_ranks"] = data_ranks;
+    if (const io::Json stage_state = stage->state(); !stage_state.is_null()) state["stage_state"] = stage_state;
     checkpoints.save(trainer.num_updates(), stage->trainable_state(), trainer.optimizer().state(), state);
   };
 

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <filesystem>
 
@@ -602,7 +603,7 @@ class DecoderStage : public Stage {
 class VaeStage : public DecoderStage {
  public:
   VaeStage(const StageModels& m, const StageOptions& o)
-      : DecoderStage(o), vae_(models::AutoencoderKLConfig::from_json(m.vae_config)) {
+      : DecoderStage(o), vae_(models::AutoencoderKLConfig::from_json(m.vae_config)), vae_config_(m.vae_config) {
     load_or_keep_draw(*vae_, m.vae, "vae");
     root_->register_module("vae", vae_.ptr());
     select_trainable([](const std::string&) { return true; });
@@ -615,12 +616,33 @@ class VaeStage : public DecoderStage {
     return {{"vae/diffusion_pytorch_model.safetensors", component_state(*vae_)}};
   }
 
+  std::map<std::string, io::Json> output_configs() const override {
+    if (!options_.fit_scaling_factor || latent_batches_ == 0) return {};
+    const double variance = latent_moments_[1] - latent_moments_[0] * latent_moments_[0];
+    if (!(variance > 0)) fail("train", "the latents have no variance: the VAE cannot fit a scaling_factor");
+    io::Json config = vae_config_;
+    config["scaling_factor"] = 1.0 / std::sqrt(variance);
+    return {{"vae/config.json", config}};
+  }
+
+  io::Json state() const override {
+    if (!options_.fit_scaling_factor) return nullptr;
+    return {{"latent_moments", latent_moments_}, {"latent_batches", latent_batches_}};
+  }
+  void load_state(const io::Json& state) override {
+    if (!options_.fit_scaling_factor || !state.contains("latent_moments")) return;
+    latent_moments_ = state.at("latent_moments").get<std::array<double, 2>>();
+    latent_batches_ = state.at("latent_batches").get<int64_t>();
+  }
+
   StageLoss forward(const data::Batch& batch, at::Generator generator) override {
     const auto param = vae_->encoder->conv_in->weight;
     const at::Tensor images =
         batch_tensor(batch.target_images, "target images (the vae stage needs a target per sample)").to(param.device());
     const models::DiagonalGaussian posterior = vae_->encode(images);
-    const at::Tensor reconstruction = vae_->decode(sample_posterior(posterior, batch, generator));
+    const at::Tensor latents = sample_posterior(posterior, batch, generator);
+    if (options_.fit_scaling_factor) track_latent_moments(latents);
+    const at::Tensor reconstruction = vae_->decode(latents);
     const at::Tensor rec = (reconstruction.to(at::kFloat) - images.to(at::kFloat)).abs().flatten(1).mean(1);
     const at::Tensor mean = posterior.mean.to(at::kFloat), logvar = posterior.logvar.to(at::kFloat);
     const at::Tensor kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).flatten(1).sum(1);
@@ -633,11 +655,27 @@ class VaeStage : public DecoderStage {
     out.logs["rec_loss"] = rec.sum().item<double>() / rows;
     out.logs["kl"] = kl.sum().item<double>() / rows;
     out.outputs["reconstruction"] = reconstruction;
+    out.outputs["latents"] = latents;
     return out;
   }
 
  private:
+  // The first and second moments of the latents: the running mean over the first
+  // kLatentWindow batches, an exponential average over that many afterwards, so that the
+  // fitted scale follows the VAE as it trains.
+  void track_latent_moments(const at::Tensor& latents) {
+    constexpr double kLatentWindow = 100;
+    const at::Tensor z = latents.detach().to(at::kDouble);
+    const std::array<double, 2> batch{z.mean().item<double>(), z.square().mean().item<double>()};
+    ++latent_batches_;
+    const double weight = 1.0 / std::min(static_cast<double>(latent_batches_), kLatentWindow);
+    for (size_t i = 0; i < batch.size(); ++i) latent_moments_[i] += weight * (batch[i] - latent_moments_[i]);
+  }
+
   models::AutoencoderKL vae_;
+  io::Json vae_config_;
+  std::array<double, 2> latent_moments_{0, 0};
+  int64_t latent_batches_ = 0;
 };
 
 // The UNet with a CLIP text encoder (trained with it or frozen) and a frozen VAE: the ε-prediction

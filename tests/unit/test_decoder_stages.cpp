@@ -173,9 +173,9 @@ TEST_F(DecoderStages, KosmosGStagesStartFromTheShapesConfigAndExport) {
 
 TEST_F(DecoderStages, ResumeIsExact) {
   ASSERT_EQ(world_.status, 0) << world_.output;
-  // The t2i run trains its text encoder too.
+  // The t2i run trains its text encoder too; the vae run fits its scaling_factor.
   const fs::path config = work_ / "t2i_text_encoder.json";
-  std::ofstream(config) << R"({"train_text_encoder": true})";
+  std::ofstream(config) << R"({"train_text_encoder": true, "fit_scaling_factor": true})";
   for (const std::string stage : {"vae", "t2i"}) {
     const fs::path whole = work_ / ("whole_" + stage), split = work_ / ("split_" + stage);
     const std::string common = "--batch-size 2 --seed 5 --warmup 1 --lr 1e-3 --config " + config.string();
@@ -194,6 +194,15 @@ TEST_F(DecoderStages, ResumeIsExact) {
     const auto ma = read_metrics(whole), mb = read_metrics(split);
     ASSERT_EQ(mb.size(), 4u);
     for (size_t i = 0; i < 4; ++i) EXPECT_EQ(ma[i].at("loss"), mb[i].at("loss")) << stage << " " << i;
+    if (stage == "vae") {
+      auto scale = [](const fs::path& dir) {
+        return kosmosg::io::read_json((dir / "vae" / "config.json").string()).at("scaling_factor").get<double>();
+      };
+      EXPECT_EQ(scale(whole), scale(split));
+      EXPECT_NE(scale(whole), 0.18215);
+      // The output's config only linked to the starting folder's, which keeps its own.
+      EXPECT_EQ(scale(configs_only()), 0.18215);
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 // The trainer's parts on their own: fairseq Adam, the schedule, clipping, the loss scaler,
 // checkpoints, and the stages' trainable sets on the golden training models.
 #include <torch/torch.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include <set>
 
 #include "kosmosg/error.h"
+#include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/train/checkpoint.h"
 #include "kosmosg/train/optim.h"
 #include "kosmosg/train/stage.h"
@@ -249,6 +251,35 @@ train::OptimizationOptions quick_optimization() {
 }
 
 }  // namespace
+
+// fit_scaling_factor: the output VAE config's scaling_factor is 1 / the standard deviation of the
+// latents the stage trained on, and the source of that figure travels in the stage state.
+TEST(TrainStage, VaeFitsTheScalingFactorToItsLatents) {
+  train::StageModels models;
+  models.vae_config = io::builtin_config("shapes/vae/config.json");
+  train::StageOptions options;
+  options.fit_scaling_factor = true;
+  torch::manual_seed(0);
+  auto stage = train::make_stage(data::StageKind::Vae, models, options);
+  EXPECT_TRUE(stage->output_configs().empty()) << "nothing measured yet";
+  data::Batch batch;
+  batch.target_images = torch::rand({2, 3, 64, 64}) * 2 - 1;
+  auto generator = at::detail::createCPUGenerator(1);
+  std::vector<at::Tensor> seen;
+  for (int i = 0; i < 3; ++i) seen.push_back(stage->forward(batch, generator).outputs.at("latents").detach());
+  const at::Tensor z = at::stack(seen).to(at::kDouble);  // equal weights while under the 100-batch window
+  const double expected = 1.0 / std::sqrt(z.square().mean().item<double>() - std::pow(z.mean().item<double>(), 2));
+  const auto configs = stage->output_configs();
+  ASSERT_EQ(configs.count("vae/config.json"), 1u);
+  const auto& config = configs.at("vae/config.json");
+  EXPECT_NEAR(config.at("scaling_factor").get<double>(), expected, 1e-9 * expected);
+  EXPECT_EQ(config.at("block_out_channels"), models.vae_config.at("block_out_channels"));
+
+  auto resumed = train::make_stage(data::StageKind::Vae, models, options);
+  resumed->load_state(stage->state());
+  EXPECT_EQ(resumed->output_configs().at("vae/config.json"), config);
+  EXPECT_TRUE(train::make_stage(data::StageKind::Vae, models, {})->state().is_null());
+}
 
 TEST(TrainTrainer, AccumulatedMicroBatchesEqualOneBatch) {
   KOSMOSG_REQUIRE_SHARED_DATA();

@@ -47,6 +47,10 @@ struct StageOptions {
   c10::ScalarType frozen_dtype = c10::kFloat;
   // vae: weight of the posterior's KL divergence to N(0, I) beside the L1 reconstruction.
   double kl_weight = 1e-6;
+  // vae: write scaling_factor = 1 / (standard deviation of the training latents) into the output's
+  // vae/config.json, so that a UNet trained on it sees unit-variance latents, as Stable Diffusion's
+  // 0.18215 makes its own VAE's (LDM §4.3.2). Off: the config's scaling_factor stays.
+  bool fit_scaling_factor = false;
   // t2i: the CLIP text encoder trains with the UNet (otherwise it stays frozen).
   bool train_text_encoder = false;
 };
@@ -96,6 +100,12 @@ class Stage {
   // aligner tensor, the tied head under both names); the diffusers components a decoder stage
   // trains or initialised.
   virtual std::map<std::string, io::TensorMap> output_weights() const = 0;
+  // Config files the stage changes in the output model folder, by path relative to the folder.
+  virtual std::map<std::string, io::Json> output_configs() const { return {}; }
+  // What the stage carries from update to update besides weights (null: nothing); checkpoints
+  // keep it, so that a resumed run continues exactly.
+  virtual io::Json state() const { return nullptr; }
+  virtual void load_state(const io::Json& state) {}
   // The trainable tensors only, the tied head under both names.
   io::TensorMap trainable_state() const;
   // Copies `weights` (a subset of trainable_state's names) into the trainable tensors.
