@@ -24,9 +24,24 @@ done
 declare -A max_len=([safetensors]=16384 [pickle]=32768 [checkpoint]=65536 [config]=16384 [image]=16384
                     [data]=16384 [clip_tokenizer]=8192 [kosmosg_tokenizer]=8192 [prompt_layout]=4096)
 
+# clang and its libFuzzer runtime, installed as setup.sh installs the rest (the build's other
+# packages come from scripts/setup.sh).
 clang=${KOSMOSG_FUZZ_CXX:-/usr/bin/clang++}
-if [ ! -x "$clang" ] || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
-  echo "fuzz: needs clang++ and libFuzzer (Debian: apt-get install clang libclang-rt-14-dev); set KOSMOSG_FUZZ_CXX to another clang++" >&2
+if [ -z "${KOSMOSG_FUZZ_CXX:-}" ]; then
+  missing=()
+  for p in clang libclang-rt-14-dev; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "fuzz: installing ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+if [ ! -x "$clang" ]; then
+  echo "fuzz: $clang not found: the harnesses need clang++ with libFuzzer (KOSMOSG_FUZZ_CXX names another)" >&2
   exit 2
 fi
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
