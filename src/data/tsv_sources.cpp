@@ -159,7 +159,6 @@ class OpenImagesSource final : public TsvSource {
   explicit OpenImagesSource(const std::string& dir) : TsvSource(dir, "openimages", "data") {}
 
   Sample prepare(int64_t index, std::mt19937_64& rng, const SampleOptions& options) const override {
-    const auto& tokenizer = tokenizer_of(options);
     const std::string where = lines_.where(index);
     const auto cols = columns(index);
     const bool drop_object = uniform(rng) < 0.5;
@@ -192,7 +191,7 @@ class OpenImagesSource final : public TsvSource {
     Sample sample;
     sample.caption = cols[0];
     sample.sequence =
-        text::interleaved_sequence(tokenizer, texts, static_cast<size_t>(options.image_token_length));
+        text::interleaved_sequence(tokenizer_of(options), texts, static_cast<size_t>(options.image_token_length));
     for (size_t column : image_columns)
       sample.images.push_back(
           mllm_image(image_bytes(cols, column, where), where + " column " + std::to_string(column), options));

@@ -18,8 +18,11 @@ constexpr const char* kBos = "<|startoftext|>";
 constexpr const char* kEos = "<|endoftext|>";
 // transformers' CLIPTokenizer reads at most this many merges (49152 - 256 - 2).
 constexpr size_t kMaxMerges = 48894;
-// Longer words are merged afresh each time rather than kept, so the cache cannot grow without bound.
+// The BPE cache keeps words up to this long, at most kMaxCachedWords of them: longer words are
+// merged afresh each time, and a full cache starts over, so that a long-running process (the
+// align stage's caption filter sees every caption of a data set) keeps bounded memory.
 constexpr size_t kMaxCachedWordBytes = 256;
+constexpr size_t kMaxCachedWords = size_t{1} << 16;
 // CLIP's merges.txt is 512 KiB; anything near this is not a merges file.
 constexpr uint64_t kMaxMergesFileBytes = 64ull << 20;
 
@@ -120,6 +123,14 @@ struct CLIPTokenizer::Impl {
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<std::string>> cache;
 
+  // Empties the cache but for the special tokens, which it always holds so that they pass BPE
+  // whole wherever they appear. Called with cache_mutex held (or before the tokenizer is shared).
+  void reset_cache() const {
+    cache.clear();
+    cache.emplace(kBos, std::vector<std::string>{kBos});
+    cache.emplace(kEos, std::vector<std::string>{kEos});
+  }
+
   // BPE of one byte-mapped word, with the result of CLIP's Python loop: take the lowest-ranked
   // adjacent pair, merge its occurrences left to right without overlap, repeat until no pair has a
   // rank. Python rescans the word for every merge (quadratic: a 120,000-letter word took 25 s);
@@ -180,6 +191,7 @@ struct CLIPTokenizer::Impl {
     for (size_t i = 0; i != kNone; i = next[i]) parts.push_back(std::move(symbol[i]));
     if (word.size() <= kMaxCachedWordBytes) {
       std::lock_guard<std::mutex> lock(cache_mutex);
+      if (cache.size() >= kMaxCachedWords) reset_cache();
       cache.emplace(word, parts);
     }
     return parts;
@@ -250,9 +262,7 @@ CLIPTokenizer CLIPTokenizer::from_files(const std::string& vocab_json, const std
     impl->ranks.emplace(line, impl->ranks.size());
   }
   if (impl->ranks.empty()) fail("clip tokenizer", merges_txt + ": no merges found");
-  // The cache starts with the special tokens, so that they pass BPE whole wherever they appear.
-  impl->cache.emplace(kBos, std::vector<std::string>{kBos});
-  impl->cache.emplace(kEos, std::vector<std::string>{kEos});
+  impl->reset_cache();
   CLIPTokenizer t;
   t.impl_ = std::move(impl);
   return t;
@@ -286,5 +296,10 @@ std::vector<int64_t> CLIPTokenizer::encode(const std::string& text, size_t max_l
 int64_t CLIPTokenizer::bos_id() const { return impl_->bos; }
 int64_t CLIPTokenizer::eos_id() const { return impl_->eos; }
 size_t CLIPTokenizer::vocab_size() const { return impl_->vocab.size(); }
+
+size_t CLIPTokenizer::cached_words() const {
+  std::lock_guard<std::mutex> lock(impl_->cache_mutex);
+  return impl_->cache.size();
+}
 
 }  // namespace kosmosg::text

@@ -14,6 +14,22 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// AddressSanitizer's runtime aborts on RTLD_DEEPBIND (a module so bound would bypass its
+// allocator), so a sanitized build opens the module without it. SentencePiece then binds to the
+// process's protobuf: such a process must not load LibTorch (the fuzz harnesses that tokenise
+// do not link it, see tests/fuzz/CMakeLists.txt).
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int kDeepBind = 0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 struct SpmApi {
   kosmosg_spm_load_fn load = nullptr;
   kosmosg_spm_encode_fn encode = nullptr;
@@ -43,8 +59,8 @@ const SpmApi& api() {
   std::call_once(once, [] {
     try {
       const std::string path = locate_spm_library();
-      // RTLD_DEEPBIND: libsentencepiece must bind to its own protobuf-lite, not LibTorch's.
-      void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      // RTLD_DEEPBIND (kDeepBind): libsentencepiece must bind to its own protobuf-lite, not LibTorch's.
+      void* library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
       if (library == nullptr) fail("sentencepiece", "cannot open " + path + ": " + dlerror());
       table.load = symbol<kosmosg_spm_load_fn>(library, KOSMOSG_SPM_LOAD, path);
       table.encode = symbol<kosmosg_spm_encode_fn>(library, KOSMOSG_SPM_ENCODE, path);

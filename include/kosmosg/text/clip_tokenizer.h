@@ -27,6 +27,9 @@ class CLIPTokenizer {
   int64_t bos_id() const;
   int64_t eos_id() const;
   size_t vocab_size() const;
+  // Words whose BPE is cached now, the two special tokens included; bounded (a full cache starts
+  // over), so that tokenising any number of distinct words keeps memory bounded.
+  size_t cached_words() const;
 
  private:
   CLIPTokenizer() = default;
