@@ -135,14 +135,16 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
     for (const bool checkpointing : {false, true}) {
       const std::string name = base + (checkpointing ? "_ckpt" : "");
       if (!selected(name)) continue;
-      train::StageOptions options;
-      options.gradient_checkpointing = checkpointing;
-      auto stage = train::make_stage(stage_kind, models, options);
-      stage->model().to(at.device);
       train::OptimizationOptions o;
       o.schedule.warmup_updates = 1;
       o.precision = train::PrecisionPolicy::parse(at.precision, at.device.type());
       o.loss_scaling = o.precision.compute == at::kHalf;
+      train::StageOptions options;
+      options.gradient_checkpointing = checkpointing;
+      options.frozen_dtype = o.precision.compute;
+      auto stage = train::make_stage(stage_kind, models, options);
+      stage->model().to(at.device);
+      o.precision.store(*stage);
       train::Trainer trainer(*stage, o);
       const auto b = synthetic_batch(config, stage_kind, batch, target_size);
       models::CLIPTextModel teacher(models::CLIPTextConfig::from_json(text_encoder));
@@ -190,7 +192,7 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", dtype_name, "Inference weights: auto (float16 on CUDA), float32, float16 or bfloat16")
       ->capture_default_str();
   app.add_option("--full-batch", full_batch, "Batch of the train_*_full figures")->capture_default_str();
-  app.add_option("--precision", at.precision, "Training figures: float32, bfloat16 or float16 (CUDA, loss scaling)")
+  app.add_option("--precision", at.precision, "Training figures: float32, bfloat16, float16 (CUDA, loss scaling), memory-efficient-bf16 or memory-efficient-fp16 (CUDA)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {

@@ -3,8 +3,8 @@
 # carry [".gpu"]) after scripts/gpu_prepare.sh has filled .gpu/ here. In order:
 #   1. kosmosg --version (LibTorch, the GPUs it sees);
 #   2. the golden suite on CUDA in float32, float16 and bfloat16;
-#   3. one training update of each stage (tiny config) in bfloat16, and in float16 with the loss
-#      scaler;
+#   3. one training update of each stage (tiny config) in bfloat16, in float16 with the loss
+#      scaler, and in the official memory-efficient fp16;
 #   4. the benchmark: SD1.5 512x512 sampling it/s at batch 1 with guidance (float16, bfloat16),
 #      the UNet and the VAE decode, a whole Kosmos-G 512x512 generation, peak GPU memory, and
 #      training samples/s of an instruct update at full size;
@@ -93,8 +93,10 @@ bench sd15_fp16 150 --dtype float16 --only unet_b1 unet_b2 vae_decode text_encod
 golden float16
 bench train_bf16 120 --precision bfloat16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
 bench train_fp16 120 --precision float16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
+bench train_mefp16 120 --precision memory-efficient-fp16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
 bench kosmosg_fp16 180 --dtype float16 --only encode_condition generate_512 --runs 2
 bench train_full_bf16 180 --precision bfloat16 --only train_instruct_full --full-batch 8 --runs 3
+bench train_full_mefp16 150 --precision memory-efficient-fp16 --only train_instruct_full --full-batch 8 --runs 2
 nccl_lm
 golden bfloat16
 bench sd15_bf16 120 --dtype bfloat16 --only unet_b2 vae_decode sample_512 --runs 3

@@ -120,7 +120,7 @@ Command add_train(CLI::App& app) {
   sub->add_option("--warmup", a->warmup, "Warm-up updates");
   sub->add_flag("--official-vit-checkpoint", a->official_vit_checkpoint, "instruct: reproduce the official run, whose checkpointed last ViT block gets no gradient (only weight decay moves it)");
   sub->add_flag("--gradient-checkpointing", a->gradient_checkpointing, "Recompute the MLLM, ViT, aligner and UNet blocks during backward: less memory, about a third more time");
-  sub->add_option("--precision", a->precision, "float32, bfloat16 (autocast on CPU or CUDA) or float16 (CUDA, with the dynamic loss scaler); trainable weights stay float32 (default from the config)");
+  sub->add_option("--precision", a->precision, "float32, bfloat16 (autocast on CPU or CUDA) or float16 (CUDA, with the dynamic loss scaler): trainable weights stay float32; memory-efficient-bf16 or memory-efficient-fp16 (CUDA, loss scaler): every weight in half precision, Adam in float32, as the official runs (default from the config)");
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--threads", a->threads, "CPU threads (0 = all cores)")->capture_default_str();
   auto* every = sub->add_option("--sample-every", a->sample_every, "instruct: write sample images to OUT/samples every K updates");

@@ -192,6 +192,7 @@ RunSummary run_training(const RunOptions& o) {
   at::manual_seed(data::mix_seeds({kInitDomain, o.seed}));
   auto stage = make_stage(o.stage, models, stage_options);
   stage->model().to(device);
+  optimization.precision.store(*stage);
 
   if (!quiet) {
     if (group)

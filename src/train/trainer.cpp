@@ -14,6 +14,12 @@ PrecisionPolicy PrecisionPolicy::parse(const std::string& name, c10::DeviceType 
   PrecisionPolicy p;
   p.device = device;
   if (name == "float32") return p;
+  for (const char* half : {"bf16", "fp16"})
+    if (name == std::string("memory-efficient-") + half) {
+      p = parse(half == std::string("bf16") ? "bfloat16" : "float16", device);
+      p.memory_efficient = true;
+      return p;
+    }
   if (name == "bfloat16") {
 #if TORCH_VERSION_MAJOR < 2
     // LibTorch 1.x's CPU autocast leaves LayerNorm and GroupNorm out of its float32 list, and those
@@ -31,7 +37,12 @@ PrecisionPolicy PrecisionPolicy::parse(const std::string& name, c10::DeviceType 
     p.compute = at::kHalf;
     return p;
   }
-  fail("precision", "'" + name + "' is not a precision (float32, bfloat16 or float16)");
+  fail("precision", "'" + name +
+                        "' is not a precision (float32, bfloat16, float16, memory-efficient-bf16 or memory-efficient-fp16)");
+}
+
+void PrecisionPolicy::store(Stage& stage) const {
+  if (memory_efficient) stage.model().to(compute);
 }
 
 Trainer::Trainer(Stage& stage, OptimizationOptions options, std::shared_ptr<ProcessGroup> group,
@@ -94,8 +105,21 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
     for (const auto& [name, p] : params)
       if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
   }
-  multiply_grads(params, 1.0 / (static_cast<double>(std::max<int64_t>(r.sample_size, 1)) * r.loss_scale));
-  r.grad_norm = clip_grad_norm(params, options_.clip_norm);
+  const double unscale = 1.0 / (static_cast<double>(std::max<int64_t>(r.sample_size, 1)) * r.loss_scale);
+  // Half-precision gradients (memory-efficient mode) stay scaled until one multiplication just
+  // before Adam, as fairseq's MemoryEfficientFP16Optimizer defers its multiply factor: unscaling
+  // and clipping them one after the other in half precision would underflow twice.
+  double deferred = 1;
+  if (options_.precision.memory_efficient) {
+    r.grad_norm = unscale * clip_grad_norm(params, 0);
+    deferred = unscale;
+    if (std::isfinite(r.grad_norm) && options_.clip_norm > 0)
+      deferred *= options_.loss_scaling ? (r.grad_norm > options_.clip_norm ? options_.clip_norm / r.grad_norm : 1.0)
+                                        : std::min(1.0, options_.clip_norm / (r.grad_norm + 1e-6));
+  } else {
+    multiply_grads(params, unscale);
+    r.grad_norm = clip_grad_norm(params, options_.clip_norm);
+  }
   r.lr = options_.schedule.at(num_updates_);
   if (options_.loss_scaling) {
     r.applied = scaler_.check(r.grad_norm);
@@ -104,6 +128,7 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
                       " (loss " + c10::str(r.loss) + "): the loss diverged; lower the learning rate or check the data");
   }
   if (r.applied) {
+    if (deferred != 1) multiply_grads(params, deferred);
     optimizer_.step(r.lr);
     ++num_updates_;
   }

@@ -126,12 +126,13 @@ TEST_F(CliTrain, InstructOutputGenerates) {
 
 TEST_F(CliTrain, PrecisionPolicy) {
   ASSERT_EQ(convert_.status, 0) << convert_.output;
+  kosmosg::test::CliResult r;
 #if TORCH_VERSION_MAJOR >= 2
   std::vector<double> first;
-  for (const char* precision : {"float32", "bfloat16"}) {
+  for (const char* precision : {"float32", "bfloat16", "memory-efficient-bf16"}) {
     const fs::path out = work_ / (std::string("precision_") + precision);
-    auto r = run_cli(train("instruct", data("instruct.jsonl"), out,
-                           "--steps 2 --batch-size 2 --seed 4 --precision " + std::string(precision)));
+    r = run_cli(train("instruct", data("instruct.jsonl"), out,
+                      "--steps 2 --batch-size 2 --seed 4 --precision " + std::string(precision)));
     ASSERT_EQ(r.status, 0) << r.output;
     const auto m = read_metrics(out);
     ASSERT_EQ(m.size(), 2u);
@@ -139,14 +140,27 @@ TEST_F(CliTrain, PrecisionPolicy) {
     first.push_back(m[0].at("loss").get<double>());
   }
   EXPECT_NEAR(first[1], first[0], 0.05 * first[0]);
+  EXPECT_NEAR(first[2], first[0], 0.05 * first[0]);
+  // Memory-efficient: the checkpoint and the exported model keep the weights in bfloat16.
+  const fs::path half = work_ / "precision_memory-efficient-bf16";
+  for (const fs::path& file : {half / "checkpoints" / "step_00000002" / "trainable.safetensors",
+                               half / "kosmosg" / "model.safetensors"}) {
+    const auto weights = kosmosg::io::SafeTensors::open(file.string());
+    EXPECT_EQ(weights.get("img_connector.dense.weight").scalar_type(), at::kBFloat16) << file;
+  }
+  r = run_cli("generate --model " + half.string() + " --prompt '<i> on a green background' --image " + data("red.png") +
+              " --steps 2 --seed 1 --quiet --out " + (work_ / "half.png").string());
+  EXPECT_EQ(r.status, 0) << r.output;
 #else
   auto bf16 = run_cli(train("instruct", data("instruct.jsonl"), work_ / "bf16_cpu", "--steps 1 --precision bfloat16"));
   EXPECT_NE(bf16.status, 0);
   EXPECT_NE(bf16.output.find("LibTorch 2.x"), std::string::npos) << bf16.output;
 #endif
-  auto r = run_cli(train("align", data("align.jsonl"), work_ / "fp16_cpu", "--steps 1 --precision float16"));
-  EXPECT_NE(r.status, 0);
-  EXPECT_NE(r.output.find("CUDA"), std::string::npos) << r.output;
+  for (const char* fp16 : {"float16", "memory-efficient-fp16"}) {
+    r = run_cli(train("align", data("align.jsonl"), work_ / "fp16_cpu", std::string("--steps 1 --precision ") + fp16));
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.output.find("CUDA"), std::string::npos) << r.output;
+  }
   r = run_cli(train("align", data("align.jsonl"), work_ / "fp8", "--steps 1 --precision float8"));
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("float8"), std::string::npos) << r.output;
@@ -154,9 +168,14 @@ TEST_F(CliTrain, PrecisionPolicy) {
 
 TEST_F(CliTrain, ResumeIsExact) {
   ASSERT_EQ(convert_.status, 0) << convert_.output;
-  for (const char* workers : {"0", "2"}) {
-    const fs::path whole = work_ / (std::string("whole_") + workers), split = work_ / (std::string("split_") + workers);
-    const std::string common = "--batch-size 2 --seed 5 --warmup 1 --lr 1e-3 --workers " + std::string(workers);
+  std::vector<std::pair<std::string, std::string>> runs = {{"0", "float32"}, {"2", "float32"}};
+#if TORCH_VERSION_MAJOR >= 2
+  runs.emplace_back("0", "memory-efficient-bf16");
+#endif
+  for (const auto& [workers, precision] : runs) {
+    const fs::path whole = work_ / ("whole_" + workers + precision), split = work_ / ("split_" + workers + precision);
+    const std::string common =
+        "--batch-size 2 --seed 5 --warmup 1 --lr 1e-3 --workers " + workers + " --precision " + precision;
     auto r = run_cli(train("instruct", data("instruct.jsonl"), whole, "--steps 6 " + common));
     ASSERT_EQ(r.status, 0) << r.output;
     r = run_cli(train("instruct", data("instruct.jsonl"), split, "--steps 3 " + common));
@@ -166,7 +185,7 @@ TEST_F(CliTrain, ResumeIsExact) {
     const auto a = kosmosg::io::SafeTensors::open((whole / "checkpoints" / "step_00000006" / "trainable.safetensors").string());
     const auto b = kosmosg::io::SafeTensors::open((split / "checkpoints" / "step_00000006" / "trainable.safetensors").string());
     ASSERT_EQ(a.keys(), b.keys());
-    for (const auto& k : a.keys()) EXPECT_TRUE(at::equal(a.get(k), b.get(k))) << workers << " " << k;
+    for (const auto& k : a.keys()) EXPECT_TRUE(at::equal(a.get(k), b.get(k))) << workers << " " << precision << " " << k;
     const auto ma = read_metrics(whole), mb = read_metrics(split);
     ASSERT_EQ(mb.size(), 6u);
     for (size_t i = 0; i < 6; ++i) EXPECT_EQ(ma[i].at("loss"), mb[i].at("loss")) << i;

@@ -1,6 +1,7 @@
 // The trainer's parts on their own: fairseq Adam, the schedule, clipping, the loss scaler,
 // checkpoints, and the stages' trainable sets on the golden training models.
 #include <torch/torch.h>
+#include <torch/version.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
@@ -336,4 +337,82 @@ TEST(TrainTrainer, Fp16OverflowSkipsTheUpdateAndHalvesTheScale) {
   EXPECT_EQ(trainer.num_updates(), 0);
   for (const auto& [n, t] : stage->trainable_state()) EXPECT_TRUE(at::equal(t, copy.at(n))) << n;
   EXPECT_EQ(trainer.state().at("loss_scaler").at("scale").get<double>(), 2);
+}
+
+// fairseq's --memory-efficient-bf16: every weight is stored in bfloat16, Adam's moments stay float32,
+// and three updates follow the float32-master run within bfloat16's resolution.
+TEST(TrainTrainer, MemoryEfficientBf16StoresHalfWeightsAndKeepsFloat32Moments) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+#if TORCH_VERSION_MAJOR < 2
+  GTEST_SKIP() << KOSMOSG_SKIP_MARKER "bfloat16 training on the CPU needs LibTorch 2.x";
+#endif
+  const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/train_instruct_steps.safetensors");
+  auto master = train::make_stage(data::StageKind::Instruct, golden_models("train_instruct_steps"), {});
+  train::StageOptions half_options;
+  half_options.frozen_dtype = at::kBFloat16;
+  auto half = train::make_stage(data::StageKind::Instruct, golden_models("train_instruct_steps"), half_options);
+  auto o = quick_optimization();
+  o.precision = train::PrecisionPolicy::parse("memory-efficient-bf16", c10::DeviceType::CPU);
+  ASSERT_TRUE(o.precision.memory_efficient);
+  o.precision.store(*half);
+  for (const auto& p : half->model().parameters()) ASSERT_EQ(p.scalar_type(), at::kBFloat16);
+  train::Trainer a(*master, quick_optimization()), b(*half, o);
+  const auto batch = golden_instruct_batch(file, 0, 2, 0, 3);
+  const auto draws = golden_draws(file, 0, 2);
+  for (int k = 0; k < 3; ++k) {
+    const auto ra = a.update({[&] { return train::instruct_forward_with_draws(*master, batch, draws); }});
+    const auto rb = b.update({[&] { return train::instruct_forward_with_draws(*half, batch, draws); }});
+    EXPECT_NEAR(rb.loss, ra.loss, 0.03 * ra.loss) << k;
+    EXPECT_NEAR(rb.grad_norm, ra.grad_norm, 0.05 * ra.grad_norm) << k;
+  }
+  for (const auto& [name, moment] : b.optimizer().state())
+    if (name.rfind("exp_avg", 0) == 0) EXPECT_EQ(moment.scalar_type(), at::kFloat) << name;
+  for (size_t i = 0; i < half->trainable().size(); ++i) {
+    const auto& [name, p] = half->trainable()[i];
+    EXPECT_EQ(p.scalar_type(), at::kBFloat16) << name;
+    const at::Tensor reference = master->trainable()[i].second;
+    EXPECT_LE((p.to(at::kFloat) - reference).abs().max().item<double>(), 2e-2 * reference.abs().max().item<double>() + 1e-3)
+        << name;
+  }
+}
+
+// With half-precision weights the loss scale and the clip factor are applied in one deferred
+// multiplication; an overflow still skips the update, leaves the weights alone and halves the scale.
+TEST(TrainTrainer, MemoryEfficientOverflowSkipsTheUpdate) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+#if TORCH_VERSION_MAJOR < 2
+  GTEST_SKIP() << KOSMOSG_SKIP_MARKER "bfloat16 training on the CPU needs LibTorch 2.x";
+#endif
+  auto stage = train::make_stage(data::StageKind::Align, golden_models("train_align_steps"), {});
+  auto o = quick_optimization();
+  o.precision = train::PrecisionPolicy::parse("memory-efficient-bf16", c10::DeviceType::CPU);
+  o.loss_scaling = true;
+  o.precision.store(*stage);
+  train::Trainer trainer(*stage, o);
+  std::map<std::string, at::Tensor> copy;
+  for (const auto& [n, t] : stage->trainable_state()) copy[n] = t.clone();
+  auto overflow = trainer.update({[&] {
+    train::StageLoss l;
+    l.loss = stage->trainable().front().second.sum() * INFINITY;
+    return l;
+  }});
+  EXPECT_FALSE(overflow.applied);
+  for (const auto& [n, t] : stage->trainable_state()) EXPECT_TRUE(at::equal(t, copy.at(n))) << n;
+  EXPECT_EQ(trainer.state().at("loss_scaler").at("scale").get<double>(), 2);
+  // A clean update at scale 2: the gradient norm is reported unscaled and the step is clipped to 2.
+  const at::Tensor& first = stage->trainable().front().second;
+  auto clean = trainer.update({[&] {
+    train::StageLoss l;
+    l.loss = first.to(at::kFloat).sum() * 100;
+    l.sample_size = 1;
+    return l;
+  }});
+  EXPECT_TRUE(clean.applied);
+  EXPECT_NEAR(clean.grad_norm, 100 * std::sqrt(static_cast<double>(first.numel())), 1e-6 * clean.grad_norm);
+  const double clipped = 2 / std::sqrt(static_cast<double>(first.numel()));
+  const at::Tensor moment = trainer.optimizer().state().at("exp_avg." + stage->trainable().front().first);
+  EXPECT_EQ(moment.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::allclose(moment, at::full_like(moment, 0.1 * clipped), 1e-2, 0)) << moment.flatten().slice(0, 0, 4);
+  EXPECT_EQ(first.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(trainer.num_updates(), 1);
 }

@@ -34,7 +34,9 @@ struct RunOptions {
   bool resume = false;
   bool quiet = false;
   std::string device = "cpu";
-  std::string precision = "float32";  // float32, bfloat16 (autocast) or float16 (CUDA, loss scaling)
+  // float32, bfloat16 (autocast), float16 (CUDA, loss scaling) or memory-efficient-bf16/-fp16
+  // (every weight in half precision; see PrecisionPolicy).
+  std::string precision = "float32";
   OptimizationOptions optimization;
   StageOptions stage_options;
   // Every `sample_every` updates (0: never) the output's weights files are brought up to date and
@@ -55,7 +57,7 @@ struct RunOptions {
 struct RunSummary {
   int64_t first_update = 0, last_update = 0;  // updates done before and after this run
   double last_loss = 0;
-  int64_t samples_read = 0, samples_failed = 0, samples_filtered = 0;  // this rank's
+  int64_t samples_read = 0, samples_failed = 0, samples_filtered = 0;  // summed over the ranks
 };
 
 // Runs the stage; throws kosmosg::Error on bad input. Everything already written stays valid.

@@ -43,7 +43,8 @@ struct StageOptions {
   // Recompute the MLLM, ViT, aligner and UNet blocks in backward instead of keeping activations.
   bool gradient_checkpointing = false;
   // Storage of the frozen diffusers parts (UNet, VAE), which then run in it with autocast off;
-  // the trainable parts compute under the trainer's autocast and keep float32 weights.
+  // the trainable parts compute under the trainer's autocast and keep float32 weights unless the
+  // precision policy is memory-efficient.
   c10::ScalarType frozen_dtype = c10::kFloat;
   // vae: weight of the posterior's KL divergence to N(0, I) beside the L1 reconstruction.
   double kl_weight = 1e-6;

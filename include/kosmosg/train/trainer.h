@@ -25,8 +25,15 @@ namespace kosmosg::train {
 struct PrecisionPolicy {
   c10::DeviceType device = c10::DeviceType::CPU;
   c10::ScalarType compute = c10::kFloat;
-  // "float32", "bfloat16" or "float16"; an Error for float16 on the CPU and for other names.
+  // fairseq's --memory-efficient-fp16/-bf16 (the official runs): every weight, the trainable ones
+  // included, is stored in `compute`; Adam keeps float32 moments and computes each update in
+  // float32, then writes it back.
+  bool memory_efficient = false;
+  // "float32", "bfloat16", "float16", "memory-efficient-bf16" or "memory-efficient-fp16"; an Error
+  // for float16 on the CPU and for other names.
   static PrecisionPolicy parse(const std::string& name, c10::DeviceType device);
+  // Stores the stage's weights as the policy says (call before building its Trainer).
+  void store(Stage& stage) const;
 };
 
 struct OptimizationOptions {
