@@ -122,16 +122,19 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-// Runs the kosmosg binary with `args` (shell words) and captures what it prints.
-inline CliResult run_cli(const std::string& args) {
+// Runs a shell command and captures what it prints.
+inline CliResult run_command(const std::string& command) {
   CliResult r{-1, ""};
-  FILE* pipe = popen((std::string(KOSMOSG_CLI_PATH) + " " + args + " 2>&1").c_str(), "r");
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   std::array<char, 4096> buf{};
   while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) r.output.append(buf.data(), n);
   const int raw = pclose(pipe);
   r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
   return r;
 }
+
+// Runs the kosmosg binary with `args` (shell words) and captures what it prints.
+inline CliResult run_cli(const std::string& args) { return run_command(std::string(KOSMOSG_CLI_PATH) + " " + args); }
 
 // A solid square of `fg` on `bg`, side 64 (a training image for the CLI tests).
 inline void write_square(const std::filesystem::path& path, std::array<uint8_t, 3> fg, std::array<uint8_t, 3> bg) {

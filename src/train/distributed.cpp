@@ -67,7 +67,7 @@ class C10dProcessGroup final : public ProcessGroup {
     wait_for_everyone();
     heartbeat_store_ = connect_store("heartbeat");
     heartbeat_thread_ = std::thread([this] { beat(); });
-    auto pg_store = c10::make_intrusive<c10d::PrefixStore>("kosmosg/pg", store_);
+    auto pg_store = c10::make_intrusive<c10d::PrefixStore>(key("pg"), store_);
     try {
       if (backend_ == "gloo") {
         auto o = c10d::ProcessGroupGloo::Options::create(options.timeout);
@@ -144,7 +144,7 @@ class C10dProcessGroup final : public ProcessGroup {
   }
 
   std::vector<std::string> all_gather_text(const std::string& text) override {
-    const std::string prefix = "kosmosg/gather/" + std::to_string(gather_count_++) + "/";
+    const std::string prefix = key("gather/" + std::to_string(gather_count_++) + "/");
     std::vector<std::string> out;
     try {
       store_->set(prefix + std::to_string(launch_.rank), bytes_of(text));
@@ -179,7 +179,7 @@ class C10dProcessGroup final : public ProcessGroup {
   void heartbeat(int64_t update) override {
     progress_ = update;
     try {
-      store_->set("kosmosg/progress/" + std::to_string(launch_.rank), bytes_of(std::to_string(update)));
+      store_->set(key("progress/") + std::to_string(launch_.rank), bytes_of(std::to_string(update)));
     } catch (const std::exception& e) {
       fail_collective("reporting progress", e);
     }
@@ -201,11 +201,24 @@ class C10dProcessGroup final : public ProcessGroup {
 
  private:
   std::string address() const { return launch_.master_addr + ":" + std::to_string(launch_.master_port); }
+  // Store keys of this attempt of the job.
+  std::string key(const std::string& name) const {
+    return "kosmosg/attempt_" + std::to_string(launch_.restart_count) + "/" + name;
+  }
 
   c10::intrusive_ptr<c10d::TCPStore> connect_store(const std::string& purpose) {
+#if TORCH_VERSION_MAJOR < 2
+    // A torch 2.x agent's store speaks a newer protocol (its query codes moved), and a 1.x client
+    // hangs on its first reply instead of failing.
+    if (launch_.agent_store)
+      fail(kWhere, "torchrun's agent serves the rendezvous store (TORCHELASTIC_USE_AGENT_STORE=True), which this "
+                   "build's LibTorch " + std::string(TORCH_VERSION) + " cannot talk to: start torchrun with "
+                   "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (rank 0 then serves the store itself), use scripts/launch.sh, "
+                   "or build with KOSMOSG_LIBTORCH=pip");
+#endif
     c10d::TCPStoreOptions o;
     o.port = static_cast<uint16_t>(launch_.master_port);
-    o.isServer = launch_.rank == 0 && purpose == "rendezvous";
+    o.isServer = launch_.rank == 0 && purpose == "rendezvous" && !launch_.agent_store;
     o.waitWorkers = false;
     o.timeout = options_.timeout;
     try {
@@ -225,11 +238,11 @@ class C10dProcessGroup final : public ProcessGroup {
     const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
     int64_t joined = 0;
     try {
-      store_->set("kosmosg/joined/" + std::to_string(launch_.rank), bytes_of("1"));
-      joined = store_->add("kosmosg/joined", 1);
+      store_->set(key("joined/") + std::to_string(launch_.rank), bytes_of("1"));
+      joined = store_->add(key("joined"), 1);
       while (joined < launch_.world_size && std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        joined = store_->add("kosmosg/joined", 0);
+        joined = store_->add(key("joined"), 0);
       }
     } catch (const std::exception& e) {
       fail(kWhere, "rank " + std::to_string(launch_.rank) + ": the rendezvous at " + address() + " broke off: " +
@@ -240,7 +253,7 @@ class C10dProcessGroup final : public ProcessGroup {
       for (int64_t r = 0; r < launch_.world_size; ++r) {
         bool present = false;
         try {
-          present = store_->check({"kosmosg/joined/" + std::to_string(r)});
+          present = store_->check({key("joined/") + std::to_string(r)});
         } catch (const std::exception&) {
         }
         if (!present) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
@@ -255,7 +268,7 @@ class C10dProcessGroup final : public ProcessGroup {
     std::unique_lock<std::mutex> lock(heartbeat_mutex_);
     for (int64_t n = 1;; ++n) {
       try {
-        heartbeat_store_->set("kosmosg/heartbeat/" + std::to_string(launch_.rank), bytes_of(std::to_string(n)));
+        heartbeat_store_->set(key("heartbeat/") + std::to_string(launch_.rank), bytes_of(std::to_string(n)));
       } catch (const std::exception&) {
         return;  // the store is gone (rank 0 stopped); the next collective reports it
       }
@@ -280,13 +293,13 @@ class C10dProcessGroup final : public ProcessGroup {
       return std::stoll(text_of(store_->get(key)));
     };
     std::vector<int64_t> before(static_cast<size_t>(launch_.world_size));
-    for (int64_t r = 0; r < launch_.world_size; ++r) before[r] = read("kosmosg/heartbeat/" + std::to_string(r));
+    for (int64_t r = 0; r < launch_.world_size; ++r) before[r] = read(key("heartbeat/") + std::to_string(r));
     std::this_thread::sleep_for(kHeartbeatPeriod * 3);
     std::vector<std::string> findings;
     for (int64_t r = 0; r < launch_.world_size; ++r) {
       if (r == launch_.rank) continue;
-      const int64_t beat = read("kosmosg/heartbeat/" + std::to_string(r));
-      const int64_t progress = read("kosmosg/progress/" + std::to_string(r));
+      const int64_t beat = read(key("heartbeat/") + std::to_string(r));
+      const int64_t progress = read(key("progress/") + std::to_string(r));
       const std::string at = progress >= 0 ? " (last at update " + std::to_string(progress + 1) + ")" : "";
       if (beat == before[r])
         findings.push_back("rank " + std::to_string(r) + " stopped responding" + at);
@@ -361,6 +374,9 @@ LaunchInfo LaunchInfo::from_environment(const std::function<const char*(const ch
     local_rank = get("LOCAL_RANK");
     local_world = get("LOCAL_WORLD_SIZE");
     if (!rank || !world) fail(kWhere, "RANK and WORLD_SIZE must be set together (torchrun sets both)");
+    if (const char* agent = get("TORCHELASTIC_USE_AGENT_STORE")) info.agent_store = std::string(agent) == "True";
+    if (const char* restarts = get("TORCHELASTIC_RESTART_COUNT"))
+      info.restart_count = parse_count("TORCHELASTIC_RESTART_COUNT", restarts, 0);
   } else if (get("SLURM_PROCID") && get("SLURM_NTASKS")) {
     info.launcher = "slurm";
     rank = get("SLURM_PROCID");

@@ -13,12 +13,17 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
+#include <sstream>
 #include <thread>
+
+#include <torch/version.h>
 
 #include "kosmosg/data/loader.h"
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/text/kosmosg_tokenizer.h"
+#include "kosmosg/train/checkpoint.h"
 #include "kosmosg/train/distributed.h"
 #include "support.h"
 
@@ -52,6 +57,12 @@ TEST(LaunchInfo, ReadsTorchrunSlurmAndOpenMpi) {
   EXPECT_EQ(t.local_world_size, 2);
   EXPECT_EQ(t.master_addr, "10.0.0.5");
   EXPECT_EQ(t.master_port, 1234);
+  EXPECT_FALSE(t.agent_store);
+  EXPECT_EQ(t.restart_count, 0);
+  const auto elastic = launch_from({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                    {"TORCHELASTIC_RESTART_COUNT", "3"}});
+  EXPECT_TRUE(elastic.agent_store);
+  EXPECT_EQ(elastic.restart_count, 3);
 
   const auto s = launch_from({{"SLURM_PROCID", "5"}, {"SLURM_NTASKS", "16"}, {"SLURM_LOCALID", "5"},
                               {"SLURM_NTASKS_PER_NODE", "8(x2)"}, {"SLURM_JOB_NODELIST", "gpu[007-008],cpu1"},
@@ -314,18 +325,141 @@ TEST_F(DistributedTrain, LaunchScriptStartsTheRanks) {
   ASSERT_EQ(convert_.status, 0) << convert_.output;
   const fs::path script = fs::path(__FILE__).parent_path().parent_path().parent_path() / "scripts" / "launch.sh";
   const fs::path out = work_ / "launched";
-  const std::string cmd = "timeout 120 " + script.string() + " 2 " + KOSMOSG_CLI_PATH + " " +
-                          train("align", out, "--steps 2 --batch-size 2 --dist-timeout 60") + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  std::string output;
-  std::array<char, 4096> buf{};
-  while (size_t n = fread(buf.data(), 1, buf.size(), pipe)) output.append(buf.data(), n);
-  const int raw = pclose(pipe);
-  ASSERT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 0) << output;
+  const auto launched = kosmosg::test::run_command("timeout 120 " + script.string() + " 2 " + KOSMOSG_CLI_PATH + " " +
+                                                   train("align", out, "--steps 2 --batch-size 2 --dist-timeout 60"));
+  ASSERT_EQ(launched.status, 0) << launched.output;
   std::ifstream metrics(out / "metrics.jsonl");
   std::string line;
   std::getline(metrics, line);
   EXPECT_EQ(kosmosg::io::parse_json(line, "metrics").at("world_size").get<int64_t>(), 2);
+}
+
+// Each rank counts the samples it could not read in its own shard; the metrics and the summary
+// give the sum over the ranks, which the ranks' saved loader states add up to.
+TEST_F(DistributedTrain, UnreadableSamplesAreCountedOverTheRanks) {
+  ASSERT_EQ(convert_.status, 0) << convert_.output;
+  const fs::path d = work_ / "data", out = work_ / "broken_counts";
+  {
+    std::ofstream broken(d / "broken.jsonl");
+    for (int i = 0; i < 8; ++i)
+      broken << R"({"prompt": "<i> on a green background", "images": [")" << (i % 3 == 1 ? "missing.png" : "red.png")
+             << R"("], "target": "red_on_green.png"})" "\n";
+  }
+  const std::string args = "train --stage instruct --model " + model() + " --data " + (d / "broken.jsonl").string() +
+                           " --out " + out.string() +
+                           " --threads 1 --quiet --seed 3 --steps 3 --batch-size 1 --dist-timeout 60";
+  const auto j = run_job(args, 2, work_ / "broken_counts.log");
+  ASSERT_EQ(j.status, (std::vector<int>{0, 0})) << j.logs[0] << j.logs[1];
+  const auto state = kosmosg::io::read_json((out / "checkpoints" / "step_00000003" / "state.json").string());
+  std::vector<int64_t> per_rank;
+  for (const auto& rank : state.at("data_ranks")) per_rank.push_back(rank.at("stats").at("samples_failed").get<int64_t>());
+  ASSERT_EQ(per_rank.size(), 2u);
+  EXPECT_GT(per_rank[1], 0);
+  std::ifstream metrics(out / "metrics.jsonl");
+  std::string line, last;
+  while (std::getline(metrics, line)) last = line;
+  EXPECT_EQ(kosmosg::io::parse_json(last, "metrics").at("samples_failed").get<int64_t>(), per_rank[0] + per_rank[1]);
+}
+
+// torchrun itself, where it is installed (KOSMOSG_TORCHRUN, PATH, or the pip build's environment).
+std::string find_torchrun() {
+  if (const char* t = std::getenv("KOSMOSG_TORCHRUN"); t && *t) return t;
+  std::vector<fs::path> candidates;
+  if (const char* path = std::getenv("PATH")) {
+    std::stringstream dirs(path);
+    for (std::string dir; std::getline(dirs, dir, ':');)
+      if (!dir.empty()) candidates.push_back(fs::path(dir) / "torchrun");
+  }
+  const char* cache = std::getenv("KOSMOSG_CACHE");
+  const char* home = std::getenv("HOME");
+  if (cache && *cache)
+    candidates.push_back(fs::path(cache) / "kosmosg-torch" / "bin" / "torchrun");
+  else if (home)
+    candidates.push_back(fs::path(home) / ".cache" / "kosmosg-torch" / "bin" / "torchrun");
+  for (const auto& c : candidates)
+    if (::access(c.c_str(), X_OK) == 0) return c.string();
+  return "";
+}
+
+// The process ids whose command line mentions `needle` and whose environment holds `variable`.
+std::vector<pid_t> processes_with(const std::string& needle, const std::string& variable) {
+  std::vector<pid_t> found;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string cmdline = slurp(entry.path() / "cmdline"), env = slurp(entry.path() / "environ");
+    if (cmdline.find(needle) == std::string::npos) continue;
+    const std::string nul(1, '\0');
+    if ((nul + env).find(nul + variable + nul) == std::string::npos) continue;
+    found.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return found;
+}
+
+// Under `torchrun --no-python` the ranks share the agent's store; when a rank dies, torchrun
+// restarts the group, whose ranks meet under the new attempt's keys and resume from the last
+// complete checkpoint.
+TEST_F(DistributedTrain, TorchrunRestartsAKilledGroupWhichResumes) {
+  ASSERT_EQ(convert_.status, 0) << convert_.output;
+  const std::string torchrun = find_torchrun();
+  if (torchrun.empty())
+    GTEST_SKIP() << KOSMOSG_SKIP_MARKER "torchrun is not installed (KOSMOSG_TORCHRUN, PATH, or KOSMOSG_LIBTORCH=pip "
+                                        "scripts/setup.sh)";
+  const std::string launch = torchrun + " --no-python --standalone --nproc-per-node 2 ";
+#if TORCH_VERSION_MAJOR < 2
+  // LibTorch 1.x cannot share a torch 2.x agent's store: it says so at once and names the way out.
+  const auto refused = kosmosg::test::run_command("timeout 60 " + launch + KOSMOSG_CLI_PATH + " " +
+                                                  train("align", work_ / "torchrun_agent_store", "--steps 1"));
+  EXPECT_NE(refused.status, 0);
+  EXPECT_NE(refused.output.find("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"), std::string::npos) << refused.output;
+  const std::string environment = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 ";
+#else
+  const std::string environment;
+#endif
+  const fs::path out = work_ / "torchrun", log = work_ / "torchrun.log";
+  const std::string cmd = environment + "exec timeout 180 " + launch + "--max-restarts 1 " +
+                          KOSMOSG_CLI_PATH + " " +
+                          train("align", out, "--steps 40 --batch-size 2 --save-every 1 --resume --dist-timeout 30") +
+                          " >" + log.string() + " 2>&1";
+  // In a process group of its own, so that a failing test stops torchrun's workers too.
+  const pid_t job = ::fork();
+  if (job == 0) {
+    ::setpgid(0, 0);
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  std::vector<pid_t> rank1;
+  while (std::chrono::steady_clock::now() < deadline && rank1.empty()) {
+    if (fs::exists(out / "checkpoints" / "latest"))
+      rank1 = processes_with(out.string(), "RANK=1");
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  auto stop_group = [&] { ::kill(-job, SIGKILL); };
+  if (rank1.size() != 1) {
+    stop_group();
+    wait_for(job, 0);
+    FAIL() << "found " << rank1.size() << " rank-1 processes; " << slurp(log);
+  }
+  ::kill(rank1[0], SIGKILL);
+  const int status = wait_for(job, 180);
+  stop_group();
+  const std::string output = slurp(log);
+  ASSERT_EQ(status, 0) << output;
+  EXPECT_NE(output.find("exitcode: -9"), std::string::npos) << output;
+  EXPECT_NE(output.find("resumed from"), std::string::npos) << output;
+  std::ifstream metrics(out / "metrics.jsonl");
+  std::vector<int64_t> updates;
+  for (std::string line; std::getline(metrics, line);) {
+    const auto m = kosmosg::io::parse_json(line, "metrics");
+    updates.push_back(m.at("update").get<int64_t>());
+    EXPECT_EQ(m.at("world_size").get<int64_t>(), 2);
+  }
+  std::vector<int64_t> expected(40);
+  std::iota(expected.begin(), expected.end(), 1);
+  EXPECT_EQ(updates, expected);
+  EXPECT_EQ(kosmosg::train::CheckpointManager(out.string(), 3).load_latest()->state.at("trainer").at("num_updates"), 40);
 }
 
 // Starts a long two-rank run and waits until rank 0 has logged an update.

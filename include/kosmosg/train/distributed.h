@@ -23,9 +23,15 @@ struct LaunchInfo {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   std::string launcher = "none";  // "torchrun" (or scripts/launch.sh), "slurm", "openmpi" or "none"
+  // torchrun's agent already serves the store at MASTER_PORT (TORCHELASTIC_USE_AGENT_STORE): every
+  // rank connects to it as a client.
+  bool agent_store = false;
+  // torchrun's restart attempt (TORCHELASTIC_RESTART_COUNT): a restarted group's store keys must
+  // not meet those the failed attempt left in the agent's store.
+  int64_t restart_count = 0;
 
   // Read from torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
-  // MASTER_PORT), else Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of
+  // MASTER_PORT, and the agent store and restart count), else Slurm's (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the first host of
   // SLURM_JOB_NODELIST), else Open MPI's (OMPI_COMM_WORLD_*); a single process when none is set.
   // `getenv` is replaceable for tests. Inconsistent values are an Error naming the variable.
   static LaunchInfo from_environment(const std::function<const char*(const char*)>& getenv = nullptr);
