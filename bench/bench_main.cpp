@@ -12,6 +12,7 @@
 #include <functional>
 #include <set>
 
+#include "kosmosg/error.h"
 #include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/clip.h"
@@ -34,6 +35,8 @@ struct Placement {
   c10::Device device{c10::kCPU};
   c10::ScalarType dtype = c10::kFloat;
   std::string precision = "float32";
+  // Storage of the UNet's and Kosmos-G's blocks for float32 compute (kFloat: as `dtype`).
+  c10::ScalarType storage = c10::kFloat;
   at::TensorOptions options() const { return at::TensorOptions().device(device).dtype(dtype); }
 };
 
@@ -181,7 +184,7 @@ int main(int argc, char** argv) {
   std::string configs = "configs/sd15";
   std::vector<std::string> only;
   int runs = 3, threads = 0;
-  std::string device_name = "cpu", dtype_name = "auto";
+  std::string device_name = "cpu", dtype_name = "auto", storage_name = "float32";
   int64_t full_batch = 4;
   Placement at;
   app.add_option("--configs", configs, "Folder with unet.json, vae.json, text_encoder.json")->capture_default_str();
@@ -191,6 +194,9 @@ int main(int argc, char** argv) {
   app.add_option("--device", device_name, "cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--dtype", dtype_name, "Inference weights: auto (float16 on CUDA), float32, float16 or bfloat16")
       ->capture_default_str();
+  app.add_option("--storage-dtype", storage_name,
+                 "unet_*, encode_condition, generate_512: store the blocks in bfloat16 or float16, compute in float32")
+      ->capture_default_str();
   app.add_option("--full-batch", full_batch, "Batch of the train_*_full figures")->capture_default_str();
   app.add_option("--precision", at.precision, "Training figures: float32, bfloat16, float16 (CUDA, loss scaling), memory-efficient-bf16 or memory-efficient-fp16 (CUDA)")
       ->capture_default_str();
@@ -199,8 +205,13 @@ int main(int argc, char** argv) {
     const int used = configure_threads(threads);
     at.device = parse_device(device_name);
     at.dtype = parse_dtype(dtype_name, at.device);
-    std::printf("threads: %d (OMP_WAIT_POLICY=%s), device %s, dtype %s, training precision %s\n", used,
-                std::getenv("OMP_WAIT_POLICY"), at.device.str().c_str(), c10::toString(at.dtype), at.precision.c_str());
+    if (storage_name != "float32") {
+      at.storage = storage_name == "float16" ? c10::kHalf : parse_dtype(storage_name, c10::kCPU);
+      if (at.dtype != c10::kFloat) fail("storage-dtype", "--storage-dtype is for float32 compute (--dtype float32)");
+    }
+    std::printf("threads: %d (OMP_WAIT_POLICY=%s), device %s, dtype %s, block storage %s, training precision %s\n",
+                used, std::getenv("OMP_WAIT_POLICY"), at.device.str().c_str(), c10::toString(at.dtype),
+                c10::toString(at.storage), at.precision.c_str());
     const std::set<std::string> wanted(only.begin(), only.end());
     auto selected = [&](const std::string& n) { return wanted.empty() || wanted.count(n) > 0; };
     torch::NoGradGuard no_grad;
@@ -209,6 +220,7 @@ int main(int argc, char** argv) {
     if (selected("unet_b1") || selected("unet_b2")) {
       models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
       unet->to(at.device, at.dtype);
+      if (at.storage != c10::kFloat) unet->store_block_weights(at.storage);
       unet->eval();
       for (int64_t batch : {1, 2}) {
         const std::string name = "unet_b" + std::to_string(batch);
@@ -302,6 +314,7 @@ int main(int argc, char** argv) {
       // prompt with two images: <s> <image>×65 </image> text <image>×65 </image> text.
       models::KosmosGModel kg(models::KosmosGConfig::from_json(io::builtin_config("kosmosg/full.json")));
       kg->to(at.device, at.dtype);
+      if (at.storage != c10::kFloat) kg->store_block_weights(at.storage);
       kg->eval();
       const auto& config = kg->config();
       const int64_t slots = config.connector.latent_query_num;
@@ -327,6 +340,7 @@ int main(int argc, char** argv) {
         models::AutoencoderKL vae(models::AutoencoderKLConfig::from_json(io::read_json(configs + "/vae.json")));
         pipeline::DiffusionDecoder decoder(unet, vae, io::read_json(configs + "/scheduler.json"));
         decoder.to(at.device, at.dtype);
+        if (at.storage != c10::kFloat) decoder.store_block_weights(at.storage);
         pipeline::GenerateOptions options;
         options.sampling.steps = 25;
         report("generate_512", runs, used, at, [&] {

@@ -36,7 +36,7 @@ struct GenerateArgs {
   double strength = 0.8;
   std::vector<std::string> controlnets, control_images, control_preprocess;
   std::vector<double> control_scales, control_starts, control_ends;
-  std::string device = "cpu", dtype = "auto";
+  std::string device = "cpu", dtype = "auto", storage_dtype = "float32";
   int64_t num_images = 1;
   std::optional<std::string> seed;
   int threads = 0;
@@ -122,6 +122,7 @@ struct GenerateJob {
   std::vector<ControlSpec> controls;
   c10::Device device = c10::kCPU;
   c10::ScalarType dtype = c10::kFloat;
+  c10::ScalarType storage_dtype = c10::kFloat;  // of the models' large blocks (see Pipeline::from_folder)
   int threads = 0;
   uint64_t seed = 0;
 };
@@ -149,6 +150,15 @@ GenerateJob parse(const GenerateArgs& a) {
   check_output(a.out);
   job.device = parse_device(a.device);
   job.dtype = parse_dtype(a.dtype, job.device);
+  if (a.storage_dtype != "float32") {
+    if (a.storage_dtype == "bfloat16" || a.storage_dtype == "float16")
+      job.storage_dtype = a.storage_dtype == "bfloat16" ? c10::kBFloat16 : c10::kHalf;
+    else
+      fail("storage-dtype", "--storage-dtype '" + a.storage_dtype + "' is not one of float32, bfloat16 or float16");
+    if (!job.device.is_cpu() || job.dtype != c10::kFloat)
+      fail("storage-dtype", "--storage-dtype " + a.storage_dtype + " stores weights for float32 compute on the CPU; "
+                            "with --device " + a.device + " --dtype " + a.dtype + " use --dtype alone");
+  }
   job.threads = configure_threads(a.threads);
   job.seed = a.seed ? parse_seed(*a.seed) : std::random_device{}();
   // Image i uses seed + i, which must not wrap around to 0.
@@ -194,8 +204,8 @@ pipeline::Pipeline build(const GenerateArgs& a, GenerateJob& job) {
     guide.name = c.dir;
     o.controlnets.push_back(std::move(guide));
   }
-  auto pipe = pipeline::Pipeline::from_folder(a.model);
-  pipe.to(job.device, job.dtype);
+  auto pipe = pipeline::Pipeline::from_folder(a.model, job.storage_dtype);
+  if (job.storage_dtype == c10::kFloat) pipe.to(job.device, job.dtype);
   for (const auto& [arg, weights] : job.loras) {
     size_t skipped = 0;
     pipe.attach_lora(weights, arg.scale, &skipped);
@@ -320,6 +330,7 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--threads", a->threads, "CPU threads, at most the number of cores (0 = all cores)")->capture_default_str();
   sub->add_option("--device", a->device, "cpu, cuda or cuda:N")->capture_default_str();
   sub->add_option("--dtype", a->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
+  sub->add_option("--storage-dtype", a->storage_dtype, "float32, bfloat16 or float16: store the UNet's and the MLLM's, ViT's and aligner's blocks in half precision and compute them in float32, a block at a time (CPU; about 40% less memory for Kosmos-G)")->capture_default_str();
   auto* lora = sub->add_option("--lora", a->loras, "A LoRA .safetensors file (Kohya/A1111 or diffusers) with an optional strength, FILE[:SCALE] (default 1); repeat for several")->type_name("FILE[:SCALE]");
   sub->add_flag("--lora-merge", a->lora_merge, "Add the LoRA weights into the model once (faster sampling) instead of applying them alongside")->needs(lora);
   auto* init = sub->add_option("--init-image", a->init_image, "Image-to-image: start from this picture (default size: its own, rounded down to a multiple of 8)");

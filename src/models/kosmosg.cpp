@@ -116,6 +116,12 @@ void KosmosGModelImpl::set_gradient_checkpointing(bool on, bool reentrant_compat
   aligner->set_gradient_checkpointing(on, reentrant_compat);
 }
 
+void KosmosGModelImpl::store_block_weights(c10::ScalarType dtype) {
+  for (const auto& list : {gpt_model->decoder->layers, img_model->visual->transformer->resblocks,
+                           aligner->encoder_proj->layers, aligner->encoder->layers})
+    for (const auto& block : *list) nn::store_block_weights(*block, dtype);
+}
+
 void KosmosGModelImpl::load(const io::TensorMap& weights, const io::LoadOptions& options) {
   static const std::vector<std::string> elsewhere = {
       "diffusion_unet.", "vae.", "aligner.clip_encoder.", "aligner.decoder.",

@@ -220,6 +220,12 @@ void UNet2DConditionModelImpl::set_gradient_checkpointing(bool on, bool reentran
   checkpointing = {on, reentrant_compat};
 }
 
+void UNet2DConditionModelImpl::store_block_weights(c10::ScalarType dtype) {
+  for (const auto& list : {down_blocks, up_blocks})
+    for (const auto& block : *list) nn::store_block_weights(*block, dtype);
+  if (!mid_block.is_empty()) nn::store_block_weights(*mid_block, dtype);
+}
+
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
                                              const at::Tensor& encoder_hidden_states,
                                              const UNetResiduals* residuals) {

@@ -250,18 +250,68 @@ at::Tensor checkpoint(const std::function<at::Tensor(const at::Tensor&)>& fn,
                     {input}, params, reentrant_compat)[0];
 }
 
+void store_block_weights(torch::nn::Module& block, c10::ScalarType dtype) {
+  if (dtype != at::kBFloat16 && dtype != at::kHalf)
+    fail("storage dtype", std::string("block weights are stored in bfloat16 or float16, not ") + c10::toString(dtype));
+  at::NoGradGuard no_grad;
+  for (auto& t : block.parameters())
+    if (t.is_floating_point()) t.set_data(t.to(dtype));
+  for (auto& t : block.buffers())
+    if (t.is_floating_point()) t.set_data(t.to(dtype));
+}
+
+namespace {
+
+// While alive, `block`'s half-precision tensors hold float32 copies; the stored ones come back
+// when it ends.
+class Float32Compute {
+ public:
+  Float32Compute(const torch::nn::Module& block, const at::Tensor& first_input) {
+    if (at::GradMode::is_enabled() || !first_input.defined() || first_input.scalar_type() != at::kFloat) return;
+    auto upcast = [this](at::Tensor t) {
+      if (t.scalar_type() != at::kBFloat16 && t.scalar_type() != at::kHalf) return;
+      stored_.emplace_back(t, t.data());
+      t.set_data(t.to(at::kFloat));
+    };
+    for (const auto& t : block.parameters()) upcast(t);
+    for (const auto& t : block.buffers()) upcast(t);
+  }
+  ~Float32Compute() {
+    for (auto& [tensor, stored] : stored_) tensor.set_data(stored);
+  }
+  Float32Compute(const Float32Compute&) = delete;
+  Float32Compute& operator=(const Float32Compute&) = delete;
+
+ private:
+  std::vector<std::pair<at::Tensor, at::Tensor>> stored_;
+};
+
+at::Tensor first_defined(const std::vector<at::Tensor>& inputs) {
+  for (const auto& t : inputs)
+    if (t.defined()) return t;
+  return {};
+}
+
+}  // namespace
+
 std::vector<at::Tensor> GradientCheckpointing::run(const torch::nn::Module& owner,
                                                    const torch::nn::Module& block,
                                                    const CheckpointFn& fn,
                                                    const std::vector<at::Tensor>& inputs) const {
-  if (!enabled || !owner.is_training() || !at::GradMode::is_enabled()) return fn(inputs);
+  if (!enabled || !owner.is_training() || !at::GradMode::is_enabled()) {
+    Float32Compute compute(block, first_defined(inputs));
+    return fn(inputs);
+  }
   return checkpoint(fn, inputs, block.parameters(), reentrant_compat);
 }
 
 at::Tensor GradientCheckpointing::run(const torch::nn::Module& owner, const torch::nn::Module& block,
                                       const std::function<at::Tensor(const at::Tensor&)>& fn,
                                       const at::Tensor& input) const {
-  if (!enabled || !owner.is_training() || !at::GradMode::is_enabled()) return fn(input);
+  if (!enabled || !owner.is_training() || !at::GradMode::is_enabled()) {
+    Float32Compute compute(block, input);
+    return fn(input);
+  }
   return checkpoint(fn, input, block.parameters(), reentrant_compat);
 }
 

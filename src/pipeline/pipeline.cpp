@@ -20,13 +20,17 @@ Pipeline::Pipeline(DiffusionDecoder decoder, std::unique_ptr<ConditionEncoder> e
 
 bool Pipeline::is_kosmosg_folder(const std::string& dir) { return KosmosGConditionEncoder::is_kosmosg_folder(dir); }
 
-Pipeline Pipeline::from_folder(const std::string& dir) {
+Pipeline Pipeline::from_folder(const std::string& dir, c10::ScalarType block_storage) {
   const fs::path root(dir);
   if (!fs::is_directory(root))
     fail("model", dir + " is not a folder (expected a Kosmos-G or diffusers Stable Diffusion model folder)");
+  const bool store = block_storage != c10::kFloat;
   if (is_kosmosg_folder(dir)) {
     auto encoder = KosmosGConditionEncoder::from_folder(dir);
-    return Pipeline(DiffusionDecoder::from_folder(dir), std::move(encoder));
+    if (store) encoder->store_block_weights(block_storage);
+    auto decoder = DiffusionDecoder::from_folder(dir);
+    if (store) decoder.store_block_weights(block_storage);
+    return Pipeline(std::move(decoder), std::move(encoder));
   }
   if (!fs::exists(root / "model_index.json"))
     fail("model", dir + " has no model_index.json and no kosmosg/ (expected a diffusers or Kosmos-G model folder)");
@@ -35,6 +39,7 @@ Pipeline Pipeline::from_folder(const std::string& dir) {
       fail("model", dir + " has no " + part + "/ folder (a Stable Diffusion folder needs unet, vae, "
                           "text_encoder, tokenizer and scheduler)");
   auto decoder = DiffusionDecoder::from_folder(dir);
+  if (store) decoder.store_block_weights(block_storage);
   return Pipeline(std::move(decoder), CLIPTextConditionEncoder::from_folder(dir));
 }
 

@@ -77,6 +77,24 @@ TEST_F(CliKosmosG, ConvertsAndGeneratesWithOneAndTwoImages) {
   ASSERT_EQ(r.status, 0) << r.output;
 }
 
+// --storage-dtype: the same image within the weights' rounding; for float32 compute only.
+TEST_F(CliKosmosG, BlockStorageInHalfPrecision) {
+  ASSERT_EQ(convert_.status, 0) << convert_.output;
+  const auto full = (work_ / "storage_float32.png").string(), half = (work_ / "storage_bfloat16.png").string();
+  auto r = run(generate("<i> in the jungle", "--image " + image("image_0_0.png"), full));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run(generate("<i> in the jungle", "--image " + image("image_0_0.png") + " --storage-dtype bfloat16", half));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto a = kosmosg::io::read_image(full).to(at::kFloat), b = kosmosg::io::read_image(half).to(at::kFloat);
+  EXPECT_LT((a - b).abs().mean().item<double>(), 4.0);
+  const auto refused = (work_ / "storage_refused.png").string();
+  expect_error(run(generate("<i> in the jungle", "--image " + image("image_0_0.png") +
+                                                     " --storage-dtype bfloat16 --dtype bfloat16", refused)),
+               "--dtype alone", refused);
+  expect_error(run(generate("<i> in the jungle", "--image " + image("image_0_0.png") + " --storage-dtype int8", refused)),
+               "--storage-dtype 'int8'", refused);
+}
+
 TEST_F(CliKosmosG, PlaceholderCountMismatch) {
   expect_error(run(generate("<i> next to <i>", "--image " + image("image_0_0.png"), (work_ / "x.png").string())),
                "2 <i> placeholders but 1 image", work_ / "x.png");

@@ -112,6 +112,38 @@ TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
   }
 }
 
+// Blocks stored in bfloat16 and computed in float32: the official outputs within bfloat16's weight
+// rounding, and the blocks stay in bfloat16 after a generation.
+TEST_F(KosmosGFixture, BlocksStoredInBfloat16StayCloseToTheOfficialOutputs) {
+  auto expected = kosmosg::io::SafeTensors::open((fixture() / "expected.safetensors").string());
+  const auto prompts = kosmosg::io::parse_json(expected.metadata().at("prompts"), "prompts");
+  const auto image_files = kosmosg::io::parse_json(expected.metadata().at("images"), "images");
+  auto pipe = kosmosg::pipeline::Pipeline::from_folder((dir_ / "model").string(), at::kBFloat16);
+  auto& model = dynamic_cast<kosmosg::pipeline::KosmosGConditionEncoder&>(pipe.encoder()).model();
+  const std::string prompt = prompts[0][0];
+  kosmosg::pipeline::GenerateOptions options;
+  options.prompt = prompt;
+  const auto layout = kosmosg::text::layout_prompt(
+      kosmosg::text::KosmosGTokenizer::from_files((dir_ / "model" / "kosmosg" / "sentencepiece.bpe.model").string(),
+                                                  (dir_ / "model" / "kosmosg" / "dict.txt").string()),
+      prompt, model->config().connector.latent_query_num);
+  for (size_t k = 0; k < layout.num_images; ++k)
+    options.images.push_back(kosmosg::io::read_image((fixture() / image_files[k].get<std::string>()).string()));
+  options.negative = prompts[0][1];
+  options.sampling.steps = std::stoll(expected.metadata().at("num_inference_steps"));
+  options.sampling.guidance = std::stod(expected.metadata().at("guidance_scale"));
+  options.width = std::stoll(expected.metadata().at("width"));
+  options.height = std::stoll(expected.metadata().at("height"));
+  options.initial_latents = expected.get("input.0.initial_latents");
+  auto [latents, image] = pipe.generate(options);
+  const double error = rel_l2(latents, expected.get("output.0.final_latents"));
+  EXPECT_LT(error, 5e-2) << prompt;
+  EXPECT_GT(error, 0) << "the weights were not rounded: nothing was stored in bfloat16";
+  EXPECT_EQ(model->gpt_model->decoder->layers->ptr(0)->parameters().front().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(pipe.decoder().unet()->up_blocks->ptr(0)->parameters().front().scalar_type(), at::kBFloat16);
+  EXPECT_EQ(pipe.decoder().unet()->conv_in->parameters().front().scalar_type(), at::kFloat);
+}
+
 TEST_F(KosmosGFixture, PlaceholderCountMustMatchTheImages) {
   auto encoder = kosmosg::pipeline::KosmosGConditionEncoder::from_folder((dir_ / "model").string());
   auto image = kosmosg::io::read_image((fixture() / "image_0_0.png").string());

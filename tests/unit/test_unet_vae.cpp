@@ -171,6 +171,30 @@ TEST(UNet, TimestepFormsAgreeAndBadShapesFail) {
             std::string::npos);
 }
 
+// Blocks stored in bfloat16 compute in float32 exactly as a float32 UNet whose block weights were
+// rounded to bfloat16, and stay stored in bfloat16 between calls; the other layers keep float32.
+TEST(UNet, BlocksStoredInHalfPrecisionComputeInFloat32) {
+  torch::manual_seed(3);
+  UNet2DConditionModel stored(UNet2DConditionConfig::from_json(tiny_unet_json()));
+  UNet2DConditionModel rounded(UNet2DConditionConfig::from_json(tiny_unet_json()));
+  torch::NoGradGuard no_grad;
+  stored->store_block_weights(at::kBFloat16);
+  const auto source = stored->named_parameters();
+  for (auto& item : rounded->named_parameters()) item.value().copy_(source[item.key()].to(at::kFloat));
+  for (const auto& item : source) {
+    const bool in_block = item.key().rfind("down_blocks.", 0) == 0 || item.key().rfind("up_blocks.", 0) == 0 ||
+                          item.key().rfind("mid_block.", 0) == 0;
+    EXPECT_EQ(item.value().scalar_type(), in_block ? at::kBFloat16 : at::kFloat) << item.key();
+  }
+  auto x = torch::randn({2, 4, 8, 8});
+  auto ctx = torch::randn({2, 3, 12});
+  const auto t = torch::tensor(500, torch::kLong);
+  EXPECT_TRUE(torch::equal(stored->forward(x, t, ctx), rounded->forward(x, t, ctx)));
+  for (const auto& item : stored->named_parameters())
+    EXPECT_EQ(item.value().scalar_type(), source[item.key()].scalar_type()) << item.key();
+  EXPECT_NE(error_of([&] { stored->store_block_weights(at::kFloat); }).find("bfloat16 or float16"), std::string::npos);
+}
+
 TEST(UNet, OddLatentSizesUpsampleToTheSkipSize) {
   torch::manual_seed(2);
   UNet2DConditionModel unet(UNet2DConditionConfig::from_json(tiny_unet_json()));

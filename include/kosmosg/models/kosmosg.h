@@ -66,6 +66,10 @@ class KosmosGModelImpl : public torch::nn::Module {
   void load(const io::TensorMap& weights, const io::LoadOptions& options = {});
   // Checkpoints the blocks of gpt_model, img_model and aligner in training (see nn::checkpoint).
   void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
+  // Stores the weights of the MLLM's layers, the ViT's blocks and the aligner's layers in `dtype`
+  // (bfloat16 or float16) and computes them in float32 (nn::store_block_weights): inference with
+  // float32 inputs only.
+  void store_block_weights(c10::ScalarType dtype);
   const KosmosGConfig& config() const { return config_; }
 
   GPTModel gpt_model{nullptr};

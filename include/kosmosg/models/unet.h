@@ -78,6 +78,9 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   // Checkpoints each down, mid and up block in training (see nn::checkpoint for
   // `reentrant_compat`).
   void set_gradient_checkpointing(bool on, bool reentrant_compat = false);
+  // Stores the down, mid and up blocks' weights in `dtype` (bfloat16 or float16) and computes them
+  // in float32 (nn::store_block_weights): inference with float32 inputs only.
+  void store_block_weights(c10::ScalarType dtype);
 
   const UNet2DConditionConfig& config() const { return config_; }
 

@@ -30,13 +30,21 @@ at::Tensor checkpoint(const std::function<at::Tensor(const at::Tensor&)>& fn,
                       const at::Tensor& input, const std::vector<at::Tensor>& params = {},
                       bool reentrant_compat = false);
 
-// A model's checkpointing switch, applied to each of its repeated blocks.
+// Stores `block`'s floating parameters and buffers in `dtype` (bfloat16 or float16) to be computed
+// in float32: GradientCheckpointing::run gives the block float32 copies of them for each call, so
+// one block's float32 weights are alive at a time (diffusers' layerwise casting).
+void store_block_weights(torch::nn::Module& block, c10::ScalarType dtype);
+
+// How a model runs each of its repeated blocks: its checkpointing switch, and the float32 compute
+// of blocks stored by store_block_weights.
 struct GradientCheckpointing {
   bool enabled = false;
   bool reentrant_compat = false;  // see checkpoint()
 
   // fn(inputs) through checkpoint() over `block`'s parameters when enabled and `owner` is
-  // training with grad mode on; a plain call otherwise (inference is unaffected).
+  // training with grad mode on; a plain call otherwise (inference is unaffected). Without grad
+  // mode, a block with half-precision weights whose first input is float32 runs on float32
+  // copies of them, which are dropped when it returns.
   std::vector<at::Tensor> run(const torch::nn::Module& owner, const torch::nn::Module& block,
                               const CheckpointFn& fn, const std::vector<at::Tensor>& inputs) const;
   // The one-tensor form.

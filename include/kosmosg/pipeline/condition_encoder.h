@@ -37,6 +37,9 @@ class ConditionEncoder {
                             const std::string& negative, bool guided) = 0;
 
   virtual void to(const c10::Device& device, c10::ScalarType dtype) = 0;
+  // Stores the encoder's large repeated blocks in `dtype` (half precision) for float32 compute;
+  // encoders without such blocks keep their weights.
+  virtual void store_block_weights(c10::ScalarType /*dtype*/) {}
 
   // The CLIP text encoder a LoRA file's text-encoder layers adapt, or nullptr when the conditions
   // come from a model LoRA files do not know.

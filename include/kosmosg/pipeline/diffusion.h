@@ -108,6 +108,8 @@ class DiffusionDecoder {
   at::Tensor initial_latents(int64_t count, int64_t height, int64_t width, at::Generator generator) const;
 
   void to(const c10::Device& device, c10::ScalarType dtype);
+  // Stores the UNet's blocks in `dtype` (half precision) for float32 compute.
+  void store_block_weights(c10::ScalarType dtype) { unet_->store_block_weights(dtype); }
   models::UNet2DConditionModel& unet() { return unet_; }
   models::AutoencoderKL& vae() { return vae_; }
   const io::Json& scheduler_config() const { return scheduler_config_; }

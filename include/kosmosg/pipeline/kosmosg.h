@@ -28,6 +28,7 @@ class KosmosGConditionEncoder : public ConditionEncoder {
                     bool guided) override;
 
   void to(const c10::Device& device, c10::ScalarType dtype) override;
+  void store_block_weights(c10::ScalarType dtype) override { model_->store_block_weights(dtype); }
   std::string kind() const override { return "Kosmos-G"; }
 
   models::KosmosGModel& model() { return model_; }

@@ -25,7 +25,10 @@ class Pipeline {
   // Loads a model folder: Kosmos-G when it holds kosmosg/ (see is_kosmosg_folder), else a
   // diffusers Stable Diffusion folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/,
   // scheduler/).
-  static Pipeline from_folder(const std::string& dir);
+  // With `block_storage` bfloat16 or float16, each model's large repeated blocks (UNet, MLLM, ViT,
+  // aligner) are stored in it as soon as that model is loaded and computed in float32 (about 40 %
+  // less memory for Kosmos-G; the pipeline must then run in float32).
+  static Pipeline from_folder(const std::string& dir, c10::ScalarType block_storage = c10::kFloat);
   static bool is_kosmosg_folder(const std::string& dir);
 
   // One image: checks `options` once, before the prompt is encoded, then samples and decodes:
