@@ -12,7 +12,6 @@
 #include <functional>
 #include <set>
 
-#include "kosmosg/error.h"
 #include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/models/clip.h"
@@ -205,10 +204,7 @@ int main(int argc, char** argv) {
     const int used = configure_threads(threads);
     at.device = parse_device(device_name);
     at.dtype = parse_dtype(dtype_name, at.device);
-    if (storage_name != "float32") {
-      at.storage = storage_name == "float16" ? c10::kHalf : parse_dtype(storage_name, c10::kCPU);
-      if (at.dtype != c10::kFloat) fail("storage-dtype", "--storage-dtype is for float32 compute (--dtype float32)");
-    }
+    at.storage = parse_storage_dtype(storage_name, at.device, at.dtype);
     std::printf("threads: %d (OMP_WAIT_POLICY=%s), device %s, dtype %s, block storage %s, training precision %s\n",
                 used, std::getenv("OMP_WAIT_POLICY"), at.device.str().c_str(), c10::toString(at.dtype),
                 c10::toString(at.storage), at.precision.c_str());

@@ -144,6 +144,16 @@ c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device) 
   fail("dtype", "unknown dtype '" + name + "' (expected auto, float32, float16 or bfloat16)");
 }
 
+c10::ScalarType parse_storage_dtype(const std::string& name, const c10::Device& device, c10::ScalarType dtype) {
+  if (name == "float32") return c10::kFloat;
+  if (name != "bfloat16" && name != "float16")
+    fail("storage-dtype", "--storage-dtype '" + name + "' is not one of float32, bfloat16 or float16");
+  if (!device.is_cpu() || dtype != c10::kFloat)
+    fail("storage-dtype", "--storage-dtype " + name + " stores weights for float32 compute on the CPU; with --device " +
+                              device.str() + " --dtype " + c10::toString(dtype) + " use --dtype alone");
+  return name == "bfloat16" ? c10::kBFloat16 : c10::kHalf;
+}
+
 void ensure_passive_omp_wait(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY")) return;
   setenv("OMP_WAIT_POLICY", "PASSIVE", 1);

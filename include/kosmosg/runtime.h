@@ -19,6 +19,11 @@ c10::Device parse_device(const std::string& name);
 // refused: LibTorch's CPU kernels lack half-precision convolutions.
 c10::ScalarType parse_dtype(const std::string& name, const c10::Device& device);
 
+// --storage-dtype: "float32" (weights as --dtype), "bfloat16" or "float16" (blocks stored in half
+// precision for float32 compute; see Pipeline::from_folder). The compute `dtype` must be float32
+// and the device the CPU.
+c10::ScalarType parse_storage_dtype(const std::string& name, const c10::Device& device, c10::ScalarType dtype);
+
 // What `kosmosg --version` prints: the kosmosg and LibTorch versions, whether CUDA is compiled in
 // and which GPUs are visible, the BLAS and oneDNN LibTorch uses, and the thread count.
 std::string build_report();

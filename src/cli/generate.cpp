@@ -150,15 +150,7 @@ GenerateJob parse(const GenerateArgs& a) {
   check_output(a.out);
   job.device = parse_device(a.device);
   job.dtype = parse_dtype(a.dtype, job.device);
-  if (a.storage_dtype != "float32") {
-    if (a.storage_dtype == "bfloat16" || a.storage_dtype == "float16")
-      job.storage_dtype = a.storage_dtype == "bfloat16" ? c10::kBFloat16 : c10::kHalf;
-    else
-      fail("storage-dtype", "--storage-dtype '" + a.storage_dtype + "' is not one of float32, bfloat16 or float16");
-    if (!job.device.is_cpu() || job.dtype != c10::kFloat)
-      fail("storage-dtype", "--storage-dtype " + a.storage_dtype + " stores weights for float32 compute on the CPU; "
-                            "with --device " + a.device + " --dtype " + a.dtype + " use --dtype alone");
-  }
+  job.storage_dtype = parse_storage_dtype(a.storage_dtype, job.device, job.dtype);
   job.threads = configure_threads(a.threads);
   job.seed = a.seed ? parse_seed(*a.seed) : std::random_device{}();
   // Image i uses seed + i, which must not wrap around to 0.

@@ -4,7 +4,6 @@
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
 
-#include <array>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -288,15 +287,6 @@ RunSummary run_training(const RunOptions& o) {
     checkpoints.save(trainer.num_updates(), stage->trainable_state(), trainer.optimizer().state(), state);
   };
 
-  // The loader's counts over every rank (each rank reads its own shard).
-  auto loader_counts = [&] {
-    const auto& st = loader.stats();
-    std::vector<double> c{static_cast<double>(st.samples_read), static_cast<double>(st.samples_failed),
-                          static_cast<double>(st.samples_filtered)};
-    if (group) group->all_reduce_sum(c);
-    return std::array<int64_t, 3>{std::llround(c[0]), std::llround(c[1]), std::llround(c[2])};
-  };
-
   std::ofstream metrics;
   if (main_rank) {
     drop_metrics_after(out / "metrics.jsonl", trainer.num_updates());
@@ -319,7 +309,10 @@ RunSummary run_training(const RunOptions& o) {
     for (int64_t i = 0; i < o.update_freq; ++i) batches.push_back(loader.next());
     std::vector<std::function<StageLoss()>> forwards;
     for (const auto& b : batches) forwards.push_back([&stage, &generator, &b] { return stage->forward(b, generator); });
-    const UpdateResult r = trainer.update(forwards);
+    // Each rank reads its own shard: the update's all-reduce also sums the loader's counts.
+    const auto& stats = loader.stats();
+    const UpdateResult r = trainer.update(
+        forwards, {static_cast<double>(stats.samples_failed), static_cast<double>(stats.samples_filtered)});
     const int64_t batch_samples = r.samples;
     samples += batch_samples;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -327,15 +320,14 @@ RunSummary run_training(const RunOptions& o) {
     const int64_t done = trainer.num_updates() - summary.first_update;
     const double eta = done > 0 ? seconds / static_cast<double>(done) * static_cast<double>(target - trainer.num_updates()) : 0;
     summary.last_loss = r.loss;
-    const auto counts = loader_counts();
 
     io::Json line = {{"update", n + 1},         {"applied", r.applied},      {"loss", r.loss},
                      {"lr", r.lr},              {"grad_norm", r.grad_norm},  {"loss_scale", r.loss_scale},
                      {"sample_size", r.sample_size}, {"samples", batch_samples},
                      {"samples_per_s", static_cast<double>(batch_samples) / update_seconds},
                      {"source", batches.front().source},
-                     {"samples_failed", counts[1]},
-                     {"samples_filtered", counts[2]}};
+                     {"samples_failed", std::llround(r.rank_sums[0])},
+                     {"samples_filtered", std::llround(r.rank_sums[1])}};
     for (const auto& [k, v] : r.logs) line[k] = v;
     line["precision"] = o.precision;
     if (group) {
@@ -359,10 +351,13 @@ RunSummary run_training(const RunOptions& o) {
   if (trainer.num_updates() > summary.first_update || !resumed) save();
   if (group) group->barrier();  // every rank ends once rank 0's output is complete
   summary.last_update = trainer.num_updates();
-  const auto counts = loader_counts();
-  summary.samples_read = counts[0];
-  summary.samples_failed = counts[1];
-  summary.samples_filtered = counts[2];
+  const auto& stats = loader.stats();
+  std::vector<double> counts{static_cast<double>(stats.samples_read), static_cast<double>(stats.samples_failed),
+                             static_cast<double>(stats.samples_filtered)};
+  if (group) group->all_reduce_sum(counts);
+  summary.samples_read = std::llround(counts[0]);
+  summary.samples_failed = std::llround(counts[1]);
+  summary.samples_filtered = std::llround(counts[2]);
   if (!quiet)
     spdlog::info("{} stage: {} updates done; model folder {} ({} samples read, {} unreadable, {} filtered out)",
                  data::stage_name(o.stage), summary.last_update, o.out_dir, summary.samples_read,

@@ -14,12 +14,11 @@ PrecisionPolicy PrecisionPolicy::parse(const std::string& name, c10::DeviceType 
   PrecisionPolicy p;
   p.device = device;
   if (name == "float32") return p;
-  for (const char* half : {"bf16", "fp16"})
-    if (name == std::string("memory-efficient-") + half) {
-      p = parse(half == std::string("bf16") ? "bfloat16" : "float16", device);
-      p.memory_efficient = true;
-      return p;
-    }
+  if (name == "memory-efficient-bf16" || name == "memory-efficient-fp16") {
+    p = parse(name == "memory-efficient-bf16" ? "bfloat16" : "float16", device);
+    p.memory_efficient = true;
+    return p;
+  }
   if (name == "bfloat16") {
 #if TORCH_VERSION_MAJOR < 2
     // LibTorch 1.x's CPU autocast leaves LayerNorm and GroupNorm out of its float32 list, and those
@@ -58,7 +57,8 @@ Trainer::Trainer(Stage& stage, OptimizationOptions options, std::shared_ptr<Proc
 
 Trainer::~Trainer() = default;
 
-UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micro_batches) {
+UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micro_batches,
+                             const std::vector<double>& rank_values) {
   if (micro_batches.empty()) fail("train", "an update needs at least one micro-batch");
   const NamedParameters& params = stage_.trainable();
   for (const auto& [name, p] : params)
@@ -66,6 +66,7 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
   stage_.train_mode();
 
   UpdateResult r;
+  r.rank_sums = rank_values;
   r.loss_scale = options_.loss_scaling ? scaler_.scale() : 1.0;
   double loss_sum = 0;
   for (size_t i = 0; i < micro_batches.size(); ++i) {
@@ -89,12 +90,14 @@ UpdateResult Trainer::update(const std::vector<std::function<StageLoss()>>& micr
     // One all-reduce for the scalars: every rank's stage logs the same keys.
     std::vector<double> sums{loss_sum, static_cast<double>(r.sample_size), static_cast<double>(r.samples)};
     for (const auto& [key, value] : r.logs) sums.push_back(value);
+    sums.insert(sums.end(), rank_values.begin(), rank_values.end());
     group_->all_reduce_sum(sums);
     loss_sum = sums[0];
     r.sample_size = static_cast<int64_t>(std::llround(sums[1]));
     r.samples = static_cast<int64_t>(std::llround(sums[2]));
     size_t k = 3;
     for (auto& [key, value] : r.logs) value = sums[k++] / static_cast<double>(group_->world_size());
+    for (auto& value : r.rank_sums) value = sums[k++];
   }
   r.loss = loss_sum / static_cast<double>(std::max<int64_t>(r.sample_size, 1));
 

@@ -56,6 +56,7 @@ struct UpdateResult {
   int64_t samples = 0;      // rows trained on, over micro-batches and ranks
   double communication_wait_s = 0;  // all-reduce time the backward pass did not hide
   std::map<std::string, double> logs;  // the stages' parts, averaged over micro-batches and ranks
+  std::vector<double> rank_sums;       // the rank_values given to update(), summed over the ranks
 };
 
 class Trainer {
@@ -67,8 +68,10 @@ class Trainer {
   ~Trainer();
 
   // One update from the forwards of its micro-batches (gradient accumulation: several); only
-  // the last micro-batch's backward communicates.
-  UpdateResult update(const std::vector<std::function<StageLoss()>>& micro_batches);
+  // the last micro-batch's backward communicates. `rank_values` (e.g. the loader's counts) come
+  // back in UpdateResult::rank_sums summed over the ranks, in the update's own all-reduce.
+  UpdateResult update(const std::vector<std::function<StageLoss()>>& micro_batches,
+                      const std::vector<double>& rank_values = {});
 
   // Updates applied so far (fairseq's num_updates; skipped updates do not count).
   int64_t num_updates() const { return num_updates_; }
