@@ -128,17 +128,23 @@ int run_shapes(const ShapesEvalArgs& a) {
     const auto dtype = parse_dtype(a.dtype, device);
     configure_threads(a.threads);
     keep_freed_memory();
-    const bool baseline = a.baseline || (!a.no_baseline && fs::exists(fs::path(a.model) / "text_encoder") &&
-                                         fs::exists(fs::path(a.model) / "model_index.json"));
+    // A folder without kosmosg/ is a text-to-image decoder (the t2i stage's output): only the
+    // baseline is scored.
+    const bool kosmosg = fs::exists(fs::path(a.model) / "kosmosg");
+    const bool baseline = !kosmosg || a.baseline ||
+                          (!a.no_baseline && fs::exists(fs::path(a.model) / "text_encoder") &&
+                           fs::exists(fs::path(a.model) / "model_index.json"));
+    if (!kosmosg && a.no_baseline)
+      fail("shapes eval", a.model + " has no kosmosg/ folder, so only its text-to-image baseline can be scored: drop --no-baseline");
     settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", a.sampler}, {"steps", a.steps},
                      {"guidance", a.guidance}, {"seed", a.seed}, {"baseline", baseline}});
     // Both systems share the decoder: the baseline only swaps the condition encoder.
     auto decoder = pipeline::DiffusionDecoder::from_folder(a.model);
-    {
+    settings["size"] = a.size.value_or(decoder.native_size());
+    if (kosmosg) {
       pipeline::Pipeline pipe(decoder, pipeline::KosmosGConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
-      const int64_t side = a.size.value_or(pipe.decoder().native_size());
-      settings["size"] = side;
+      const int64_t side = settings["size"].get<int64_t>();
       spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, a.steps);
       systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", [&](const eval::ShapesCase& c, uint64_t seed) {
         auto g = generate_options(a, side, seed);
@@ -203,7 +209,7 @@ Command add_eval(CLI::App& app) {
                 "text fidelity (the background asked for), subject fidelity (the entities' kinds and colours) and "
                 "editing success for text-only, one-entity and two-entity prompts, by image analysis");
   sh->add_option("--data", s->data, "The world folder (kosmosg data shapes --out)")->required();
-  auto* model = sh->add_option("--model", s->model, "Kosmos-G model folder to generate with");
+  auto* model = sh->add_option("--model", s->model, "Kosmos-G model folder to generate with (a text-to-image folder without kosmosg/, e.g. the t2i stage's output: its baseline alone)");
   auto* images = sh->add_option("--images", s->images, "Score the images of an earlier run instead (OUT/kosmosg or "
                                                        "OUT/baseline: <split>/<n>.png)")->excludes(model);
   sh->add_flag("--ground-truth", s->ground_truth, "Score the world's own target images (the scorer's check: 100%)")

@@ -6,12 +6,15 @@
 namespace kosmosg::train {
 
 DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
-                             double condition_drop_rate, c10::ScalarType unet_dtype, bool unet_trains)
+                             double condition_drop_rate, c10::ScalarType unet_dtype, bool unet_trains, double snr_gamma)
     : unet_(std::move(unet)),
       noise_(std::move(noise)),
       drop_rate_(condition_drop_rate),
       unet_dtype_(unet_dtype),
-      unet_trains_(unet_trains) {}
+      unet_trains_(unet_trains),
+      snr_gamma_(snr_gamma) {
+  if (!(snr_gamma >= 0)) fail("diffusion_loss", "snr_gamma is " + std::to_string(snr_gamma) + ", expected 0 (off) or more");
+}
 
 DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator generator) const {
   const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
@@ -20,6 +23,15 @@ DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator 
   d.timesteps = noise_.random_timesteps(latents.size(0), latents.device(), generator);
   d.random_p = at::rand({latents.size(0)}, generator, cpu_float).to(latents.device());
   return d;
+}
+
+at::Tensor DiffusionLoss::min_snr_weights(const at::Tensor& timesteps) const {
+  const at::Tensor alpha_bar = noise_.alphas_cumprod().to(at::kDouble).index_select(0, timesteps.to(at::kCPU));
+  const at::Tensor snr = alpha_bar / (1 - alpha_bar);
+  const at::Tensor clipped = at::clamp_max(snr, snr_gamma_);
+  const std::string& type = noise_.prediction_type();
+  const at::Tensor weights = type == "v_prediction" ? clipped / (snr + 1) : type == "sample" ? clipped : clipped / snr;
+  return weights.to(at::kFloat);
 }
 
 DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::Tensor& condition,
@@ -40,8 +52,8 @@ DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::
                                     out.unet_condition.to(unet_dtype_));
   }
   const at::Tensor target = noise_.target(latents, draws.noise, draws.timesteps);
-  const at::Tensor per_sample =
-      (out.model_pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);
+  at::Tensor per_sample = (out.model_pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);
+  if (snr_gamma_ > 0) per_sample = per_sample * min_snr_weights(draws.timesteps).to(per_sample.device());
   out.loss = per_sample.sum();
   return out;
 }

@@ -98,6 +98,8 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
       io::config_value<bool>(c, "fit_scaling_factor", stage_options.fit_scaling_factor, what);
   stage_options.train_text_encoder =
       io::config_value<bool>(c, "train_text_encoder", stage_options.train_text_encoder, what);
+  stage_options.cache_latents = io::config_value<bool>(c, "cache_latents", stage_options.cache_latents, what);
+  stage_options.snr_gamma = io::config_value<double>(c, "snr_gamma", stage_options.snr_gamma, what);
   precision = io::config_value<std::string>(c, "precision", precision, what);
   if (c.contains("optimizer")) {
     const auto& o = c.at("optimizer");

@@ -6,6 +6,8 @@
 #include <array>
 #include <cmath>
 #include <filesystem>
+#include <unordered_map>
+#include <utility>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
@@ -61,6 +63,73 @@ at::Tensor batch_tensor(const at::Tensor& t, const char* name) {
   if (!t.defined()) fail("train", std::string("the batch has no ") + name);
   return t;
 }
+
+// The frozen VAE's posterior of each target image. With `cache` on, each distinct image (by the
+// 128-bit hash of its pixels) is encoded once, with the batch's other new images, and kept in
+// memory: the VAE is frozen, so later epochs skip its encoder. Off: every batch is encoded.
+class TargetEncoder {
+ public:
+  explicit TargetEncoder(bool cache) : cache_(cache) {}
+
+  // float32 mean and logvar of `images` [B, 3, H, W] in [-1, 1], the VAE run in `dtype` on `device`.
+  models::DiagonalGaussian encode(models::AutoencoderKL& vae, const at::Tensor& images, const c10::Device& device,
+                                  c10::ScalarType dtype) {
+    torch::NoGradGuard no_grad;
+    nn::AutocastGuard no_autocast(device.type(), at::kFloat);
+    auto run = [&](const at::Tensor& x) {
+      const auto posterior = vae->encode(x.to(device, dtype));
+      return models::DiagonalGaussian{posterior.mean.to(at::kFloat), posterior.logvar.to(at::kFloat)};
+    };
+    if (!cache_) return run(images);
+    const at::Tensor pixels = images.to(at::kCPU, at::kFloat).contiguous();
+    std::vector<Key> keys;
+    std::vector<int64_t> fresh;
+    for (int64_t b = 0; b < pixels.size(0); ++b) {
+      keys.push_back(key(pixels[b]));
+      if (!cached_.count(keys.back()) &&
+          std::find(keys.begin(), keys.end() - 1, keys.back()) == keys.end() - 1)
+        fresh.push_back(b);
+    }
+    if (!fresh.empty()) {
+      const auto encoded = run(images.index_select(0, at::tensor(fresh, at::kLong).to(images.device())));
+      for (size_t i = 0; i < fresh.size(); ++i) {
+        const auto row = static_cast<int64_t>(i);
+        cached_[keys[static_cast<size_t>(fresh[i])]] = {encoded.mean.narrow(0, row, 1).clone(),
+                                                        encoded.logvar.narrow(0, row, 1).clone()};
+      }
+    }
+    std::vector<at::Tensor> means, logvars;
+    for (const Key& k : keys) {
+      const auto& posterior = cached_.at(k);
+      means.push_back(posterior.mean);
+      logvars.push_back(posterior.logvar);
+    }
+    return {at::cat(means), at::cat(logvars)};
+  }
+
+ private:
+  using Key = std::pair<uint64_t, uint64_t>;
+  struct KeyHash {
+    size_t operator()(const Key& k) const { return static_cast<size_t>(k.first ^ (k.second * 0x9E3779B97F4A7C15ull)); }
+  };
+
+  // Two independent 64-bit hashes of the pixels and the shape (FNV-1a and a multiply-xorshift).
+  static Key key(const at::Tensor& image) {
+    uint64_t fnv = 0xCBF29CE484222325ull, mix = static_cast<uint64_t>(image.numel()) * 0x9E3779B97F4A7C15ull;
+    for (const int64_t d : image.sizes()) fnv = (fnv ^ static_cast<uint64_t>(d)) * 0x100000001B3ull;
+    const auto* bytes = static_cast<const unsigned char*>(image.data_ptr());
+    const size_t n = static_cast<size_t>(image.numel()) * sizeof(float);
+    for (size_t i = 0; i < n; ++i) {
+      fnv = (fnv ^ bytes[i]) * 0x100000001B3ull;
+      mix = (mix ^ bytes[i]) * 0xFF51AFD7ED558CCDull;
+      mix ^= mix >> 29;
+    }
+    return {fnv, mix};
+  }
+
+  bool cache_;
+  std::unordered_map<Key, models::DiagonalGaussian, KeyHash> cached_;
+};
 
 // Whether a component folder holds a weights file (the decoder stages start one without from a draw).
 bool has_weights(const fs::path& folder) {
@@ -445,7 +514,8 @@ class InstructStage : public KosmosGStage {
         unet_(models::UNet2DConditionConfig::from_json(require_config(m.unet_config, "unet"))),
         vae_(models::AutoencoderKLConfig::from_json(require_config(m.vae_config, "vae"))),
         loss_(unet_, diffusion::DDPMTraining(require_config(m.scheduler_config, "scheduler")), o.condition_drop_rate,
-              o.frozen_dtype),
+              o.frozen_dtype, /*unet_trains=*/false, o.snr_gamma),
+        targets_(o.cache_latents),
         target_size_(diffusion_target_side(m.unet_config, m.vae_config)) {
     std::vector<std::string> missing;
     for (const char* prefix : {"gpt_model.", "img_model.", "img_connector.", "aligner.encoder_proj."})
@@ -507,12 +577,9 @@ class InstructStage : public KosmosGStage {
   }
 
   models::DiagonalGaussian encode_targets(const data::Batch& batch) {
-    torch::NoGradGuard no_grad;
     const auto param = kosmosg_->gpt_model->decoder->embed_tokens->weight;
     const at::Tensor images = batch_tensor(batch.target_images, "target images (stage 3 needs a target per sample)");
-    nn::AutocastGuard no_autocast(param.device().type(), at::kFloat);
-    const auto posterior = vae_->encode(images.to(param.device(), options_.frozen_dtype));
-    return {posterior.mean.to(at::kFloat), posterior.logvar.to(at::kFloat)};
+    return targets_.encode(vae_, images, param.device(), options_.frozen_dtype);
   }
 
   StageLoss forward_with_draws(const data::Batch& batch, const models::DiagonalGaussian& posterior,
@@ -549,6 +616,7 @@ class InstructStage : public KosmosGStage {
   models::UNet2DConditionModel unet_;
   models::AutoencoderKL vae_;
   DiffusionLoss loss_;
+  TargetEncoder targets_;
   int64_t target_size_;
 };
 
@@ -690,7 +758,8 @@ class T2IStage : public DecoderStage {
         text_encoder_(models::CLIPTextConfig::from_json(m.text_encoder_config, "text_encoder/config.json")),
         clip_tokenizer_(text::CLIPTokenizer::from_folder(m.tokenizer_dir)),
         loss_(unet_, diffusion::DDPMTraining(m.scheduler_config), o.condition_drop_rate, c10::kFloat,
-              /*unet_trains=*/true),
+              /*unet_trains=*/true, o.snr_gamma),
+        targets_(o.cache_latents),
         target_size_(diffusion_target_side(m.unet_config, m.vae_config)) {
     const int64_t width = text_encoder_->config().encoder.hidden_size;
     for (const int64_t dim : unet_->config().cross_attention_dim)
@@ -738,10 +807,8 @@ class T2IStage : public DecoderStage {
     at::Tensor latents;
     {
       torch::NoGradGuard no_grad;
-      nn::AutocastGuard no_autocast(param.device().type(), at::kFloat);
-      const auto posterior = vae_->encode(images.to(param.device(), options_.frozen_dtype));
-      const models::DiagonalGaussian gaussian{posterior.mean.to(at::kFloat), posterior.logvar.to(at::kFloat)};
-      latents = sample_posterior(gaussian, batch, generator) * vae_->config().scaling_factor;
+      const auto posterior = targets_.encode(vae_, images, param.device(), options_.frozen_dtype);
+      latents = sample_posterior(posterior, batch, generator) * vae_->config().scaling_factor;
     }
     std::vector<at::Tensor> noise, timesteps, random_p;
     for (int64_t b = 0; b < rows; ++b) {
@@ -786,6 +853,7 @@ class T2IStage : public DecoderStage {
   models::CLIPTextModel text_encoder_;
   text::CLIPTokenizer clip_tokenizer_;
   DiffusionLoss loss_;
+  TargetEncoder targets_;
   int64_t target_size_;
 };
 

@@ -486,4 +486,20 @@ TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
                     (dir / "rescored").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("000001.png does not exist"), std::string::npos) << r.output;
+  // A text-to-image folder (no kosmosg/) scores its baseline alone, and cannot drop it.
+  const fs::path decoder = dir / "decoder";
+  fs::create_directories(decoder);
+  for (const auto& e : fs::directory_iterator(model))
+    if (e.path().filename() != "kosmosg") fs::copy(e.path(), decoder / e.path().filename(), fs::copy_options::recursive);
+  r = test::run_cli("eval shapes --quiet --model " + decoder.string() + " --data " + world.string() + " --out " +
+                    (dir / "decoder_eval").string() + " --limit 1 --steps 2 --threads 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto decoder_report = io::read_json((dir / "decoder_eval" / "report.json").string());
+  EXPECT_FALSE(decoder_report.at("scores").contains("kosmosg"));
+  EXPECT_TRUE(decoder_report.at("scores").contains("baseline"));
+  EXPECT_FALSE(fs::exists(dir / "decoder_eval" / "kosmosg"));
+  r = test::run_cli("eval shapes --quiet --no-baseline --model " + decoder.string() + " --data " + world.string() +
+                    " --out " + (dir / "decoder_eval2").string() + " --limit 1 --steps 2 --threads 1");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("has no kosmosg/ folder"), std::string::npos) << r.output;
 }

@@ -12,6 +12,7 @@
 #include "kosmosg/error.h"
 #include "kosmosg/io/builtin_configs.h"
 #include "kosmosg/train/checkpoint.h"
+#include "kosmosg/train/diffusion_loss.h"
 #include "kosmosg/train/optim.h"
 #include "kosmosg/train/stage.h"
 #include "kosmosg/train/trainer.h"
@@ -280,6 +281,85 @@ TEST(TrainStage, VaeFitsTheScalingFactorToItsLatents) {
   resumed->load_state(stage->state());
   EXPECT_EQ(resumed->output_configs().at("vae/config.json"), config);
   EXPECT_TRUE(train::make_stage(data::StageKind::Vae, models, {})->state().is_null());
+}
+
+// snr_gamma: each sample's squared error is weighted by min(SNR_t, γ) / SNR_t (ε-prediction), so a
+// nearly noise-free timestep counts little and a noisy one fully; a negative γ is refused.
+TEST(TrainDiffusionLoss, MinSnrWeightsEachSample) {
+  torch::manual_seed(0);
+  models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::builtin_config("shapes/unet/config.json")));
+  unet->eval();
+  const diffusion::DDPMTraining noise(io::builtin_config("shapes/scheduler/scheduler_config.json"));
+  train::DiffusionLoss plain(unet, noise), weighted(unet, noise, 0.1, c10::kFloat, false, 5.0);
+  const at::Tensor latents = torch::randn({3, 4, 16, 16}), condition = torch::randn({3, 77, 64});
+  const at::Tensor null_condition = torch::randn({1, 77, 64});
+  const train::DiffusionLossDraws draws{torch::randn({3, 4, 16, 16}), torch::tensor({10, 300, 900}, at::kLong),
+                                        torch::ones({3})};
+  torch::NoGradGuard no_grad;
+  std::vector<double> ratios;
+  for (int64_t b = 0; b < 3; ++b) {
+    const train::DiffusionLossDraws row{draws.noise.narrow(0, b, 1), draws.timesteps.narrow(0, b, 1),
+                                        draws.random_p.narrow(0, b, 1)};
+    const double p = plain.forward(latents.narrow(0, b, 1), condition.narrow(0, b, 1), null_condition, row).loss.item<double>();
+    const double w = weighted.forward(latents.narrow(0, b, 1), condition.narrow(0, b, 1), null_condition, row).loss.item<double>();
+    const double alpha_bar = noise.alphas_cumprod()[draws.timesteps[b].item<int64_t>()].item<double>();
+    const double snr = alpha_bar / (1 - alpha_bar);
+    EXPECT_NEAR(w, p * std::min(snr, 5.0) / snr, 1e-5 * p) << "row " << b;
+    ratios.push_back(w / p);
+  }
+  EXPECT_LT(ratios[0], 0.1);
+  EXPECT_NEAR(ratios[2], 1.0, 1e-6);
+  const double whole = weighted.forward(latents, condition, null_condition, draws).loss.item<double>();
+  EXPECT_GT(whole, 0.0);
+  EXPECT_THROW(train::DiffusionLoss(unet, noise, 0.1, c10::kFloat, false, -1.0), std::exception);
+}
+
+// cache_latents: a target image is encoded once; later batches, in any order, take its posterior
+// from the cache (so a change to the VAE afterwards does not reach it), a new image is encoded
+// when it comes, and the first encode agrees with a stage that encodes every batch.
+TEST(TrainStage, T2ICachesEachTargetImagesPosterior) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  train::StageModels models;
+  models.unet_config = io::builtin_config("shapes/unet/config.json");
+  models.vae_config = io::builtin_config("shapes/vae/config.json");
+  models.text_encoder_config = io::builtin_config("shapes/text_encoder/config.json");
+  models.scheduler_config = io::builtin_config("shapes/scheduler/scheduler_config.json");
+  models.tokenizer_dir = (fs::path(test::shared_dir()) / "fixtures" / "tiny-sd15" / "tokenizer").string();
+  train::StageOptions caching;
+  caching.cache_latents = true;
+  torch::manual_seed(0);
+  auto cached = train::make_stage(data::StageKind::T2I, models, caching);
+  torch::manual_seed(0);
+  auto encoding = train::make_stage(data::StageKind::T2I, models, {});
+  torch::manual_seed(1);
+  const at::Tensor images = torch::rand({3, 3, 64, 64}) * 2 - 1;
+  auto batch_of = [&](const std::vector<int64_t>& rows) {
+    data::Batch batch;
+    std::vector<at::Tensor> targets;
+    for (const int64_t r : rows) {
+      targets.push_back(images[r]);
+      batch.captions.push_back("a red circle on a blue background");
+      batch.sample_seeds.push_back(100 + static_cast<uint64_t>(r));
+    }
+    batch.target_images = at::stack(targets);
+    return batch;
+  };
+  auto latents = [](train::Stage& stage, const data::Batch& batch) {
+    return stage.forward(batch, at::detail::createCPUGenerator(0)).outputs.at("latents");
+  };
+  const at::Tensor first = latents(*cached, batch_of({0, 1}));
+  EXPECT_TRUE(at::allclose(first, latents(*encoding, batch_of({0, 1})), 1e-4, 1e-5));
+  for (auto* stage : {cached.get(), encoding.get()}) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : stage->model().named_parameters())
+      if (p.key().rfind("vae.encoder.", 0) == 0) p.value().add_(0.05);
+  }
+  const at::Tensor again = latents(*cached, batch_of({1, 0, 2}));
+  EXPECT_TRUE(at::equal(again[0], first[1]));
+  EXPECT_TRUE(at::equal(again[1], first[0]));
+  const at::Tensor reencoded = latents(*encoding, batch_of({1, 0, 2}));
+  EXPECT_FALSE(at::allclose(reencoded[0], first[1], 1e-3, 1e-3)) << "the changed VAE encodes differently";
+  EXPECT_TRUE(at::allclose(again[2], reencoded[2], 1e-4, 1e-5)) << "a new image is encoded by the VAE as it is now";
 }
 
 TEST(TrainTrainer, AccumulatedMicroBatchesEqualOneBatch) {

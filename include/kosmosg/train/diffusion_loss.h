@@ -30,9 +30,12 @@ class DiffusionLoss {
   // `unet_dtype` is the frozen UNet's storage dtype: it runs in it with autocast off (the policy
   // for frozen parts in half precision), and its prediction is compared in float32. A UNet that
   // trains (`unet_trains`: the t2i stage) keeps float32 weights and runs under the caller's autocast.
+  // `snr_gamma` > 0 weights each sample's error by Min-SNR-γ (Hang et al. 2023; diffusers'
+  // --snr_gamma): min(SNR_t, γ) / SNR_t for ε, / (SNR_t + 1) for v, so that the many nearly
+  // noise-free timesteps stop dominating; 0 keeps the official unweighted loss.
   DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
                 double condition_drop_rate = 0.1, c10::ScalarType unet_dtype = c10::kFloat,
-                bool unet_trains = false);
+                bool unet_trains = false, double snr_gamma = 0.0);
 
   // Draws noise, timesteps and drop probabilities for `latents` from `generator` (on the CPU,
   // so a seed reproduces on every device).
@@ -43,11 +46,14 @@ class DiffusionLoss {
                               const at::Tensor& null_condition, const DiffusionLossDraws& draws);
 
  private:
+  at::Tensor min_snr_weights(const at::Tensor& timesteps) const;  // float [B] on the CPU
+
   models::UNet2DConditionModel unet_;
   diffusion::DDPMTraining noise_;
   double drop_rate_;
   c10::ScalarType unet_dtype_;
   bool unet_trains_;
+  double snr_gamma_;
 };
 
 }  // namespace kosmosg::train

@@ -54,6 +54,12 @@ struct StageOptions {
   bool fit_scaling_factor = false;
   // t2i: the CLIP text encoder trains with the UNet (otherwise it stays frozen).
   bool train_text_encoder = false;
+  // t2i, instruct: encode each distinct target image once with the frozen VAE and keep its
+  // posterior in memory (for data sets that fit; targets must not be randomly augmented).
+  bool cache_latents = false;
+  // t2i, instruct: Min-SNR-γ weighting of the diffusion loss (train/diffusion_loss.h); 0: the
+  // official unweighted loss.
+  double snr_gamma = 0.0;
 };
 
 // The weights and configs a stage is built from. Components a stage does not use may be empty.
