@@ -140,11 +140,11 @@ int run_shapes(const ShapesEvalArgs& a) {
                      {"guidance", a.guidance}, {"seed", a.seed}, {"baseline", baseline}});
     // Both systems share the decoder: the baseline only swaps the condition encoder.
     auto decoder = pipeline::DiffusionDecoder::from_folder(a.model);
-    settings["size"] = a.size.value_or(decoder.native_size());
+    const int64_t side = a.size.value_or(decoder.native_size());
+    settings["size"] = side;
     if (kosmosg) {
       pipeline::Pipeline pipe(decoder, pipeline::KosmosGConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
-      const int64_t side = settings["size"].get<int64_t>();
       spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, a.steps);
       systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", [&](const eval::ShapesCase& c, uint64_t seed) {
         auto g = generate_options(a, side, seed);
@@ -156,7 +156,6 @@ int run_shapes(const ShapesEvalArgs& a) {
     if (baseline) {
       pipeline::Pipeline pipe(decoder, pipeline::CLIPTextConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
-      const int64_t side = settings["size"].get<int64_t>();
       spdlog::info("baseline (the text-to-image decoder, entities in words): {} prompts", cases.size());
       systems.emplace_back("baseline", eval::score_shapes(cases, world, generating(a, "baseline", [&](const eval::ShapesCase& c, uint64_t seed) {
         auto g = generate_options(a, side, seed);

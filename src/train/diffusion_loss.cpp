@@ -5,6 +5,22 @@
 
 namespace kosmosg::train {
 
+namespace {
+
+// Min-SNR-γ's weight of each training timestep (float [N], CPU); undefined when γ is 0 (off).
+at::Tensor min_snr_weights(const diffusion::DDPMTraining& noise, double snr_gamma) {
+  if (!(snr_gamma >= 0)) fail("diffusion_loss", "snr_gamma is " + std::to_string(snr_gamma) + ", expected 0 (off) or more");
+  if (snr_gamma == 0) return {};
+  const at::Tensor alpha_bar = noise.alphas_cumprod().to(at::kDouble);
+  const at::Tensor snr = alpha_bar / (1 - alpha_bar);
+  const at::Tensor clipped = at::clamp_max(snr, snr_gamma);
+  const std::string& type = noise.prediction_type();
+  const at::Tensor weights = type == "v_prediction" ? clipped / (snr + 1) : type == "sample" ? clipped : clipped / snr;
+  return weights.to(at::kFloat);
+}
+
+}  // namespace
+
 DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
                              double condition_drop_rate, c10::ScalarType unet_dtype, bool unet_trains, double snr_gamma)
     : unet_(std::move(unet)),
@@ -12,9 +28,7 @@ DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMT
       drop_rate_(condition_drop_rate),
       unet_dtype_(unet_dtype),
       unet_trains_(unet_trains),
-      snr_gamma_(snr_gamma) {
-  if (!(snr_gamma >= 0)) fail("diffusion_loss", "snr_gamma is " + std::to_string(snr_gamma) + ", expected 0 (off) or more");
-}
+      snr_weights_(min_snr_weights(noise_, snr_gamma)) {}
 
 DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator generator) const {
   const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
@@ -23,15 +37,6 @@ DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator 
   d.timesteps = noise_.random_timesteps(latents.size(0), latents.device(), generator);
   d.random_p = at::rand({latents.size(0)}, generator, cpu_float).to(latents.device());
   return d;
-}
-
-at::Tensor DiffusionLoss::min_snr_weights(const at::Tensor& timesteps) const {
-  const at::Tensor alpha_bar = noise_.alphas_cumprod().to(at::kDouble).index_select(0, timesteps.to(at::kCPU));
-  const at::Tensor snr = alpha_bar / (1 - alpha_bar);
-  const at::Tensor clipped = at::clamp_max(snr, snr_gamma_);
-  const std::string& type = noise_.prediction_type();
-  const at::Tensor weights = type == "v_prediction" ? clipped / (snr + 1) : type == "sample" ? clipped : clipped / snr;
-  return weights.to(at::kFloat);
 }
 
 DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::Tensor& condition,
@@ -53,7 +58,8 @@ DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::
   }
   const at::Tensor target = noise_.target(latents, draws.noise, draws.timesteps);
   at::Tensor per_sample = (out.model_pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);
-  if (snr_gamma_ > 0) per_sample = per_sample * min_snr_weights(draws.timesteps).to(per_sample.device());
+  if (snr_weights_.defined())
+    per_sample = per_sample * snr_weights_.index_select(0, draws.timesteps.to(at::kCPU)).to(per_sample.device());
   out.loss = per_sample.sum();
   return out;
 }

@@ -46,14 +46,12 @@ class DiffusionLoss {
                               const at::Tensor& null_condition, const DiffusionLossDraws& draws);
 
  private:
-  at::Tensor min_snr_weights(const at::Tensor& timesteps) const;  // float [B] on the CPU
-
   models::UNet2DConditionModel unet_;
   diffusion::DDPMTraining noise_;
   double drop_rate_;
   c10::ScalarType unet_dtype_;
   bool unet_trains_;
-  double snr_gamma_;
+  at::Tensor snr_weights_;  // per training timestep, float [N]; undefined: unweighted
 };
 
 }  // namespace kosmosg::train
