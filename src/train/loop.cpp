@@ -100,6 +100,10 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
       io::config_value<bool>(c, "train_text_encoder", stage_options.train_text_encoder, what);
   stage_options.cache_latents = io::config_value<bool>(c, "cache_latents", stage_options.cache_latents, what);
   stage_options.snr_gamma = io::config_value<double>(c, "snr_gamma", stage_options.snr_gamma, what);
+  const auto latents = io::config_value<std::string>(c, "target_latents", std::string("sample"), what);
+  if (latents != "sample" && latents != "mean")
+    fail(what, "target_latents is \"" + latents + "\", expected \"sample\" (of the VAE posterior) or \"mean\"");
+  stage_options.latents_from_mean = latents == "mean";
   precision = io::config_value<std::string>(c, "precision", precision, what);
   if (c.contains("optimizer")) {
     const auto& o = c.at("optimizer");

@@ -506,6 +506,39 @@ class AlignStage : public KosmosGStage {
   std::unique_ptr<text::CLIPTokenizer> clip_tokenizer_;
 };
 
+// A row's own generator (from its sample seed) when the batch carries one per row, else the
+// update's `generator`.
+at::Generator row_generator(const data::Batch& batch, int64_t rows, int64_t row, at::Generator generator) {
+  if (static_cast<int64_t>(batch.sample_seeds.size()) != rows) return generator;
+  return at::detail::createCPUGenerator(data::mix_seeds({kRowDrawDomain, batch.sample_seeds[row]}));
+}
+
+// Each row's draws for a diffusion stage: the posterior's standard normal, then the diffusion
+// loss's noise, timestep and condition drop, in that order from the row's own generator. The two
+// normals must be separate draws: were they one, the UNet would learn noise that is part of its
+// target.
+InstructDraws draw_rows(const DiffusionLoss& loss, const models::DiagonalGaussian& posterior, const data::Batch& batch,
+                        at::Generator generator) {
+  const int64_t rows = posterior.mean.size(0);
+  std::vector<at::Tensor> vae_noise, noise, timesteps, random_p;
+  for (int64_t b = 0; b < rows; ++b) {
+    at::Generator row = row_generator(batch, rows, b, generator);
+    const at::Tensor mean = posterior.mean.narrow(0, b, 1);
+    vae_noise.push_back(at::randn(mean.sizes(), row, at::TensorOptions().dtype(at::kFloat)).to(mean.options()));
+    auto d = loss.draw(mean, row);
+    noise.push_back(d.noise);
+    timesteps.push_back(d.timesteps);
+    random_p.push_back(d.random_p);
+  }
+  return {at::cat(vae_noise), at::cat(noise), at::cat(timesteps), at::cat(random_p)};
+}
+
+// The diffusion target of a posterior (before scaling): its sample with `vae_noise`, or its mean.
+at::Tensor target_latents(const models::DiagonalGaussian& posterior, const at::Tensor& vae_noise,
+                          const StageOptions& options) {
+  return options.latents_from_mean ? posterior.mean : posterior.sample(vae_noise);
+}
+
 // Stage 3: score distillation through the frozen UNet (reference §6.5).
 class InstructStage : public KosmosGStage {
  public:
@@ -559,21 +592,7 @@ class InstructStage : public KosmosGStage {
 
   StageLoss forward(const data::Batch& batch, at::Generator generator) override {
     const models::DiagonalGaussian posterior = encode_targets(batch);
-    const int64_t rows = posterior.mean.size(0);
-    const bool own_seeds = static_cast<int64_t>(batch.sample_seeds.size()) == rows;
-    std::vector<at::Tensor> vae_noise, noise, timesteps, random_p;
-    for (int64_t b = 0; b < rows; ++b) {
-      at::Generator row_generator =
-          own_seeds ? at::detail::createCPUGenerator(data::mix_seeds({kRowDrawDomain, batch.sample_seeds[b]})) : generator;
-      const at::Tensor mean = posterior.mean.narrow(0, b, 1);
-      vae_noise.push_back(at::randn(mean.sizes(), row_generator, at::TensorOptions().dtype(at::kFloat)).to(mean.options()));
-      auto d = loss_.draw(mean, row_generator);
-      noise.push_back(d.noise);
-      timesteps.push_back(d.timesteps);
-      random_p.push_back(d.random_p);
-    }
-    InstructDraws draws{at::cat(vae_noise), at::cat(noise), at::cat(timesteps), at::cat(random_p)};
-    return forward_with_draws(batch, posterior, draws);
+    return forward_with_draws(batch, posterior, draw_rows(loss_, posterior, batch, generator));
   }
 
   models::DiagonalGaussian encode_targets(const data::Batch& batch) {
@@ -594,7 +613,7 @@ class InstructStage : public KosmosGStage {
     at::Tensor latents;
     {
       torch::NoGradGuard no_grad;
-      latents = posterior.sample(draws.vae_noise) * vae_->config().scaling_factor;
+      latents = target_latents(posterior, draws.vae_noise, options_) * vae_->config().scaling_factor;
     }
     auto out = loss_.forward(latents, condition, null_condition, {draws.noise, draws.timesteps, draws.random_p});
     StageLoss loss;
@@ -603,6 +622,7 @@ class InstructStage : public KosmosGStage {
     loss.samples = src.size(0);
     loss.logs["loss"] = out.loss.item<double>() / static_cast<double>(loss.sample_size);
     loss.outputs["latents"] = latents;
+    loss.outputs["noise"] = draws.noise;
     return loss;
   }
 
@@ -619,13 +639,6 @@ class InstructStage : public KosmosGStage {
   TargetEncoder targets_;
   int64_t target_size_;
 };
-
-// A row's own generator (from its sample seed) when the batch carries one per row, else the
-// update's `generator`.
-at::Generator row_generator(const data::Batch& batch, int64_t rows, int64_t row, at::Generator generator) {
-  if (static_cast<int64_t>(batch.sample_seeds.size()) != rows) return generator;
-  return at::detail::createCPUGenerator(data::mix_seeds({kRowDrawDomain, batch.sample_seeds[row]}));
-}
 
 // The posterior's sample with each row's standard normal draw.
 at::Tensor sample_posterior(const models::DiagonalGaussian& posterior, const data::Batch& batch, at::Generator generator) {
@@ -804,30 +817,25 @@ class T2IStage : public DecoderStage {
     if (static_cast<int64_t>(batch.captions.size()) != rows)
       fail("train", "the t2i stage needs one caption per row for the text encoder");
     const auto param = unet_->conv_in->weight;
+    const auto posterior = targets_.encode(vae_, images, param.device(), options_.frozen_dtype);
+    const InstructDraws draws = draw_rows(loss_, posterior, batch, generator);
     at::Tensor latents;
     {
       torch::NoGradGuard no_grad;
-      const auto posterior = targets_.encode(vae_, images, param.device(), options_.frozen_dtype);
-      latents = sample_posterior(posterior, batch, generator) * vae_->config().scaling_factor;
-    }
-    std::vector<at::Tensor> noise, timesteps, random_p;
-    for (int64_t b = 0; b < rows; ++b) {
-      auto d = loss_.draw(latents.narrow(0, b, 1), row_generator(batch, rows, b, generator));
-      noise.push_back(d.noise);
-      timesteps.push_back(d.timesteps);
-      random_p.push_back(d.random_p);
+      latents = target_latents(posterior, draws.vae_noise, options_) * vae_->config().scaling_factor;
     }
     std::vector<std::string> texts = batch.captions;
     texts.push_back("");  // the null condition: the empty prompt's embedding
     const at::Tensor encoded = encode_text(texts, param.device());
     auto out = loss_.forward(latents, encoded.narrow(0, 0, rows), encoded.narrow(0, rows, 1),
-                             {at::cat(noise), at::cat(timesteps), at::cat(random_p)});
+                             {draws.noise, draws.timesteps, draws.random_p});
     StageLoss loss;
     loss.loss = out.loss;
     loss.samples = rows;
     loss.sample_size = rows;
     loss.logs["loss"] = out.loss.item<double>() / static_cast<double>(rows);
     loss.outputs["latents"] = latents;
+    loss.outputs["noise"] = draws.noise;
     return loss;
   }
 

@@ -362,6 +362,51 @@ TEST(TrainStage, T2ICachesEachTargetImagesPosterior) {
   EXPECT_TRUE(at::allclose(again[2], reencoded[2], 1e-4, 1e-5)) << "a new image is encoded by the VAE as it is now";
 }
 
+// A diffusion target's posterior sample and the diffusion noise are separate draws: had they been
+// one, the UNet would learn to predict noise that is part of its target, and a stage with
+// separate draws (instruct) would find it lost. target_latents "mean" takes the posterior's mean,
+// which no seed moves.
+TEST(TrainStage, T2IDrawsThePosteriorSampleApartFromTheNoise) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  train::StageModels models;
+  models.unet_config = io::builtin_config("shapes/unet/config.json");
+  models.vae_config = io::builtin_config("shapes/vae/config.json");
+  models.text_encoder_config = io::builtin_config("shapes/text_encoder/config.json");
+  models.scheduler_config = io::builtin_config("shapes/scheduler/scheduler_config.json");
+  models.tokenizer_dir = (fs::path(test::shared_dir()) / "fixtures" / "tiny-sd15" / "tokenizer").string();
+  train::StageOptions from_mean;
+  from_mean.latents_from_mean = true;
+  torch::manual_seed(0);
+  auto sampling = train::make_stage(data::StageKind::T2I, models, {});
+  torch::manual_seed(0);
+  auto meaning = train::make_stage(data::StageKind::T2I, models, from_mean);
+  torch::manual_seed(1);
+  const at::Tensor images = torch::rand({2, 3, 64, 64}) * 2 - 1;
+  auto batch_seeded = [&](uint64_t seed) {
+    data::Batch batch;
+    batch.target_images = images;
+    batch.captions = {"a red circle on a blue background", "a blue square on a red background"};
+    batch.sample_seeds = {seed, seed + 1};
+    return batch;
+  };
+  torch::NoGradGuard no_grad;
+  auto run = [](train::Stage& stage, const data::Batch& batch) {
+    return stage.forward(batch, at::detail::createCPUGenerator(0)).outputs;
+  };
+  const auto sampled = run(*sampling, batch_seeded(7));
+  const auto mean = run(*meaning, batch_seeded(7));
+  EXPECT_TRUE(at::equal(mean.at("latents"), run(*meaning, batch_seeded(70)).at("latents"))) << "the mean is no draw";
+  EXPECT_FALSE(at::allclose(sampled.at("latents"), run(*sampling, batch_seeded(70)).at("latents")));
+  EXPECT_TRUE(at::equal(sampled.at("noise"), mean.at("noise"))) << "the same seeds draw the same diffusion noise";
+  for (int64_t b = 0; b < 2; ++b) {
+    const at::Tensor posterior_noise = (sampled.at("latents")[b] - mean.at("latents")[b]).flatten();
+    const at::Tensor noise = sampled.at("noise")[b].flatten();
+    const at::Tensor a = posterior_noise - posterior_noise.mean(), n = noise - noise.mean();
+    const double correlation = ((a * n).sum() / (a.norm() * n.norm())).item<double>();
+    EXPECT_LT(std::abs(correlation), 0.2) << "row " << b << ": the posterior sample and the noise share their draw";
+  }
+}
+
 TEST(TrainTrainer, AccumulatedMicroBatchesEqualOneBatch) {
   KOSMOSG_REQUIRE_SHARED_DATA();
   const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/train_instruct_steps.safetensors");

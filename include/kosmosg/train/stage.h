@@ -28,7 +28,8 @@ struct StageLoss {
   int64_t sample_size = 1;
   int64_t samples = 0;  // rows of the batch
   std::map<std::string, double> logs;  // "loss" (per sample size) and the stage's parts
-  std::map<std::string, at::Tensor> outputs;  // intermediates: "logits" (lm), "latents" (instruct)
+  // intermediates: "logits" (lm); "latents" (vae, t2i, instruct); "noise", the diffusion ε (t2i, instruct)
+  std::map<std::string, at::Tensor> outputs;
 };
 
 // Settings that change what a stage computes.
@@ -60,6 +61,9 @@ struct StageOptions {
   // t2i, instruct: Min-SNR-γ weighting of the diffusion loss (train/diffusion_loss.h); 0: the
   // official unweighted loss.
   double snr_gamma = 0.0;
+  // t2i, instruct: the diffusion target is the VAE posterior's mean, not a sample of it (for a VAE
+  // whose posterior is wide enough that its sampling noise drowns the loss).
+  bool latents_from_mean = false;
 };
 
 // The weights and configs a stage is built from. Components a stage does not use may be empty.
@@ -139,7 +143,7 @@ std::unique_ptr<Stage> make_stage(data::StageKind kind, const StageModels& model
 // golden cases replace the teacher.
 StageLoss align_forward_with_teacher(Stage& stage, const data::Batch& batch, const at::Tensor& teacher);
 
-// Stage 3's random draws, separable so a caller can supply them.
+// A diffusion stage's random draws (instruct, t2i), separable so a caller can supply them.
 struct InstructDraws {
   at::Tensor vae_noise;  // [B, 4, h, w]: the posterior sample's standard normal draw
   at::Tensor noise;      // [B, 4, h, w]
