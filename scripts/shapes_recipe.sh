@@ -69,7 +69,7 @@ release() {
 stage world "4000 training scenes and the held-out split" "$K" data shapes --out "$OUT/world" --count 4000 --seed 0 --quiet
 [ -e "$OUT/vae.done" ] || decoder_init
 stage vae "AutoencoderKL, L1 + KL, from a seeded draw" train vae "$OUT/init" text_to_image.jsonl
-stage t2i "UNet with the frozen CLIP text encoder, epsilon loss" train t2i "$OUT/vae" text_to_image.jsonl
+stage t2i "the UNet and its CLIP text encoder, epsilon loss" train t2i "$OUT/vae" text_to_image.jsonl
 [ -e "$OUT/lm.done" ] || kosmosg_init
 stage lm "stage 1: multimodal language modelling" train lm "$OUT/kosmosg-init" captions.jsonl interleaved.jsonl
 stage align "stage 2: AlignerNet against the CLIP text encoder" train align "$OUT/lm" captions.jsonl
