@@ -314,17 +314,27 @@ TEST(TrainDiffusionLoss, MinSnrWeightsEachSample) {
   EXPECT_THROW(train::DiffusionLoss(unet, noise, 0.1, c10::kFloat, false, -1.0), std::exception);
 }
 
-// cache_latents: a target image is encoded once; later batches, in any order, take its posterior
-// from the cache (so a change to the VAE afterwards does not reach it), a new image is encoded
-// when it comes, and the first encode agrees with a stage that encodes every batch.
-TEST(TrainStage, T2ICachesEachTargetImagesPosterior) {
-  KOSMOSG_REQUIRE_SHARED_DATA();
+namespace {
+
+// The shapes world's decoder configs (weights from a seeded draw) with the tiny SD1.5 tokenizer.
+train::StageModels shapes_t2i_models() {
   train::StageModels models;
   models.unet_config = io::builtin_config("shapes/unet/config.json");
   models.vae_config = io::builtin_config("shapes/vae/config.json");
   models.text_encoder_config = io::builtin_config("shapes/text_encoder/config.json");
   models.scheduler_config = io::builtin_config("shapes/scheduler/scheduler_config.json");
   models.tokenizer_dir = (fs::path(test::shared_dir()) / "fixtures" / "tiny-sd15" / "tokenizer").string();
+  return models;
+}
+
+}  // namespace
+
+// cache_latents: a target image is encoded once; later batches, in any order, take its posterior
+// from the cache (so a change to the VAE afterwards does not reach it), a new image is encoded
+// when it comes, and the first encode agrees with a stage that encodes every batch.
+TEST(TrainStage, T2ICachesEachTargetImagesPosterior) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  const train::StageModels models = shapes_t2i_models();
   train::StageOptions caching;
   caching.cache_latents = true;
   torch::manual_seed(0);
@@ -368,12 +378,7 @@ TEST(TrainStage, T2ICachesEachTargetImagesPosterior) {
 // which no seed moves.
 TEST(TrainStage, T2IDrawsThePosteriorSampleApartFromTheNoise) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  train::StageModels models;
-  models.unet_config = io::builtin_config("shapes/unet/config.json");
-  models.vae_config = io::builtin_config("shapes/vae/config.json");
-  models.text_encoder_config = io::builtin_config("shapes/text_encoder/config.json");
-  models.scheduler_config = io::builtin_config("shapes/scheduler/scheduler_config.json");
-  models.tokenizer_dir = (fs::path(test::shared_dir()) / "fixtures" / "tiny-sd15" / "tokenizer").string();
+  const train::StageModels models = shapes_t2i_models();
   train::StageOptions from_mean;
   from_mean.latents_from_mean = true;
   torch::manual_seed(0);
