@@ -3,9 +3,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 
 #include "cli/commands.h"
+#include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
 #include "kosmosg/eval/dreambench.h"
 #include "kosmosg/eval/shapes.h"
@@ -64,7 +66,7 @@ struct ShapesEvalArgs {
   std::string data, model, images, out = "shapes-eval", sampler = "dpmpp-2m", device = "cpu", dtype = "auto";
   bool ground_truth = false, quiet = false, baseline = false, no_baseline = false;
   std::optional<int64_t> limit, size;
-  int64_t steps = 25;
+  int64_t steps = 25, batch = 16;
   double guidance = 7.5;
   uint64_t seed = 0;
   int threads = 0;
@@ -77,16 +79,39 @@ std::string case_image_path(const std::string& dir, const eval::ShapesCase& c) {
   return (fs::path(dir) / c.split / name).string();
 }
 
-// Generates every case with `generate` (prompt text, the case's images, seed) into OUT/<system>/.
+// Makes the images of several cases at once (their seeds given), in order.
+using BatchGenerateFn = std::function<std::vector<at::Tensor>(const std::vector<const eval::ShapesCase*>&,
+                                                              const std::vector<uint64_t>&)>;
+
+// Generates every case into OUT/<system>/, `batch` cases at a time: score_shapes asks for the cases
+// in order, so the first request of a batch makes it and the rest are served from memory.
 eval::ShapesImageFn generating(const ShapesEvalArgs& a, const std::string& system,
-                               const std::function<at::Tensor(const eval::ShapesCase&, uint64_t)>& generate) {
-  return [&a, system, generate](const eval::ShapesCase& c) {
-    const uint64_t seed = a.seed + static_cast<uint64_t>(c.index);
-    const at::Tensor image = generate(c, seed);
-    const std::string path = case_image_path((fs::path(a.out) / system).string(), c);
-    fs::create_directories(fs::path(path).parent_path());
-    io::write_png(path, image, {{"prompt", system == "baseline" ? c.words : c.prompt}, {"seed", std::to_string(seed)}});
-    return std::pair{image, path};
+                               const std::vector<eval::ShapesCase>& cases, int64_t batch,
+                               const BatchGenerateFn& generate) {
+  auto made = std::make_shared<std::map<size_t, std::pair<at::Tensor, std::string>>>();
+  return [&a, &cases, system, batch, generate, made](const eval::ShapesCase& c) {
+    size_t pos = 0;
+    while (pos < cases.size() && !(cases[pos].split == c.split && cases[pos].index == c.index)) ++pos;
+    if (pos == cases.size()) fail("shapes eval", "a case outside the evaluated list was asked for");
+    if (!made->count(pos)) {
+      made->clear();
+      std::vector<const eval::ShapesCase*> group;
+      std::vector<uint64_t> seeds;
+      for (size_t i = pos; i < cases.size() && static_cast<int64_t>(group.size()) < batch; ++i) {
+        group.push_back(&cases[i]);
+        seeds.push_back(a.seed + static_cast<uint64_t>(cases[i].index));
+      }
+      const auto images = generate(group, seeds);
+      for (size_t k = 0; k < group.size(); ++k) {
+        const auto& g = *group[k];
+        const std::string path = case_image_path((fs::path(a.out) / system).string(), g);
+        fs::create_directories(fs::path(path).parent_path());
+        io::write_png(path, images[k],
+                      {{"prompt", system == "baseline" ? g.words : g.prompt}, {"seed", std::to_string(seeds[k])}});
+        (*made)[pos + k] = {images[k], path};
+      }
+    }
+    return made->at(pos);
   };
 }
 
@@ -142,26 +167,43 @@ int run_shapes(const ShapesEvalArgs& a) {
     auto decoder = pipeline::DiffusionDecoder::from_folder(a.model);
     const int64_t side = a.size.value_or(decoder.native_size());
     settings["size"] = side;
+    // One sampler loop per batch of cases; a sampler that draws noise per step goes one at a time.
+    const int64_t batch =
+        diffusion::make_scheduler(a.sampler, decoder.scheduler_config())->needs_noise() ? 1 : a.batch;
+    auto batch_options = [&](const std::vector<const eval::ShapesCase*>& group, const std::vector<uint64_t>& seeds,
+                             bool words) {
+      std::vector<pipeline::GenerateOptions> options;
+      for (size_t k = 0; k < group.size(); ++k) {
+        auto g = generate_options(a, side, seeds[k]);
+        g.prompt = words ? group[k]->words : group[k]->prompt;
+        if (!words)
+          for (const auto& path : group[k]->images) g.images.push_back(io::read_image(path));
+        options.push_back(std::move(g));
+      }
+      return options;
+    };
+    auto generate_with = [&](pipeline::Pipeline& pipe, bool words) -> BatchGenerateFn {
+      return [&pipe, &batch_options, words](const std::vector<const eval::ShapesCase*>& group,
+                                           const std::vector<uint64_t>& seeds) {
+        return pipeline::to_uint8_images(pipe.generate_batch(batch_options(group, seeds, words))).unbind(0);
+      };
+    };
+    settings["batch"] = batch;
     if (kosmosg) {
       pipeline::Pipeline pipe(decoder, pipeline::KosmosGConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
       spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, a.steps);
-      systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", [&](const eval::ShapesCase& c, uint64_t seed) {
-        auto g = generate_options(a, side, seed);
-        g.prompt = c.prompt;
-        for (const auto& path : c.images) g.images.push_back(io::read_image(path));
-        return pipeline::to_uint8_images(pipe.generate(g).second)[0];
-      }), progress));
+      systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", cases, batch,
+                                                                                 generate_with(pipe, false)),
+                                                        progress));
     }
     if (baseline) {
       pipeline::Pipeline pipe(decoder, pipeline::CLIPTextConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
       spdlog::info("baseline (the text-to-image decoder, entities in words): {} prompts", cases.size());
-      systems.emplace_back("baseline", eval::score_shapes(cases, world, generating(a, "baseline", [&](const eval::ShapesCase& c, uint64_t seed) {
-        auto g = generate_options(a, side, seed);
-        g.prompt = c.words;
-        return pipeline::to_uint8_images(pipe.generate(g).second)[0];
-      }), progress));
+      systems.emplace_back("baseline", eval::score_shapes(cases, world, generating(a, "baseline", cases, batch,
+                                                                                  generate_with(pipe, true)),
+                                                         progress));
     }
   }
 
@@ -224,6 +266,10 @@ Command add_eval(CLI::App& app) {
   sh->add_option("--sampler", s->sampler, "Sampler")->capture_default_str();
   sh->add_option("--seed", s->seed, "Seed of a manifest's first prompt; prompt n uses seed+n")->capture_default_str();
   sh->add_option("--size", s->size, "Image side in pixels (default: the UNet's own size)");
+  sh->add_option("--batch", s->batch, "Prompts sampled together (the same images, faster; samplers that draw "
+                                      "noise per step take one at a time)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   sh->add_option("--threads", s->threads, "CPU threads (0 = all cores)")->capture_default_str();
   sh->add_option("--device", s->device, "cpu, cuda or cuda:N")->capture_default_str();
   sh->add_option("--dtype", s->dtype, "auto, float32, float16 or bfloat16")->capture_default_str();

@@ -1,5 +1,7 @@
 #include "kosmosg/pipeline/pipeline.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <filesystem>
 
 #include "kosmosg/diffusion/scheduler.h"
@@ -49,6 +51,40 @@ std::pair<at::Tensor, at::Tensor> Pipeline::generate(const GenerateOptions& opti
   const Conditions conditions =
       encoder_->encode(options.prompt, options.images, options.negative, options.sampling.guidance > 1.0);
   return decoder_.run(*scheduler, conditions.batch(), options, on_step);
+}
+
+at::Tensor Pipeline::generate_batch(const std::vector<GenerateOptions>& batch) {
+  if (batch.empty()) fail("generate", "generate_batch was given no images to make");
+  const GenerateOptions& first = batch.front();
+  auto scheduler = decoder_.prepare(first);
+  if (batch.size() > 1 && scheduler->needs_noise())
+    fail_setting("sampler", "sampler", "{} '" + first.sampling.sampler +
+                                           "' draws noise at every step, so its images are made one at a time");
+  for (const auto& options : batch) {
+    if (options.init_image || options.initial_latents || !options.controlnets.empty())
+      fail("generate", "generate_batch takes text-to-image options only (no init image, initial latents or "
+                       "ControlNet); use generate for those");
+    if (options.width != first.width || options.height != first.height ||
+        options.sampling.sampler != first.sampling.sampler || options.sampling.steps != first.sampling.steps ||
+        options.sampling.guidance != first.sampling.guidance || options.negative != first.negative)
+      fail("generate", "the images of one generate_batch must share the size, sampler, steps, guidance and "
+                       "negative prompt");
+  }
+  const bool guided = first.sampling.guidance > 1.0;
+  std::vector<at::Tensor> conditional, unconditional, noise;
+  for (const auto& options : batch) {
+    const Conditions c = encoder_->encode(options.prompt, options.images, options.negative, guided);
+    conditional.push_back(c.conditional);
+    if (guided) unconditional.push_back(c.unconditional);
+    auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+    noise.push_back(decoder_.initial_latents(1, options.height, options.width, generator));
+  }
+  const at::Tensor condition =
+      guided ? at::cat({at::cat(unconditional), at::cat(conditional)}) : at::cat(conditional);
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(first.seed);
+  const at::Tensor latents = decoder_.denoise(*scheduler, at::cat(noise) * scheduler->init_noise_sigma(), 0,
+                                              condition, first.sampling, generator, {}, {});
+  return decoder_.decode(latents);
 }
 
 std::shared_ptr<double> Pipeline::attach_lora(const models::LoraWeights& lora, double strength, size_t* skipped) {

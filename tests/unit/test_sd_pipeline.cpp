@@ -95,3 +95,32 @@ TEST(StableDiffusionPipeline, SdeSamplerRunsReproducibly) {
   options.sampling.sampler = "dpmpp-2m-karras";
   EXPECT_FALSE(torch::equal(pipe.generate(options).second, image));
 }
+
+// A batch makes each image as generate() does from the same options (up to rounding), and refuses
+// what it cannot batch rather than making something else.
+TEST(StableDiffusionPipeline, BatchMakesEachImageAsAlone) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  auto pipe = kosmosg::pipeline::Pipeline::from_folder(shared_dir() + "/fixtures/tiny-sd15");
+  std::vector<kosmosg::pipeline::GenerateOptions> batch(3);
+  const char* prompts[] = {"a red cube", "a blue sphere on a table", "a red cube"};
+  for (size_t k = 0; k < batch.size(); ++k) {
+    batch[k].prompt = prompts[k];
+    batch[k].sampling.steps = 4;
+    batch[k].width = batch[k].height = 64;
+    batch[k].seed = 10 + k;
+  }
+  const at::Tensor images = pipe.generate_batch(batch);
+  ASSERT_EQ(images.sizes(), (std::vector<int64_t>{3, 3, 64, 64}));
+  for (size_t k = 0; k < batch.size(); ++k)
+    EXPECT_LT(rel_l2(images[k], pipe.generate(batch[k]).second[0]), 1e-4) << "image " << k;
+  EXPECT_GT(rel_l2(images[0], images[2]), 1e-3);  // same prompt, another seed
+
+  auto mixed = batch;
+  mixed[1].sampling.steps = 5;
+  EXPECT_THROW(pipe.generate_batch(mixed), kosmosg::Error);
+  auto sde = batch;
+  for (auto& o : sde) o.sampling.sampler = "dpmpp-2m-sde-karras";
+  EXPECT_THROW(pipe.generate_batch(sde), kosmosg::Error);
+  EXPECT_EQ(pipe.generate_batch({sde[0]}).sizes(), (std::vector<int64_t>{1, 3, 64, 64}));
+  EXPECT_THROW(pipe.generate_batch({}), kosmosg::Error);
+}

@@ -474,6 +474,16 @@ TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
   for (const char* system : {"kosmosg", "baseline"})
     for (const char* split : {"text", "one_entity", "two_entity", "edit"})
       EXPECT_TRUE(fs::exists(out / system / split / "000000.png")) << system << " " << split;
+  // The default samples the four prompts of each system together; one at a time makes the same images.
+  r = test::run_cli("eval shapes --quiet --model " + model.string() + " --data " + world.string() + " --out " +
+                    (dir / "one_by_one").string() + " --limit 1 --steps 2 --threads 1 --batch 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* system : {"kosmosg", "baseline"})
+    for (const char* split : {"text", "one_entity", "two_entity", "edit"}) {
+      const auto batched = io::read_image((out / system / split / "000000.png").string()).to(at::kInt);
+      const auto alone = io::read_image((dir / "one_by_one" / system / split / "000000.png").string()).to(at::kInt);
+      EXPECT_LE((batched - alone).abs().max().item<int>(), 1) << system << " " << split;
+    }
   // Scoring the saved images again gives the same verdicts.
   r = test::run_cli("eval shapes --images " + (out / "kosmosg").string() + " --data " + world.string() +
                     " --limit 1 --out " + (dir / "rescored").string());
