@@ -7,7 +7,6 @@
 #include <memory>
 
 #include "cli/commands.h"
-#include "kosmosg/diffusion/scheduler.h"
 #include "kosmosg/error.h"
 #include "kosmosg/eval/dreambench.h"
 #include "kosmosg/eval/shapes.h"
@@ -63,11 +62,13 @@ int run_dreambench(EvalArgs& a) {
 namespace fs = std::filesystem;
 
 struct ShapesEvalArgs {
-  std::string data, model, images, out = "shapes-eval", sampler = "dpmpp-2m", device = "cpu", dtype = "auto";
+  std::string data, model, images, out = "shapes-eval", device = "cpu", dtype = "auto";
   bool ground_truth = false, quiet = false, baseline = false, no_baseline = false;
-  std::optional<int64_t> limit, size;
-  int64_t steps = 25, batch = 16;
-  double guidance = 7.5;
+  // Unset ones come from the model folder's generation.json, else the library's defaults.
+  std::optional<std::string> sampler;
+  std::optional<int64_t> limit, size, steps;
+  std::optional<double> guidance;
+  int64_t batch = 16;
   uint64_t seed = 0;
   int threads = 0;
 };
@@ -115,9 +116,9 @@ eval::ShapesImageFn generating(const ShapesEvalArgs& a, const std::string& syste
   };
 }
 
-pipeline::GenerateOptions generate_options(const ShapesEvalArgs& a, int64_t side, uint64_t seed) {
+pipeline::GenerateOptions generate_options(const pipeline::SamplingOptions& sampling, int64_t side, uint64_t seed) {
   pipeline::GenerateOptions g;
-  g.sampling = {a.sampler, a.steps, a.guidance, false};
+  g.sampling = sampling;
   g.width = g.height = side;
   g.seed = seed;
   return g;
@@ -161,20 +162,23 @@ int run_shapes(const ShapesEvalArgs& a) {
                            fs::exists(fs::path(a.model) / "model_index.json"));
     if (!kosmosg && a.no_baseline)
       fail("shapes eval", a.model + " has no kosmosg/ folder, so only its text-to-image baseline can be scored: drop --no-baseline");
-    settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", a.sampler}, {"steps", a.steps},
-                     {"guidance", a.guidance}, {"seed", a.seed}, {"baseline", baseline}});
+    const auto defaults = pipeline::read_generation_defaults(a.model);
+    pipeline::SamplingOptions sampling;
+    sampling.sampler = a.sampler.value_or(defaults.sampler.value_or(sampling.sampler));
+    sampling.steps = a.steps.value_or(defaults.steps.value_or(sampling.steps));
+    sampling.guidance = a.guidance.value_or(defaults.guidance.value_or(sampling.guidance));
+    settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", sampling.sampler}, {"steps", sampling.steps},
+                     {"guidance", sampling.guidance}, {"seed", a.seed}, {"baseline", baseline}});
     // Both systems share the decoder: the baseline only swaps the condition encoder.
     auto decoder = pipeline::DiffusionDecoder::from_folder(a.model);
-    const int64_t side = a.size.value_or(decoder.native_size());
+    const int64_t side = a.size.value_or(defaults.size ? defaults.size->first : decoder.native_size());
     settings["size"] = side;
-    // One sampler loop per batch of cases; a sampler that draws noise per step goes one at a time.
-    const int64_t batch =
-        diffusion::make_scheduler(a.sampler, decoder.scheduler_config())->needs_noise() ? 1 : a.batch;
+    const int64_t batch = a.batch;
     auto batch_options = [&](const std::vector<const eval::ShapesCase*>& group, const std::vector<uint64_t>& seeds,
                              bool words) {
       std::vector<pipeline::GenerateOptions> options;
       for (size_t k = 0; k < group.size(); ++k) {
-        auto g = generate_options(a, side, seeds[k]);
+        auto g = generate_options(sampling, side, seeds[k]);
         g.prompt = words ? group[k]->words : group[k]->prompt;
         if (!words)
           for (const auto& path : group[k]->images) g.images.push_back(io::read_image(path));
@@ -192,7 +196,7 @@ int run_shapes(const ShapesEvalArgs& a) {
     if (kosmosg) {
       pipeline::Pipeline pipe(decoder, pipeline::KosmosGConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
-      spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, a.steps);
+      spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, sampling.steps);
       systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", cases, batch,
                                                                                  generate_with(pipe, false)),
                                                         progress));
@@ -261,13 +265,12 @@ Command add_eval(CLI::App& app) {
   sh->add_flag("--no-baseline", s->no_baseline, "Score the Kosmos-G model only")->excludes(baseline);
   sh->add_option("--out", s->out, "Output folder: kosmosg/ and baseline/ images, report.json")->capture_default_str();
   sh->add_option("--limit", s->limit, "Only the first N prompts of each test manifest");
-  sh->add_option("--steps", s->steps, "Sampler steps")->capture_default_str();
-  sh->add_option("--guidance", s->guidance, "Guidance scale")->capture_default_str();
-  sh->add_option("--sampler", s->sampler, "Sampler")->capture_default_str();
+  sh->add_option("--steps", s->steps, "Sampler steps (default: the model's generation.json, else 25)");
+  sh->add_option("--guidance", s->guidance, "Guidance scale (default: the model's generation.json, else 7.5)");
+  sh->add_option("--sampler", s->sampler, "Sampler (default: the model's generation.json, else dpmpp-2m)");
   sh->add_option("--seed", s->seed, "Seed of a manifest's first prompt; prompt n uses seed+n")->capture_default_str();
-  sh->add_option("--size", s->size, "Image side in pixels (default: the UNet's own size)");
-  sh->add_option("--batch", s->batch, "Prompts sampled together (the same images, faster; samplers that draw "
-                                      "noise per step take one at a time)")
+  sh->add_option("--size", s->size, "Image side in pixels (default: the model's generation.json, else the UNet's own size)");
+  sh->add_option("--batch", s->batch, "Prompts sampled together (the same images as one at a time, faster)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   sh->add_option("--threads", s->threads, "CPU threads (0 = all cores)")->capture_default_str();

@@ -103,17 +103,21 @@ at::Tensor DiffusionDecoder::sample(const at::Tensor& condition, const at::Tenso
   auto scheduler = diffusion::make_scheduler(options.sampler, scheduler_config_);
   scheduler->set_timesteps(options.steps);
   return denoise(*scheduler, latents * scheduler->init_noise_sigma(), 0, condition, options,
-                 generator, on_step, controlnets);
+                 {generator}, on_step, controlnets);
 }
 
 at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor x,
                                      size_t first_step, const at::Tensor& condition,
-                                     const SamplingOptions& options, at::Generator generator,
+                                     const SamplingOptions& options,
+                                     const std::vector<at::Generator>& generators,
                                      const StepCallback& on_step,
                                      const std::vector<ControlNetGuide>& controlnets) {
   torch::NoGradGuard no_grad;
   const bool guided = options.guidance > 1.0;
   const int64_t batch = x.size(0);
+  if (generators.size() != 1 && static_cast<int64_t>(generators.size()) != batch)
+    fail("sample", std::to_string(generators.size()) + " noise generators for " + std::to_string(batch) +
+                       " latents (expected one, or one per latent)");
   const int64_t expected_rows = guided ? 2 * batch : batch;
   if (condition.size(0) != expected_rows)
     fail("sample", "the condition has " + std::to_string(condition.size(0)) + " rows but " +
@@ -162,8 +166,19 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
       eps = halves[0] + options.guidance * (halves[1] - halves[0]);
     }
     at::Tensor noise;
-    if (scheduler.needs_noise())
-      noise = at::randn(x.sizes(), generator, at::TensorOptions().dtype(at::kFloat)).to(x.device());
+    if (scheduler.needs_noise()) {
+      const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
+      if (generators.size() == 1) {
+        noise = at::randn(x.sizes(), generators[0], cpu_float);
+      } else {
+        auto row = x.sizes().vec();
+        row[0] = 1;
+        std::vector<at::Tensor> rows;
+        for (const auto& g : generators) rows.push_back(at::randn(row, g, cpu_float));
+        noise = at::cat(rows);
+      }
+      noise = noise.to(x.device());
+    }
     x = scheduler.step(eps, i, x, noise);
     if (on_step) on_step({i, timesteps[i], input, eps, x});
     progress.tick();
@@ -228,7 +243,7 @@ std::pair<at::Tensor, at::Tensor> DiffusionDecoder::run(diffusion::Scheduler& sc
     x = scheduler.add_noise(encode(pixels, generator), noise, start);
   }
   at::Tensor final_latents =
-      denoise(scheduler, x, start, condition, options.sampling, generator, on_step, options.controlnets);
+      denoise(scheduler, x, start, condition, options.sampling, {generator}, on_step, options.controlnets);
   return {final_latents, decode(final_latents)};
 }
 

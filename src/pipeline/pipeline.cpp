@@ -57,9 +57,6 @@ at::Tensor Pipeline::generate_batch(const std::vector<GenerateOptions>& batch) {
   if (batch.empty()) fail("generate", "generate_batch was given no images to make");
   const GenerateOptions& first = batch.front();
   auto scheduler = decoder_.prepare(first);
-  if (batch.size() > 1 && scheduler->needs_noise())
-    fail_setting("sampler", "sampler", "{} '" + first.sampling.sampler +
-                                           "' draws noise at every step, so its images are made one at a time");
   for (const auto& options : batch) {
     if (options.init_image || options.initial_latents || !options.controlnets.empty())
       fail("generate", "generate_batch takes text-to-image options only (no init image, initial latents or "
@@ -72,18 +69,19 @@ at::Tensor Pipeline::generate_batch(const std::vector<GenerateOptions>& batch) {
   }
   const bool guided = first.sampling.guidance > 1.0;
   std::vector<at::Tensor> conditional, unconditional, noise;
+  // Each image's generator draws its initial noise and then its step noise, as in generate().
+  std::vector<at::Generator> generators;
   for (const auto& options : batch) {
     const Conditions c = encoder_->encode(options.prompt, options.images, options.negative, guided);
     conditional.push_back(c.conditional);
     if (guided) unconditional.push_back(c.unconditional);
-    auto generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
-    noise.push_back(decoder_.initial_latents(1, options.height, options.width, generator));
+    generators.push_back(at::make_generator<at::CPUGeneratorImpl>(options.seed));
+    noise.push_back(decoder_.initial_latents(1, options.height, options.width, generators.back()));
   }
   const at::Tensor condition =
       guided ? at::cat({at::cat(unconditional), at::cat(conditional)}) : at::cat(conditional);
-  auto generator = at::make_generator<at::CPUGeneratorImpl>(first.seed);
   const at::Tensor latents = decoder_.denoise(*scheduler, at::cat(noise) * scheduler->init_noise_sigma(), 0,
-                                              condition, first.sampling, generator, {}, {});
+                                              condition, first.sampling, generators, {}, {});
   return decoder_.decode(latents);
 }
 

@@ -501,10 +501,15 @@ TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
   fs::create_directories(decoder);
   for (const auto& e : fs::directory_iterator(model))
     if (e.path().filename() != "kosmosg") fs::copy(e.path(), decoder / e.path().filename(), fs::copy_options::recursive);
+  // Its generation.json sets what the command line leaves unset.
+  std::ofstream(decoder / "generation.json") << R"({"steps": 3, "sampler": "euler-a", "guidance": 4.0})";
   r = test::run_cli("eval shapes --quiet --model " + decoder.string() + " --data " + world.string() + " --out " +
                     (dir / "decoder_eval").string() + " --limit 1 --steps 2 --threads 1");
   ASSERT_EQ(r.status, 0) << r.output;
   const auto decoder_report = io::read_json((dir / "decoder_eval" / "report.json").string());
+  EXPECT_EQ(decoder_report.at("settings").at("steps"), 2);
+  EXPECT_EQ(decoder_report.at("settings").at("sampler"), "euler-a");
+  EXPECT_EQ(decoder_report.at("settings").at("guidance"), 4.0);
   EXPECT_FALSE(decoder_report.at("scores").contains("kosmosg"));
   EXPECT_TRUE(decoder_report.at("scores").contains("baseline"));
   EXPECT_FALSE(fs::exists(dir / "decoder_eval" / "kosmosg"));

@@ -125,10 +125,11 @@ class DiffusionDecoder {
   // generate() after prepare().
   std::pair<at::Tensor, at::Tensor> run(diffusion::Scheduler& scheduler, const at::Tensor& condition,
                                         const GenerateOptions& options, const StepCallback& on_step);
-  // The sampler loop from timesteps()[first_step] on, with `x` already at that noise level.
+  // The sampler loop from timesteps()[first_step] on, with `x` already at that noise level. A
+  // sampler's per-step noise comes from `generators`: one for the whole batch, or one per row.
   at::Tensor denoise(diffusion::Scheduler& scheduler, at::Tensor x, size_t first_step,
                      const at::Tensor& condition, const SamplingOptions& options,
-                     at::Generator generator, const StepCallback& on_step,
+                     const std::vector<at::Generator>& generators, const StepCallback& on_step,
                      const std::vector<ControlNetGuide>& controlnets);
   // Checks that `guide` fits the UNet and its settings are valid.
   void check_controlnet(const ControlNetGuide& guide) const;

@@ -36,9 +36,9 @@ class Pipeline {
   // final latents (1×4×h×w) and the image in [-1, 1] (1×3×H×W).
   std::pair<at::Tensor, at::Tensor> generate(const GenerateOptions& options, const StepCallback& on_step = {});
   // Several images in one sampler loop (much faster for a small model): each has its own prompt,
-  // images and seed and comes out as generate() makes it, up to rounding; they must share the
-  // size, sampling and negative prompt, and a sampler that draws noise per step takes one at a
-  // time. No image-to-image, initial latents or ControlNets. Images in [-1, 1] (N×3×H×W).
+  // images and seed (its initial and per-step noise) and comes out as generate() makes it, up to
+  // rounding; they must share the size, sampling and negative prompt. No image-to-image, initial
+  // latents or ControlNets. Images in [-1, 1] (N×3×H×W).
   at::Tensor generate_batch(const std::vector<GenerateOptions>& batch);
 
   // Attaches a LoRA file's updates to the UNet and to the encoder's text encoder when it has one
