@@ -84,13 +84,12 @@ std::string case_image_path(const std::string& dir, const eval::ShapesCase& c) {
 using BatchGenerateFn = std::function<std::vector<at::Tensor>(const std::vector<const eval::ShapesCase*>&,
                                                               const std::vector<uint64_t>&)>;
 
-// Generates every case into OUT/<system>/, `batch` cases at a time: score_shapes asks for the cases
+// Generates every case into OUT/<system>/, --batch cases at a time: score_shapes asks for the cases
 // in order, so the first request of a batch makes it and the rest are served from memory.
 eval::ShapesImageFn generating(const ShapesEvalArgs& a, const std::string& system,
-                               const std::vector<eval::ShapesCase>& cases, int64_t batch,
-                               const BatchGenerateFn& generate) {
+                               const std::vector<eval::ShapesCase>& cases, const BatchGenerateFn& generate) {
   auto made = std::make_shared<std::map<size_t, std::pair<at::Tensor, std::string>>>();
-  return [&a, &cases, system, batch, generate, made](const eval::ShapesCase& c) {
+  return [&a, &cases, system, generate, made](const eval::ShapesCase& c) {
     size_t pos = 0;
     while (pos < cases.size() && !(cases[pos].split == c.split && cases[pos].index == c.index)) ++pos;
     if (pos == cases.size()) fail("shapes eval", "a case outside the evaluated list was asked for");
@@ -98,7 +97,7 @@ eval::ShapesImageFn generating(const ShapesEvalArgs& a, const std::string& syste
       made->clear();
       std::vector<const eval::ShapesCase*> group;
       std::vector<uint64_t> seeds;
-      for (size_t i = pos; i < cases.size() && static_cast<int64_t>(group.size()) < batch; ++i) {
+      for (size_t i = pos; i < cases.size() && static_cast<int64_t>(group.size()) < a.batch; ++i) {
         group.push_back(&cases[i]);
         seeds.push_back(a.seed + static_cast<uint64_t>(cases[i].index));
       }
@@ -173,7 +172,6 @@ int run_shapes(const ShapesEvalArgs& a) {
     auto decoder = pipeline::DiffusionDecoder::from_folder(a.model);
     const int64_t side = a.size.value_or(defaults.size ? defaults.size->first : decoder.native_size());
     settings["size"] = side;
-    const int64_t batch = a.batch;
     auto batch_options = [&](const std::vector<const eval::ShapesCase*>& group, const std::vector<uint64_t>& seeds,
                              bool words) {
       std::vector<pipeline::GenerateOptions> options;
@@ -192,12 +190,12 @@ int run_shapes(const ShapesEvalArgs& a) {
         return pipeline::to_uint8_images(pipe.generate_batch(batch_options(group, seeds, words))).unbind(0);
       };
     };
-    settings["batch"] = batch;
+    settings["batch"] = a.batch;
     if (kosmosg) {
       pipeline::Pipeline pipe(decoder, pipeline::KosmosGConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
       spdlog::info("kosmosg: {} prompts at {}x{}, {} steps", cases.size(), side, side, sampling.steps);
-      systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", cases, batch,
+      systems.emplace_back("kosmosg", eval::score_shapes(cases, world, generating(a, "kosmosg", cases,
                                                                                  generate_with(pipe, false)),
                                                         progress));
     }
@@ -205,7 +203,7 @@ int run_shapes(const ShapesEvalArgs& a) {
       pipeline::Pipeline pipe(decoder, pipeline::CLIPTextConditionEncoder::from_folder(a.model));
       pipe.to(device, dtype);
       spdlog::info("baseline (the text-to-image decoder, entities in words): {} prompts", cases.size());
-      systems.emplace_back("baseline", eval::score_shapes(cases, world, generating(a, "baseline", cases, batch,
+      systems.emplace_back("baseline", eval::score_shapes(cases, world, generating(a, "baseline", cases,
                                                                                   generate_with(pipe, true)),
                                                          progress));
     }
