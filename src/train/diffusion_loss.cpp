@@ -22,18 +22,28 @@ at::Tensor min_snr_weights(const diffusion::DDPMTraining& noise, double snr_gamm
 }  // namespace
 
 DiffusionLoss::DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
-                             double condition_drop_rate, c10::ScalarType unet_dtype, bool unet_trains, double snr_gamma)
+                             double condition_drop_rate, c10::ScalarType unet_dtype, bool unet_trains, double snr_gamma,
+                             double noise_offset)
     : unet_(std::move(unet)),
       noise_(std::move(noise)),
       drop_rate_(condition_drop_rate),
       unet_dtype_(unet_dtype),
       unet_trains_(unet_trains),
-      snr_weights_(min_snr_weights(noise_, snr_gamma)) {}
+      noise_offset_(noise_offset),
+      snr_weights_(min_snr_weights(noise_, snr_gamma)) {
+  if (!(noise_offset >= 0 && noise_offset <= 1))
+    fail("diffusion_loss", "noise_offset is " + std::to_string(noise_offset) + ", expected 0 (off) to 1");
+}
 
 DiffusionLossDraws DiffusionLoss::draw(const at::Tensor& latents, at::Generator generator) const {
   const auto cpu_float = at::TensorOptions().dtype(at::kFloat);
   DiffusionLossDraws d;
-  d.noise = at::randn(latents.sizes(), generator, cpu_float).to(latents.options());
+  at::Tensor noise = at::randn(latents.sizes(), generator, cpu_float);
+  // Drawn right after the noise, as diffusers' train_text_to_image does; no draw when off, so
+  // the other draws stay those of the official recipe.
+  if (noise_offset_ > 0)
+    noise = noise + noise_offset_ * at::randn({latents.size(0), latents.size(1), 1, 1}, generator, cpu_float);
+  d.noise = noise.to(latents.options());
   d.timesteps = noise_.random_timesteps(latents.size(0), latents.device(), generator);
   d.random_p = at::rand({latents.size(0)}, generator, cpu_float).to(latents.device());
   return d;

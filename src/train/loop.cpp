@@ -100,6 +100,9 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
       io::config_value<bool>(c, "train_text_encoder", stage_options.train_text_encoder, what);
   stage_options.cache_latents = io::config_value<bool>(c, "cache_latents", stage_options.cache_latents, what);
   stage_options.snr_gamma = io::config_value<double>(c, "snr_gamma", stage_options.snr_gamma, what);
+  stage_options.noise_offset = io::config_value<double>(c, "noise_offset", stage_options.noise_offset, what);
+  if (!(stage_options.noise_offset >= 0 && stage_options.noise_offset <= 1))
+    fail(what, "noise_offset is " + std::to_string(stage_options.noise_offset) + ", expected 0 (off) to 1");
   const auto latents = io::config_value<std::string>(c, "target_latents", std::string("sample"), what);
   if (latents != "sample" && latents != "mean")
     fail(what, "target_latents is \"" + latents + "\", expected \"sample\" (of the VAE posterior) or \"mean\"");

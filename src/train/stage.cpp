@@ -547,7 +547,7 @@ class InstructStage : public KosmosGStage {
         unet_(models::UNet2DConditionConfig::from_json(require_config(m.unet_config, "unet"))),
         vae_(models::AutoencoderKLConfig::from_json(require_config(m.vae_config, "vae"))),
         loss_(unet_, diffusion::DDPMTraining(require_config(m.scheduler_config, "scheduler")), o.condition_drop_rate,
-              o.frozen_dtype, /*unet_trains=*/false, o.snr_gamma),
+              o.frozen_dtype, /*unet_trains=*/false, o.snr_gamma, o.noise_offset),
         targets_(o.cache_latents),
         target_size_(diffusion_target_side(m.unet_config, m.vae_config)) {
     std::vector<std::string> missing;
@@ -771,7 +771,7 @@ class T2IStage : public DecoderStage {
         text_encoder_(models::CLIPTextConfig::from_json(m.text_encoder_config, "text_encoder/config.json")),
         clip_tokenizer_(text::CLIPTokenizer::from_folder(m.tokenizer_dir)),
         loss_(unet_, diffusion::DDPMTraining(m.scheduler_config), o.condition_drop_rate, c10::kFloat,
-              /*unet_trains=*/true, o.snr_gamma),
+              /*unet_trains=*/true, o.snr_gamma, o.noise_offset),
         targets_(o.cache_latents),
         target_size_(diffusion_target_side(m.unet_config, m.vae_config)) {
     const int64_t width = text_encoder_->config().encoder.hidden_size;

@@ -239,6 +239,13 @@ TEST_F(DecoderStages, RefusesWhatCannotWork) {
   r = run_cli(train("vae", configs_only(), work_ / "refused_init", "--steps 1 --init-from " + configs_only().string()));
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--init-from"), std::string::npos) << r.output;
+  // A negative noise offset, named with its config file.
+  const fs::path offset_config = work_ / "negative_offset.json";
+  std::ofstream(offset_config) << R"({"noise_offset": -0.1})";
+  r = run_cli(train("t2i", configs_only(), work_ / "refused_offset", "--steps 1 --config " + offset_config.string()));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("negative_offset.json"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("noise_offset is -0.1"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -314,6 +314,28 @@ TEST(TrainDiffusionLoss, MinSnrWeightsEachSample) {
   EXPECT_THROW(train::DiffusionLoss(unet, noise, 0.1, c10::kFloat, false, -1.0), std::exception);
 }
 
+// noise_offset: the noise is the plain draw plus the offset times one more normal per sample and
+// channel, drawn right after it (diffusers' order); off, the draws are the official ones; a
+// negative offset is refused.
+TEST(TrainDiffusionLoss, NoiseOffsetShiftsEachChannelByOneDraw) {
+  models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::builtin_config("shapes/unet/config.json")));
+  const diffusion::DDPMTraining noise(io::builtin_config("shapes/scheduler/scheduler_config.json"));
+  const train::DiffusionLoss plain(unet, noise), offset(unet, noise, 0.1, c10::kFloat, false, 0.0, 0.25);
+  const at::Tensor latents = torch::zeros({2, 4, 8, 8});
+  const auto plain_draws = plain.draw(latents, at::detail::createCPUGenerator(7));
+  const auto offset_draws = offset.draw(latents, at::detail::createCPUGenerator(7));
+
+  at::Generator reference = at::detail::createCPUGenerator(7);
+  const at::Tensor normal = at::randn({2, 4, 8, 8}, reference, at::TensorOptions().dtype(at::kFloat));
+  const at::Tensor shift = at::randn({2, 4, 1, 1}, reference, at::TensorOptions().dtype(at::kFloat));
+  EXPECT_TRUE(plain_draws.noise.equal(normal));
+  EXPECT_TRUE(offset_draws.noise.allclose(normal + 0.25 * shift, 0, 1e-6));
+  EXPECT_TRUE((offset_draws.noise - plain_draws.noise).std({2, 3}).max().item<double>() < 1e-6);
+  const at::Tensor timesteps = noise.random_timesteps(2, at::kCPU, reference);
+  EXPECT_TRUE(offset_draws.timesteps.equal(timesteps));
+  EXPECT_THROW(train::DiffusionLoss(unet, noise, 0.1, c10::kFloat, false, 0.0, -0.1), std::exception);
+}
+
 namespace {
 
 // The shapes world's decoder configs (weights from a seeded draw) with the tiny SD1.5 tokenizer.

@@ -33,12 +33,15 @@ class DiffusionLoss {
   // `snr_gamma` > 0 weights each sample's error by Min-SNR-γ (Hang et al. 2023; diffusers'
   // --snr_gamma): min(SNR_t, γ) / SNR_t for ε, / (SNR_t + 1) for v, so that the many nearly
   // noise-free timesteps stop dominating; 0 keeps the official unweighted loss.
+  // `noise_offset` > 0 adds that much of one normal per sample and channel to the noise (offset
+  // noise, diffusers' --noise_offset), so that the model cannot read an image's mean colour from
+  // the nearly pure noise of the last timesteps, as it would from SD's nonzero terminal SNR.
   DiffusionLoss(models::UNet2DConditionModel unet, diffusion::DDPMTraining noise,
                 double condition_drop_rate = 0.1, c10::ScalarType unet_dtype = c10::kFloat,
-                bool unet_trains = false, double snr_gamma = 0.0);
+                bool unet_trains = false, double snr_gamma = 0.0, double noise_offset = 0.0);
 
-  // Draws noise, timesteps and drop probabilities for `latents` from `generator` (on the CPU,
-  // so a seed reproduces on every device).
+  // Draws noise (then its offset, when on), timesteps and drop probabilities for `latents` from
+  // `generator` (on the CPU, so a seed reproduces on every device).
   DiffusionLossDraws draw(const at::Tensor& latents, at::Generator generator) const;
 
   // latents: VAE latents already scaled by 0.18215; condition [B, L, D]; null_condition [1, L, D].
@@ -51,6 +54,7 @@ class DiffusionLoss {
   double drop_rate_;
   c10::ScalarType unet_dtype_;
   bool unet_trains_;
+  double noise_offset_;
   at::Tensor snr_weights_;  // per training timestep, float [N]; undefined: unweighted
 };
 

@@ -61,6 +61,9 @@ struct StageOptions {
   // t2i, instruct: Min-SNR-γ weighting of the diffusion loss (train/diffusion_loss.h); 0: the
   // official unweighted loss.
   double snr_gamma = 0.0;
+  // t2i, instruct: offset noise (train/diffusion_loss.h): the weight of a per-channel normal added
+  // to each sample's noise; 0: the official noise.
+  double noise_offset = 0.0;
   // t2i, instruct: the diffusion target is the VAE posterior's mean, not a sample of it (for a VAE
   // whose posterior is wide enough that its sampling noise drowns the loss).
   bool latents_from_mean = false;
