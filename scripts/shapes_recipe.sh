@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole Kosmos-G recipe in miniature, from nothing, on the shapes world (about 75 min on 2 CPU cores, the eval included):
+# The whole Kosmos-G recipe in miniature, from nothing, on the shapes world (about 80 min on 2 CPU cores, the eval included):
 #   world -> vae -> t2i (the diffusion decoder) -> lm -> align -> instruct (Kosmos-G) -> export -> eval
 # Usage: scripts/shapes_recipe.sh [OUT]   (default runs/shapes)
 # Every stage's output stays in OUT; a stage already done (OUT/<stage>.done) is skipped, so a run
