@@ -162,10 +162,7 @@ int run_shapes(const ShapesEvalArgs& a) {
     if (!kosmosg && a.no_baseline)
       fail("shapes eval", a.model + " has no kosmosg/ folder, so only its text-to-image baseline can be scored: drop --no-baseline");
     const auto defaults = pipeline::read_generation_defaults(a.model);
-    pipeline::SamplingOptions sampling;
-    sampling.sampler = a.sampler.value_or(defaults.sampler.value_or(sampling.sampler));
-    sampling.steps = a.steps.value_or(defaults.steps.value_or(sampling.steps));
-    sampling.guidance = a.guidance.value_or(defaults.guidance.value_or(sampling.guidance));
+    const pipeline::SamplingOptions sampling = defaults.sampling(a.sampler, a.steps, a.guidance);
     settings.update({{"mode", "model"}, {"model", a.model}, {"sampler", sampling.sampler}, {"steps", sampling.steps},
                      {"guidance", sampling.guidance}, {"seed", a.seed}, {"baseline", baseline}});
     // Both systems share the decoder: the baseline only swaps the condition encoder.

@@ -136,9 +136,7 @@ GenerateJob parse(const GenerateArgs& a) {
   auto& o = job.options;
   o.prompt = a.prompt;
   o.negative = a.negative.value_or(defaults.negative.value_or(o.negative));
-  o.sampling.sampler = a.sampler.value_or(defaults.sampler.value_or(o.sampling.sampler));
-  o.sampling.steps = a.steps.value_or(defaults.steps.value_or(o.sampling.steps));
-  o.sampling.guidance = a.guidance.value_or(defaults.guidance.value_or(o.sampling.guidance));
+  o.sampling = defaults.sampling(a.sampler, a.steps, a.guidance);
   o.sampling.show_progress = !a.quiet;
   o.strength = a.strength;
   if (a.size) job.size = pipeline::parse_image_size(*a.size);

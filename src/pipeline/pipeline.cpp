@@ -159,4 +159,14 @@ GenerationDefaults read_generation_defaults(const std::string& model_dir) {
   return d;
 }
 
+SamplingOptions GenerationDefaults::sampling(const std::optional<std::string>& given_sampler,
+                                             const std::optional<int64_t>& given_steps,
+                                             const std::optional<double>& given_guidance) const {
+  SamplingOptions o;
+  o.sampler = given_sampler.value_or(sampler.value_or(o.sampler));
+  o.steps = given_steps.value_or(steps.value_or(o.steps));
+  o.guidance = given_guidance.value_or(guidance.value_or(o.guidance));
+  return o;
+}
+
 }  // namespace kosmosg::pipeline

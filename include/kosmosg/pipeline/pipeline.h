@@ -71,6 +71,10 @@ struct GenerationDefaults {
   std::optional<int64_t> steps;
   std::optional<double> guidance;
   std::optional<std::string> sampler, negative;
+
+  // Sampler, steps and guidance: each as given, else this file's, else the library's default.
+  SamplingOptions sampling(const std::optional<std::string>& sampler, const std::optional<int64_t>& steps,
+                           const std::optional<double>& guidance) const;
 };
 
 // Reads DIR/generation.json; all defaults unset when there is none.
