@@ -162,6 +162,29 @@ Json row_json(const ShapesRow& row, bool with_edit) {
   return out;
 }
 
+// The row of the table a case counts in, as the report names it.
+const char* row_name(const ShapesCase& c) {
+  return c.split == "text" ? "text-only" : c.shapes.size() == 1 ? "one-entity" : "two-entity";
+}
+
+void count_verdict(ShapesRow& row, const ShapesCaseScore& s) {
+  if (s.expected.split == "edit") {
+    ++row.edit.total;
+    row.edit.right += s.verdict.edit;
+  } else {
+    ++row.text.total, ++row.subject.total;
+    row.text.right += s.verdict.text;
+    row.subject.right += s.verdict.subject;
+  }
+}
+
+// "red circle + blue square on green": the entities and the background a case asks for.
+std::string combination(const ShapesCase& c) {
+  std::string key;
+  for (const auto& [kind, color] : c.shapes) key += (key.empty() ? "" : " + ") + color + " " + kind;
+  return key + " on " + c.background;
+}
+
 std::string cell(const ShapesRate& r) {
   if (r.total == 0) return "-";
   char buf[64];
@@ -309,16 +332,8 @@ std::vector<ShapesCaseScore> score_shapes(const std::vector<ShapesCase>& cases, 
 ShapesScores tally_shapes(const std::vector<ShapesCaseScore>& scored) {
   ShapesScores t;
   for (const auto& s : scored) {
-    const auto& c = s.expected;
-    ShapesRow& row = c.split == "text" ? t.text_only : c.shapes.size() == 1 ? t.one_entity : t.two_entity;
-    if (c.split == "edit") {
-      ++row.edit.total;
-      row.edit.right += s.verdict.edit;
-    } else {
-      ++row.text.total, ++row.subject.total;
-      row.text.right += s.verdict.text;
-      row.subject.right += s.verdict.subject;
-    }
+    const std::string row = row_name(s.expected);
+    count_verdict(row == "text-only" ? t.text_only : row == "one-entity" ? t.one_entity : t.two_entity, s);
   }
   return t;
 }
@@ -341,12 +356,23 @@ std::string format_shapes_table(const std::string& title, const ShapesScores& sc
 
 std::string shapes_report_json(const std::vector<std::pair<std::string, std::vector<ShapesCaseScore>>>& systems,
                                const std::string& settings_json) {
-  Json report{{"settings", Json::parse(settings_json)}, {"scores", Json::object()}, {"cases", Json::array()}};
+  Json report{{"settings", Json::parse(settings_json)},
+              {"scores", Json::object()},
+              {"by_combination", Json::object()},
+              {"cases", Json::array()}};
   for (const auto& [system, scored] : systems) {
     const ShapesScores t = tally_shapes(scored);
     report["scores"][system] = {{"text-only", row_json(t.text_only, false)},
                                 {"one-entity", row_json(t.one_entity, true)},
                                 {"two-entity", row_json(t.two_entity, true)}};
+    // Per held-out combination, where the table's rates come from (a shape kind the decoder
+    // cannot draw in one context shows up here, not in the table).
+    std::map<std::string, std::map<std::string, ShapesRow>> rows;
+    for (const auto& s : scored) count_verdict(rows[row_name(s.expected)][combination(s.expected)], s);
+    Json by_combination = Json::object();
+    for (const auto& [row, combinations] : rows)
+      for (const auto& [key, counts] : combinations) by_combination[row][key] = row_json(counts, row != "text-only");
+    report["by_combination"][system] = by_combination;
     for (const auto& s : scored) {
       Json expected_shapes = Json::array(), found_shapes = Json::array();
       for (const auto& [kind, color] : s.expected.shapes) expected_shapes.push_back({{"kind", kind}, {"color", color}});

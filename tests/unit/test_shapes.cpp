@@ -432,6 +432,13 @@ TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
   const auto report = io::read_json((dir / "eval" / "report.json").string());
   EXPECT_EQ(report.at("scores").at("ground-truth").at("two-entity").at("editing_success").at("rate"), 1.0);
   EXPECT_EQ(report.at("cases").size(), 15u);
+  int64_t one_entity_cases = 0;
+  for (const auto& [combination, row] : report.at("by_combination").at("ground-truth").at("one-entity").items()) {
+    EXPECT_NE(combination.find(" on "), std::string::npos) << combination;
+    EXPECT_EQ(row.at("subject_fidelity").at("right"), row.at("subject_fidelity").at("total")) << combination;
+    one_entity_cases += row.at("subject_fidelity").at("total").get<int64_t>();
+  }
+  EXPECT_EQ(one_entity_cases, 3);
 
   for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
            {"--count 0", "count is 0"},

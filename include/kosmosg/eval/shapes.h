@@ -100,7 +100,8 @@ ShapesScores tally_shapes(const std::vector<ShapesCaseScore>& scored);
 
 // The table as text: one line per kind of prompt, the three measures as percentages with counts.
 std::string format_shapes_table(const std::string& title, const ShapesScores& scores);
-// The table and every case as JSON text (for a report file).
+// The table, the same per combination of entities and background, and every case as JSON text
+// (for a report file).
 std::string shapes_report_json(const std::vector<std::pair<std::string, std::vector<ShapesCaseScore>>>& systems,
                                const std::string& settings_json);
 
