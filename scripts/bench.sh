@@ -3,7 +3,8 @@
 # (random weights, no download). Arguments go to kosmosg_bench: --only NAME, --runs N, --threads N.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -d build ]; then scripts/setup.sh >&2; fi
-cmake --build build --target kosmosg_bench -j "$(nproc)" >&2
+source scripts/build_dir.sh
+if [ ! -d "$KOSMOSG_BUILD" ]; then scripts/setup.sh >&2; fi
+cmake --build "$KOSMOSG_BUILD" --target kosmosg_bench -j "$(nproc)" >&2
 export OMP_WAIT_POLICY=PASSIVE
-exec build/kosmosg_bench --configs configs/sd15 "$@"
+exec "$KOSMOSG_BUILD/kosmosg_bench" --configs configs/sd15 "$@"

@@ -10,16 +10,18 @@ batch=${2:-4}
 shared=${KOSMOSG_SHARED_DIR:-../shared}
 fixture=$shared/fixtures/kosmosg-official-tiny
 [ -f "$fixture/checkpoint_tiny.pt" ] || { echo "bench_distributed: no $fixture (set KOSMOSG_SHARED_DIR)" >&2; exit 1; }
-if [ ! -x build/kosmosg ]; then scripts/setup.sh >&2; fi
-cmake --build build --target kosmosg_cli -j "$(nproc)" >&2
+source scripts/build_dir.sh
+k=$KOSMOSG_BUILD/kosmosg
+if [ ! -x "$k" ]; then scripts/setup.sh >&2; fi
+cmake --build "$KOSMOSG_BUILD" --target kosmosg_cli -j "$(nproc)" >&2
 export OMP_WAIT_POLICY=PASSIVE
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-build/kosmosg convert "$fixture/checkpoint_tiny.pt" "$work/model" --sizes "$fixture/sizes.json" >/dev/null
+"$k" convert "$fixture/checkpoint_tiny.pt" "$work/model" --sizes "$fixture/sizes.json" >/dev/null
 data=docs/examples/tiny-data/instruct.jsonl
 train() {  # OUT THREADS: the instruct stage at the benchmark's size, quietly
-  echo build/kosmosg train --stage instruct --model "$work/model" --data "$data" --out "$1" --steps "$updates" \
+  echo "$k" train --stage instruct --model "$work/model" --data "$data" --out "$1" --steps "$updates" \
     --batch-size "$batch" --threads "$2" --quiet --lr 1e-4 --warmup 0 --save-every 0 --workers 0
 }
 # Mean over the second half of the updates (the first ones warm the allocator and caches).

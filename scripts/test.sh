@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds (setup.sh, then the tests) and runs the whole GoogleTest suite with ctest.
 # KOSMOSG_GOLDEN_DIR / KOSMOSG_SHARED_DIR point the tests at other golden data or fixtures;
-# KOSMOSG_LIBTORCH=pip tests the build against the pip LibTorch (build-pip/, see setup.sh).
+# KOSMOSG_LIBTORCH=system tests the build against Debian's LibTorch (build/, see build_dir.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime
-build=build
-[ "${KOSMOSG_LIBTORCH:-system}" = pip ] && build=build-pip
+source scripts/build_dir.sh
+build=$KOSMOSG_BUILD
 cmake --build "$build" -j "$(nproc)"
 shared=${KOSMOSG_SHARED_DIR:-../shared}
 if [ ! -d "$shared/golden" ] && [ ! -d "${KOSMOSG_GOLDEN_DIR:-/nonexistent}" ]; then
