@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole Kosmos-G recipe in miniature, from nothing, on the shapes world (on 2 CPU cores, the eval
-# included: about 80 min with Debian's LibTorch; with the default pip build its stages run 1.2-1.4x faster):
+# included: about 80 min with Debian's LibTorch, about 71 min with the default pip build, whose t2i,
+# align and instruct stages train 1.2-1.4x faster):
 #   world -> vae -> t2i (the diffusion decoder) -> lm -> align -> instruct (Kosmos-G) -> export -> eval
 # Usage: scripts/shapes_recipe.sh [OUT]   (default runs/shapes)
 # Every stage's output stays in OUT; a stage already done (OUT/<stage>.done) is skipped, so a run
