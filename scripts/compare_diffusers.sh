@@ -59,8 +59,8 @@ echo "== kosmosg ($bench, LibTorch $want) against diffusers $("$venv/bin/python"
 for ((r = 1; r <= rounds; r++)); do
   if ((r % 2)); then time_kosmosg "$r" >> "$results"; time_diffusers "$r" >> "$results"
   else time_diffusers "$r" >> "$results"; time_kosmosg "$r" >> "$results"; fi
-  awk -v r="$r" '$1 == r && $3 != "peak_rss" { t[$3 " " $2] = $4 }
-    END { printf "round %d:", r; n = split("unet_b1 unet_b2 vae_decode", f, " ");
+  awk -v r="$r" -v figures="${figures[*]}" '$1 == r && $3 != "peak_rss" { t[$3 " " $2] = $4 }
+    END { printf "round %d:", r; n = split(figures, f, " ");
           for (i = 1; i <= n; i++) printf "  %s %.2f / %.2f s", f[i], t[f[i] " kosmosg"], t[f[i] " diffusers"]; print "" }' "$results"
 done
 echo "== diffusers / kosmosg (median over rounds; ratio above 1: kosmosg is faster)"
