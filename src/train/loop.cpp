@@ -96,6 +96,9 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
   stage_options.kl_weight = io::config_value<double>(c, "kl_weight", stage_options.kl_weight, what);
   stage_options.fit_scaling_factor =
       io::config_value<bool>(c, "fit_scaling_factor", stage_options.fit_scaling_factor, what);
+  stage_options.crop_size = io::config_value<int64_t>(c, "crop_size", stage_options.crop_size, what);
+  if (stage_options.crop_size < 0)
+    fail(what, "crop_size is " + std::to_string(stage_options.crop_size) + ", expected 0 (whole images) or a side in pixels");
   stage_options.train_text_encoder =
       io::config_value<bool>(c, "train_text_encoder", stage_options.train_text_encoder, what);
   stage_options.cache_latents = io::config_value<bool>(c, "cache_latents", stage_options.cache_latents, what);

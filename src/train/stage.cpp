@@ -30,6 +30,8 @@ namespace fs = std::filesystem;
 // A batch row's noise, timestep and condition drop come from a generator seeded by its sample's
 // seed in this domain.
 constexpr uint64_t kRowDrawDomain = 103;
+// The vae stage's crop of a row: its position, from the row's seed in this domain.
+constexpr uint64_t kCropDomain = 104;
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
@@ -508,9 +510,10 @@ class AlignStage : public KosmosGStage {
 
 // A row's own generator (from its sample seed) when the batch carries one per row, else the
 // update's `generator`.
-at::Generator row_generator(const data::Batch& batch, int64_t rows, int64_t row, at::Generator generator) {
+at::Generator row_generator(const data::Batch& batch, int64_t rows, int64_t row, at::Generator generator,
+                            uint64_t domain = kRowDrawDomain) {
   if (static_cast<int64_t>(batch.sample_seeds.size()) != rows) return generator;
-  return at::detail::createCPUGenerator(data::mix_seeds({kRowDrawDomain, batch.sample_seeds[row]}));
+  return at::detail::createCPUGenerator(data::mix_seeds({domain, batch.sample_seeds[row]}));
 }
 
 // Each row's draws for a diffusion stage: the posterior's standard normal, then the diffusion
@@ -688,6 +691,11 @@ class VaeStage : public DecoderStage {
     load_or_keep_draw(*vae_, m.vae, "vae");
     root_->register_module("vae", vae_.ptr());
     select_trainable([](const std::string&) { return true; });
+    const int64_t side = o.crop_size, image = vae_->config().sample_size, scale = vae_scale(m.vae_config);
+    if (side != 0 && (side > image || side % scale != 0))
+      fail("train", "crop_size is " + std::to_string(side) + ", expected a multiple of the VAE's downscale " +
+                        std::to_string(scale) + " no larger than its " + std::to_string(image) +
+                        " pixel images (vae/config.json sample_size)");
   }
   data::StageKind kind() const override { return data::StageKind::Vae; }
 
@@ -718,8 +726,9 @@ class VaeStage : public DecoderStage {
 
   StageLoss forward(const data::Batch& batch, at::Generator generator) override {
     const auto param = vae_->encoder->conv_in->weight;
-    const at::Tensor images =
-        batch_tensor(batch.target_images, "target images (the vae stage needs a target per sample)").to(param.device());
+    const at::Tensor images = crop(
+        batch_tensor(batch.target_images, "target images (the vae stage needs a target per sample)"), batch, generator)
+                                  .to(param.device());
     const models::DiagonalGaussian posterior = vae_->encode(images);
     const at::Tensor latents = sample_posterior(posterior, batch, generator);
     if (options_.fit_scaling_factor) track_latent_moments(latents);
@@ -741,6 +750,22 @@ class VaeStage : public DecoderStage {
   }
 
  private:
+  // Each row's crop_size² window at a uniformly drawn position; the images themselves without crop_size.
+  at::Tensor crop(const at::Tensor& images, const data::Batch& batch, at::Generator generator) const {
+    const int64_t side = options_.crop_size;
+    if (side == 0) return images;
+    const int64_t height = images.size(2), width = images.size(3), rows = images.size(0);
+    std::vector<at::Tensor> windows;
+    for (int64_t b = 0; b < rows; ++b) {
+      const at::Tensor at = at::randint(0, (height - side + 1) * (width - side + 1), {1},
+                                        row_generator(batch, rows, b, generator, kCropDomain), at::kLong);
+      const int64_t position = at.item<int64_t>();
+      windows.push_back(
+          images.narrow(0, b, 1).narrow(2, position / (width - side + 1), side).narrow(3, position % (width - side + 1), side));
+    }
+    return at::cat(windows);
+  }
+
   // The first and second moments of the latents: the running mean over the first
   // kLatentWindow batches, an exponential average over that many afterwards, so that the
   // fitted scale follows the VAE as it trains.

@@ -206,6 +206,39 @@ TEST_F(DecoderStages, ResumeIsExact) {
   }
 }
 
+// crop_size: the vae stage trains on a random window of each image, drawn from the sample's seed
+// (so resume stays exact), and refuses a window the VAE cannot encode.
+TEST_F(DecoderStages, VaeTrainsOnCrops) {
+  ASSERT_EQ(world_.status, 0) << world_.output;
+  const fs::path config = work_ / "vae_crop.json";
+  std::ofstream(config) << R"({"crop_size": 32})";
+  const std::string common = "--batch-size 2 --seed 6 --warmup 1 --lr 1e-3";
+  const fs::path whole = work_ / "crop_whole", split = work_ / "crop_split", uncropped = work_ / "crop_none";
+  auto r = run_cli(train("vae", configs_only(), whole, "--steps 3 " + common + " --config " + config.string()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_cli(train("vae", configs_only(), split, "--steps 1 " + common + " --config " + config.string()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_cli(train("vae", configs_only(), split, "--steps 3 --resume " + common + " --config " + config.string()));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run_cli(train("vae", configs_only(), uncropped, "--steps 1 " + common));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto cropped = read_metrics(whole), resumed = read_metrics(split), full = read_metrics(uncropped);
+  ASSERT_EQ(cropped.size(), 3u);
+  ASSERT_EQ(resumed.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(cropped[i].at("loss"), resumed[i].at("loss")) << i;
+  // The same draw of the same images, seen whole: another loss.
+  EXPECT_NE(cropped[0].at("rec_loss"), full[0].at("rec_loss"));
+  for (const char* side : {"30", "128"}) {
+    const fs::path bad = work_ / (std::string("crop_") + side + ".json");
+    std::ofstream(bad) << "{\"crop_size\": " << side << "}";
+    r = run_cli(train("vae", configs_only(), work_ / (std::string("refused_crop_") + side), "--steps 1 --config " + bad.string()));
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.output.find("crop_size is " + std::string(side) + ", expected a multiple of the VAE's downscale 4"),
+              std::string::npos)
+        << r.output;
+  }
+}
+
 TEST_F(DecoderStages, RefusesWhatCannotWork) {
   ASSERT_EQ(world_.status, 0) << world_.output;
   // captions.jsonl has text records only: no target image to reconstruct or denoise.

@@ -53,6 +53,10 @@ struct StageOptions {
   // vae/config.json, so that a UNet trained on it sees unit-variance latents, as Stable Diffusion's
   // 0.18215 makes its own VAE's (LDM §4.3.2). Off: the config's scaling_factor stays.
   bool fit_scaling_factor = false;
+  // vae: train on a random crop_size² window of each image (0: the whole image). The autoencoder is
+  // convolutional, so it learns from crops what it then does to whole images, at a fraction of the
+  // cost (LDM trained its autoencoders on 256² crops).
+  int64_t crop_size = 0;
   // t2i: the CLIP text encoder trains with the UNet (otherwise it stays frozen).
   bool train_text_encoder = false;
   // t2i, instruct: encode each distinct target image once with the frozen VAE and keep its
