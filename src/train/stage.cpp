@@ -754,14 +754,13 @@ class VaeStage : public DecoderStage {
   at::Tensor crop(const at::Tensor& images, const data::Batch& batch, at::Generator generator) const {
     const int64_t side = options_.crop_size;
     if (side == 0) return images;
-    const int64_t height = images.size(2), width = images.size(3), rows = images.size(0);
+    const int64_t rows = images.size(0), down = images.size(2) - side + 1, across = images.size(3) - side + 1;
     std::vector<at::Tensor> windows;
     for (int64_t b = 0; b < rows; ++b) {
-      const at::Tensor at = at::randint(0, (height - side + 1) * (width - side + 1), {1},
-                                        row_generator(batch, rows, b, generator, kCropDomain), at::kLong);
-      const int64_t position = at.item<int64_t>();
-      windows.push_back(
-          images.narrow(0, b, 1).narrow(2, position / (width - side + 1), side).narrow(3, position % (width - side + 1), side));
+      const int64_t position =
+          at::randint(0, down * across, {1}, row_generator(batch, rows, b, generator, kCropDomain), at::kLong)
+              .item<int64_t>();
+      windows.push_back(images.narrow(0, b, 1).narrow(2, position / across, side).narrow(3, position % across, side));
     }
     return at::cat(windows);
   }
