@@ -63,7 +63,7 @@ namespace fs = std::filesystem;
 
 struct ShapesEvalArgs {
   std::string data, model, images, out = "shapes-eval", device = "cpu", dtype = "auto";
-  bool ground_truth = false, quiet = false, baseline = false, no_baseline = false;
+  bool ground_truth = false, quiet = false, baseline = false, no_baseline = false, conditions = false;
   // Unset ones come from the model folder's generation.json, else the library's defaults.
   std::optional<std::string> sampler;
   std::optional<int64_t> limit, size, steps;
@@ -148,6 +148,25 @@ int run_shapes(const ShapesEvalArgs& a) {
                             "earlier run with at least as many prompts; --limit scores fewer)");
       return std::pair{io::read_image(path), path};
     }));
+  } else if (a.conditions) {
+    for (const char* part : {"kosmosg", "text_encoder", "tokenizer"})
+      if (!fs::exists(fs::path(a.model) / part))
+        fail("shapes eval", "--conditions compares Kosmos-G's conditions with its text encoder's: " + a.model +
+                                " has no " + part + "/ folder");
+    configure_threads(a.threads);
+    settings.update({{"mode", "conditions"}, {"model", a.model}});
+    auto kosmosg = pipeline::KosmosGConditionEncoder::from_folder(a.model);
+    auto text = pipeline::CLIPTextConditionEncoder::from_folder(a.model);
+    systems.emplace_back(
+        "conditions",
+        eval::score_shapes_conditions(
+            cases, world,
+            [&](const eval::ShapesCase& c) {
+              std::vector<at::Tensor> images;
+              for (const auto& path : c.images) images.push_back(io::read_image(path));
+              return kosmosg->encode(c.prompt, images, "", false).conditional;
+            },
+            [&](const std::string& caption) { return text->encode_prompt(caption); }, progress));
   } else {
     const auto device = parse_device(a.device);
     const auto dtype = parse_dtype(a.dtype, device);
@@ -258,6 +277,11 @@ Command add_eval(CLI::App& app) {
                                 "Also score the text-to-image decoder alone, each <i> replaced by the entity in words "
                                 "(the default when the model folder has text_encoder/ and model_index.json)");
   sh->add_flag("--no-baseline", s->no_baseline, "Score the Kosmos-G model only")->excludes(baseline);
+  sh->add_flag("--conditions", s->conditions,
+               "With --model, score Kosmos-G's conditions instead of images, in seconds: each prompt reads as the "
+               "caption whose text-encoder condition is nearest (any Kosmos-G folder from the align stage on)")
+      ->needs(model)
+      ->excludes(baseline);
   sh->add_option("--out", s->out, "Output folder: kosmosg/ and baseline/ images, report.json")->capture_default_str();
   sh->add_option("--limit", s->limit, "Only the first N prompts of each test manifest");
   sh->add_option("--steps", s->steps, "Sampler steps (default: the model's generation.json, else 25)");

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 
 #include "kosmosg/error.h"
@@ -322,6 +323,82 @@ std::vector<ShapesCaseScore> score_shapes(const std::vector<ShapesCase>& cases, 
   for (const auto& c : cases) {
     auto [image, path] = image_for(c);
     ShapesCaseScore s{c, path, read_shapes_image(image, world), {}};
+    s.verdict = judge_shapes(c, s.found);
+    out.push_back(std::move(s));
+    progress.tick();
+  }
+  return out;
+}
+
+namespace {
+
+// Every scene of `entities` shapes the world can caption: each background, and each kind and
+// colour other than the background's for every shape.
+std::vector<data::Scene> caption_candidates(const data::ShapesWorld& world, size_t entities) {
+  std::vector<data::Shape> shapes;
+  for (const auto kind : world.kinds)
+    for (int color = 0; color < static_cast<int>(world.palette.size()); ++color) {
+      data::Shape s;
+      s.kind = kind;
+      s.color = color;
+      shapes.push_back(s);
+    }
+  std::vector<data::Scene> scenes;
+  for (int background = 0; background < static_cast<int>(world.palette.size()); ++background) {
+    std::vector<data::Scene> partial{data::Scene{background, {}}};
+    for (size_t e = 0; e < entities; ++e) {
+      std::vector<data::Scene> longer;
+      for (const auto& scene : partial)
+        for (const auto& s : shapes)
+          if (s.color != background) {
+            longer.push_back(scene);
+            longer.back().shapes.push_back(s);
+          }
+      partial = std::move(longer);
+    }
+    scenes.insert(scenes.end(), partial.begin(), partial.end());
+  }
+  return scenes;
+}
+
+}  // namespace
+
+std::vector<ShapesCaseScore> score_shapes_conditions(const std::vector<ShapesCase>& cases,
+                                                     const data::ShapesWorld& world,
+                                                     const ShapesConditionFn& condition_for,
+                                                     const CaptionConditionFn& caption_condition,
+                                                     bool show_progress) {
+  std::map<std::string, at::Tensor> encoded;
+  std::map<size_t, std::vector<data::Scene>> candidates;
+  std::vector<ShapesCaseScore> out;
+  Progress progress("conditions", static_cast<int64_t>(cases.size()), !show_progress);
+  for (const auto& c : cases) {
+    const at::Tensor condition = condition_for(c).to(at::kFloat);
+    auto& scenes = candidates[c.shapes.size()];
+    if (scenes.empty()) scenes = caption_candidates(world, c.shapes.size());
+    double nearest = std::numeric_limits<double>::infinity(), next = nearest;
+    const data::Scene* found = nullptr;
+    for (const auto& scene : scenes) {
+      const std::string caption = world.caption(scene);
+      auto it = encoded.find(caption);
+      if (it == encoded.end()) it = encoded.emplace(caption, caption_condition(caption).to(at::kFloat)).first;
+      if (!it->second.sizes().equals(condition.sizes()))
+        fail(kWhere, "the condition of \"" + c.prompt + "\" is " + c10::str(condition.sizes()) +
+                         " but the text encoder's for \"" + caption + "\" is " + c10::str(it->second.sizes()));
+      const double d = (condition - it->second).pow(2).mean().item<double>();
+      if (d < nearest) {
+        next = nearest;
+        nearest = d;
+        found = &scene;
+      } else if (d < next) {
+        next = d;
+      }
+    }
+    ShapesCaseScore s{c, "", {}, {}};
+    s.found.background = world.palette[found->background].name;
+    for (const auto& shape : found->shapes)
+      s.found.shapes.push_back({data::shape_kind_name(shape.kind), world.palette[shape.color].name, 0.0,
+                                std::isfinite(next) && next > 0 ? (next - nearest) / next : 1.0});
     s.verdict = judge_shapes(c, s.found);
     out.push_back(std::move(s));
     progress.tick();

@@ -15,6 +15,7 @@
 
 #include "kosmosg/data/loader.h"
 #include "kosmosg/data/shapes.h"
+#include "kosmosg/error.h"
 #include "kosmosg/eval/shapes.h"
 #include "kosmosg/io/image.h"
 #include "support.h"
@@ -414,6 +415,70 @@ TEST(ShapesScorer, ReportsWrongImagesAsWrong) {
   EXPECT_FALSE(verdict_on(edit, world, data::draw_shapes_scene(world, {1, {}})).edit);
 }
 
+TEST(ShapesScorer, ConditionsReadAsTheNearestCaption) {
+  const auto world = data::ShapesWorld::create({"red", "green", "blue", "yellow"}, {"circle", "square", "triangle"}, 64, 6);
+  // A stand-in text encoder: each caption its own fixed random condition.
+  auto fixed_condition = [](const std::string& caption) {
+    auto g = at::detail::createCPUGenerator(std::hash<std::string>{}(caption));
+    return at::randn({1, 77, 8}, g, at::TensorOptions().dtype(at::kFloat));
+  };
+  int64_t encoded = 0;
+  auto caption_condition = [&](const std::string& caption) {
+    ++encoded;
+    return fixed_condition(caption);
+  };
+  auto near = [&](const std::string& caption) {
+    auto g = at::detail::createCPUGenerator(7);
+    return fixed_condition(caption) + 0.1 * at::randn({1, 77, 8}, g, at::TensorOptions().dtype(at::kFloat));
+  };
+  eval::ShapesCase one;
+  one.split = "one_entity";
+  one.background = "green";
+  one.shapes = {{"circle", "red"}};
+  eval::ShapesCase two = one;
+  two.split = "two_entity";
+  two.background = "yellow";
+  two.shapes = {{"circle", "red"}, {"square", "blue"}};
+  eval::ShapesCase edit = one;
+  edit.split = "edit";
+  edit.source_background = "blue";
+  const std::map<std::string, std::string> nearest_to{
+      {"one_entity", "a red square on a green background"},
+      {"two_entity", "a blue square next to a red circle on a yellow background"},
+      {"edit", "a red circle on a blue background"}};
+  auto score = [&](const std::vector<eval::ShapesCase>& cases) {
+    return eval::score_shapes_conditions(cases, world, [&](const eval::ShapesCase& c) { return near(nearest_to.at(c.split)); },
+                                         caption_condition);
+  };
+  const auto scored = score({one, two, edit});
+  ASSERT_EQ(scored.size(), 3u);
+  // 4 backgrounds x 9 shapes of another colour, then 4 x 9 x 9 pairs, each encoded once.
+  EXPECT_EQ(encoded, 4 * 9 + 4 * 9 * 9);
+  EXPECT_TRUE(scored[0].verdict.text);
+  EXPECT_FALSE(scored[0].verdict.subject);
+  ASSERT_EQ(scored[0].found.shapes.size(), 1u);
+  EXPECT_EQ(scored[0].found.shapes[0].kind, "square");
+  EXPECT_EQ(scored[0].found.shapes[0].color, "red");
+  EXPECT_GT(scored[0].found.shapes[0].confidence, 0.5);
+  EXPECT_LE(scored[0].found.shapes[0].confidence, 1.0);
+  EXPECT_TRUE(scored[1].verdict.text && scored[1].verdict.subject) << "the entities in either order";
+  EXPECT_FALSE(scored[2].verdict.text);
+  EXPECT_TRUE(scored[2].verdict.subject);
+  EXPECT_FALSE(scored[2].verdict.edit) << "the input's background kept";
+  const auto right = eval::score_shapes_conditions(
+      {one, edit}, world, [&](const eval::ShapesCase&) { return near("a red circle on a green background"); },
+      caption_condition);
+  EXPECT_TRUE(right[0].verdict.text && right[0].verdict.subject);
+  EXPECT_TRUE(right[1].verdict.edit);
+  try {
+    eval::score_shapes_conditions(
+        {one}, world, [](const eval::ShapesCase&) { return at::zeros({1, 77, 16}); }, caption_condition);
+    ADD_FAILURE() << "a condition of another width was compared";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("[1, 77, 8]"), std::string::npos) << e.what();
+  }
+}
+
 // ---- The command line -------------------------------------------------------------------------
 
 TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
@@ -452,6 +517,9 @@ TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
   r = test::run_cli("eval shapes --data " + (dir / "world").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("--ground-truth"), std::string::npos) << r.output;
+  r = test::run_cli("eval shapes --conditions --model " + (dir / "world").string() + " --data " + (dir / "world").string());
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("has no kosmosg/ folder"), std::string::npos) << r.output;
   r = test::run_cli("eval shapes --ground-truth --data " + (dir / "nothing").string());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("world.json"), std::string::npos) << r.output;
@@ -561,4 +629,11 @@ TEST(ShippedShapesModel, DrawsTheEntityInANewContextAndKeepsItsScores) {
   EXPECT_GE(right("one-entity", "subject_fidelity"), 4);
   EXPECT_GE(right("two-entity", "text_fidelity"), 5);
   EXPECT_GE(right("text-only", "text_fidelity"), 10);
+
+  r = test::run_cli("eval shapes --quiet --conditions --model " + model.string() + " --data " + world.string() +
+                    " --out " + (dir / "conditions").string() + " --threads 2");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto conditions = io::read_json((dir / "conditions" / "report.json").string()).at("scores").at("conditions");
+  EXPECT_GE(conditions.at("one-entity").at("subject_fidelity").at("right").get<int>(), 5) << r.output;
+  EXPECT_GE(conditions.at("one-entity").at("text_fidelity").at("right").get<int>(), 5) << r.output;
 }

@@ -95,6 +95,21 @@ using ShapesImageFn = std::function<std::pair<at::Tensor, std::string>(const Sha
 // Scores `cases` with the images `image_for` gives, one after the other.
 std::vector<ShapesCaseScore> score_shapes(const std::vector<ShapesCase>& cases, const data::ShapesWorld& world,
                                           const ShapesImageFn& image_for, bool show_progress = false);
+// Gives a model's condition for a case ([1, L, D], what the UNet would read), or the text
+// encoder's condition for a caption.
+using ShapesConditionFn = std::function<at::Tensor(const ShapesCase&)>;
+using CaptionConditionFn = std::function<at::Tensor(const std::string&)>;
+
+// Scores the conditions themselves, without sampling: each case reads as the scene whose caption's
+// text condition is nearest (mean squared difference) to the case's condition, among every
+// background and every kind and colour of each entity (never the background's colour). Separates
+// what the conditions carry from what the decoder draws; FoundShape::confidence is how much nearer
+// the nearest caption is than the next, relative to the next.
+std::vector<ShapesCaseScore> score_shapes_conditions(const std::vector<ShapesCase>& cases,
+                                                     const data::ShapesWorld& world,
+                                                     const ShapesConditionFn& condition_for,
+                                                     const CaptionConditionFn& caption_condition,
+                                                     bool show_progress = false);
 // Sums verdicts into the table.
 ShapesScores tally_shapes(const std::vector<ShapesCaseScore>& scored);
 
