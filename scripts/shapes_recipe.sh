@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole Kosmos-G recipe in miniature, from nothing, on the shapes world (on 2 CPU cores, the eval
-# included: about 57 min with the default pip build by its stage times measured alone, the VAE on
-# 32x32 windows; Debian's LibTorch trains the t2i, align and instruct stages 1.2-1.4x slower):
+# included: 40 min with the default pip build on the day models/shapes was made, about 55 min on the
+# slower days measured; Debian's LibTorch trains the t2i, align and instruct stages 1.2-1.4x slower):
 #   world -> vae -> t2i (the diffusion decoder) -> lm -> align -> instruct (Kosmos-G) -> export -> eval
 # Usage: scripts/shapes_recipe.sh [OUT]   (default runs/shapes)
 # Every stage's output stays in OUT; a stage already done (OUT/<stage>.done) is skipped, so a run
@@ -75,7 +75,7 @@ stage world "4000 training scenes and the held-out split" "$K" data shapes --out
 stage vae "AutoencoderKL, L1 + KL on 32x32 windows, from a seeded draw" train vae "$OUT/init" text_to_image.jsonl
 stage t2i "the UNet and its CLIP text encoder, epsilon loss" train t2i "$OUT/vae" text_to_image.jsonl
 [ -e "$OUT/lm.done" ] || kosmosg_init
-stage lm "stage 1: multimodal language modelling" train lm "$OUT/kosmosg-init" captions.jsonl interleaved.jsonl
+stage lm "stage 1: multimodal language modelling" train lm "$OUT/kosmosg-init" captions.jsonl interleaved.jsonl entities.jsonl
 stage align "stage 2: AlignerNet against the CLIP text encoder" train align "$OUT/lm" captions.jsonl
 stage instruct "stage 3: score distillation instruction tuning" \
   train instruct "$OUT/align" one_entity.jsonl two_entity.jsonl edit.jsonl text_to_image.jsonl

@@ -459,7 +459,7 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
     }
 
   Manifest captions{"captions.jsonl"}, text_to_image{"text_to_image.jsonl"}, interleaved{"interleaved.jsonl"},
-      one{"one_entity.jsonl"}, two{"two_entity.jsonl"}, edit{"edit.jsonl"};
+      entities{"entities.jsonl"}, one{"one_entity.jsonl"}, two{"two_entity.jsonl"}, edit{"edit.jsonl"};
   for (int64_t n = 0; n < o.count; ++n) {
     std::mt19937_64 rng(mix_seeds({kTrainDomain, o.seed, static_cast<uint64_t>(n)}));
     const int shapes = detail::uniform(rng) < o.two_entity_fraction ? 2 : 1;
@@ -483,7 +483,7 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
   for (int c = 0; c < static_cast<int>(world.palette.size()); ++c)
     for (const ShapeKind kind : world.kinds) {
       const Shape shape{kind, c, 0, 0, 0};
-      interleaved.add({{"prompt", "<i> is " + world.words(shape)}, {"images", {entity_file(world, shape)}}});
+      entities.add({{"prompt", "<i> is " + world.words(shape)}, {"images", {entity_file(world, shape)}}});
     }
 
   Manifest test_text{"test_text.jsonl"}, test_one{"test_one_entity.jsonl"}, test_two{"test_two_entity.jsonl"},
@@ -541,8 +541,8 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
   summary.test_two_entity = test_two.lines;
   summary.test_edit = test_edit.lines;
   summary.images = out.size();
-  for (const Manifest* m : {&captions, &text_to_image, &interleaved, &one, &two, &edit, &test_text, &test_one,
-                            &test_two, &test_edit})
+  for (const Manifest* m : {&captions, &text_to_image, &interleaved, &entities, &one, &two, &edit, &test_text,
+                            &test_one, &test_two, &test_edit})
     io::write_text_atomically((root / m->name).string(), m->text);
 
   Line palette = Line::array(), held_out = Line::array(), kinds = Line::array();
@@ -574,7 +574,8 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
       {"manifests",
        {{"captions.jsonl", "text documents (lm, align)"},
         {"text_to_image.jsonl", "caption -> image (align, instruct)"},
-        {"interleaved.jsonl", "image-caption and entity documents (lm)"},
+        {"interleaved.jsonl", "image-caption documents (lm)"},
+        {"entities.jsonl", "each entity image named, a line per kind and colour (lm)"},
         {"one_entity.jsonl", "entity + context -> image (instruct)"},
         {"two_entity.jsonl", "two entities + context -> image (instruct)"},
         {"edit.jsonl", "image + new background -> image (instruct)"},

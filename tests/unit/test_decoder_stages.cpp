@@ -131,7 +131,7 @@ TEST_F(DecoderStages, KosmosGStagesStartFromTheShapesConfigAndExport) {
     for (const auto& d : data) args += " --data " + (world / d).string();
     return run_cli(args);
   };
-  r = stage("lm", start, {"captions.jsonl", "interleaved.jsonl"});
+  r = stage("lm", start, {"captions.jsonl", "interleaved.jsonl", "entities.jsonl"});
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("start from a seeded draw"), std::string::npos) << r.output;
   r = stage("align", work_ / "lm", {"captions.jsonl"});

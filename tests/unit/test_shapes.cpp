@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -84,7 +85,7 @@ std::map<std::string, std::string> all_files(const fs::path& dir) {
   return out;
 }
 
-const char* kTrainManifests[] = {"captions.jsonl",   "text_to_image.jsonl", "interleaved.jsonl",
+const char* kTrainManifests[] = {"captions.jsonl",   "text_to_image.jsonl", "interleaved.jsonl", "entities.jsonl",
                                  "one_entity.jsonl", "two_entity.jsonl",    "edit.jsonl"};
 const char* kTestManifests[] = {"test_text.jsonl", "test_one_entity.jsonl", "test_two_entity.jsonl", "test_edit.jsonl"};
 
@@ -219,6 +220,18 @@ TEST(ShapesWorld, HeldOutCombinationsOnlyInTheTestManifests) {
       EXPECT_FALSE(line.contains("labels")) << name;
     }
   }
+  // Each entity is named once, in its own manifest; the interleaved documents show scenes.
+  const auto entity_lines = read_lines(dir / "entities.jsonl");
+  EXPECT_EQ(entity_lines.size(), world.palette.size() * world.kinds.size());
+  for (const auto& line : entity_lines) {
+    const std::string prompt = line.at("prompt"), prefix = "<i> is a ";
+    ASSERT_EQ(prompt.rfind(prefix, 0), 0u) << prompt;
+    std::string name = prompt.substr(prefix.size());
+    std::replace(name.begin(), name.end(), ' ', '_');
+    EXPECT_EQ(line.at("images"), io::Json::array({"entities/" + name + ".png"})) << prompt;
+  }
+  for (const auto& line : read_lines(dir / "interleaved.jsonl"))
+    EXPECT_EQ(line.at("images").at(0).get<std::string>().rfind("train/", 0), 0u) << line.dump();
   // Every kind, colour and background occurs in training on its own.
   EXPECT_EQ(kinds.size(), world.kinds.size());
   EXPECT_EQ(colors.size(), world.palette.size());
@@ -246,7 +259,8 @@ TEST(ShapesWorld, ManifestsLoadForEveryStage) {
   const std::string tok = test::shared_dir() + "/golden/kosmosg/tokenizer";
   const auto tokenizer = text::KosmosGTokenizer::from_files(tok + "/sentencepiece.bpe.model", tok + "/dict.txt");
   const std::map<data::StageKind, std::vector<std::string>> stages{
-      {data::StageKind::LM, {"captions.jsonl", "interleaved.jsonl", "one_entity.jsonl", "two_entity.jsonl"}},
+      {data::StageKind::LM,
+       {"captions.jsonl", "interleaved.jsonl", "entities.jsonl", "one_entity.jsonl", "two_entity.jsonl"}},
       {data::StageKind::Align, {"captions.jsonl", "text_to_image.jsonl", "test_text.jsonl"}},
       {data::StageKind::Instruct,
        {"text_to_image.jsonl", "one_entity.jsonl", "two_entity.jsonl", "edit.jsonl", "test_one_entity.jsonl",

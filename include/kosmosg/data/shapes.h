@@ -119,7 +119,9 @@ struct ShapesSummary {
 //   test/{one,two,edit}_<n>[_source].png held-out scenes
 //   captions.jsonl        {"text": caption}                              (lm, align)
 //   text_to_image.jsonl   {"prompt": caption, "target": scene}           (align, instruct, vae, t2i)
-//   interleaved.jsonl     "<i> a red circle on a blue background" + scene, "<i> is a red circle" + entity (lm)
+//   interleaved.jsonl     "<i> a red circle on a blue background" + scene  (lm)
+//   entities.jsonl        "<i> is a red circle" + entity, one per kind and colour (lm, its own source
+//                         so that a mix can weight 12 lines against thousands)
 //   one_entity.jsonl      "<i> on a green background" + entity -> scene  (lm, instruct)
 //   two_entity.jsonl      "<i> next to <i> on a yellow background" + entities -> scene
 //   edit.jsonl            "<i> make the background red" + scene -> re-coloured scene
