@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <map>
 
 #include "kosmosg/error.h"
@@ -368,37 +367,38 @@ std::vector<ShapesCaseScore> score_shapes_conditions(const std::vector<ShapesCas
                                                      const ShapesConditionFn& condition_for,
                                                      const CaptionConditionFn& caption_condition,
                                                      bool show_progress) {
-  std::map<std::string, at::Tensor> encoded;
-  std::map<size_t, std::vector<data::Scene>> candidates;
+  // The candidate scenes of each entity count, and their captions' conditions stacked [N, L, D].
+  struct Candidates {
+    std::vector<data::Scene> scenes;
+    at::Tensor conditions;
+  };
+  std::map<size_t, Candidates> candidates;
   std::vector<ShapesCaseScore> out;
   Progress progress("conditions", static_cast<int64_t>(cases.size()), !show_progress);
   for (const auto& c : cases) {
     const at::Tensor condition = condition_for(c).to(at::kFloat);
-    auto& scenes = candidates[c.shapes.size()];
-    if (scenes.empty()) scenes = caption_candidates(world, c.shapes.size());
-    double nearest = std::numeric_limits<double>::infinity(), next = nearest;
-    const data::Scene* found = nullptr;
-    for (const auto& scene : scenes) {
-      const std::string caption = world.caption(scene);
-      auto it = encoded.find(caption);
-      if (it == encoded.end()) it = encoded.emplace(caption, caption_condition(caption).to(at::kFloat)).first;
-      if (!it->second.sizes().equals(condition.sizes()))
-        fail(kWhere, "the condition of \"" + c.prompt + "\" is " + c10::str(condition.sizes()) +
-                         " but the text encoder's for \"" + caption + "\" is " + c10::str(it->second.sizes()));
-      const double d = (condition - it->second).pow(2).mean().item<double>();
-      if (d < nearest) {
-        next = nearest;
-        nearest = d;
-        found = &scene;
-      } else if (d < next) {
-        next = d;
-      }
+    auto& set = candidates[c.shapes.size()];
+    if (set.scenes.empty()) {
+      set.scenes = caption_candidates(world, c.shapes.size());
+      std::vector<at::Tensor> encoded;
+      for (const auto& scene : set.scenes) encoded.push_back(caption_condition(world.caption(scene)).to(at::kFloat));
+      set.conditions = at::cat(encoded);
     }
+    const at::Tensor first = set.conditions.narrow(0, 0, 1);
+    if (!first.sizes().equals(condition.sizes()))
+      fail(kWhere, "the condition of \"" + c.prompt + "\" is " + c10::str(condition.sizes()) +
+                       " but the text encoder's for \"" + world.caption(set.scenes[0]) + "\" is " +
+                       c10::str(first.sizes()));
+    const at::Tensor distances = (set.conditions - condition).pow(2).flatten(1).mean(1);
+    const auto [values, indices] = distances.topk(std::min<int64_t>(2, distances.size(0)), 0, /*largest=*/false);
+    const double nearest = values[0].item<double>();
+    const double next = values.size(0) > 1 ? values[1].item<double>() : 0.0;
+    const data::Scene& found = set.scenes[static_cast<size_t>(indices[0].item<int64_t>())];
     ShapesCaseScore s{c, "", {}, {}};
-    s.found.background = world.palette[found->background].name;
-    for (const auto& shape : found->shapes)
+    s.found.background = world.palette[found.background].name;
+    for (const auto& shape : found.shapes)
       s.found.shapes.push_back({data::shape_kind_name(shape.kind), world.palette[shape.color].name, 0.0,
-                                std::isfinite(next) && next > 0 ? (next - nearest) / next : 1.0});
+                                next > 0 ? (next - nearest) / next : 1.0});
     s.verdict = judge_shapes(c, s.found);
     out.push_back(std::move(s));
     progress.tick();
