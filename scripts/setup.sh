@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 source scripts/build_dir.sh
 libtorch=$KOSMOSG_LIBTORCH
 packages=(cmake g++ make pkg-config ccache
-  libopencv-dev libsentencepiece-dev nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev)
+  libopencv-dev libsentencepiece-dev nlohmann-json3-dev libspdlog-dev libcli11-dev libgtest-dev zlib1g-dev libgloo-dev)
 case "$libtorch" in
-  system) packages+=(libtorch-dev libopenblas-dev libgloo-dev) ;;
+  system) packages+=(libtorch-dev libopenblas-dev) ;;
   pip) packages+=(python3-venv) ;;
 esac
 missing=()
