@@ -130,6 +130,7 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
   if (groups != json.end() && groups->is_null())
     config_error("norm_num_groups", "is null, but a UNet without group norms is not supported");
   c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", 32, kWhat);
+  detail::require_positive(c.norm_num_groups, "norm_num_groups", kWhat);
   c.norm_eps = io::config_value<double>(json, "norm_eps", 1e-5, kWhat);
   c.use_linear_projection = io::config_value<bool>(json, "use_linear_projection", false, kWhat);
   c.upcast_attention = io::config_value<bool>(json, "upcast_attention", false, kWhat);

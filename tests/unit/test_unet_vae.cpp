@@ -109,6 +109,9 @@ TEST(UNetConfig, UnsupportedValuesNameTheKey) {
                 .find("down_block_types"),
             std::string::npos);
   EXPECT_NE(with("act_fn", "tanh").find("act_fn"), std::string::npos);
+  // Zero groups once divided the block widths (a fuzzing finding): refused by name instead.
+  EXPECT_NE(with("norm_num_groups", 0).find("norm_num_groups"), std::string::npos);
+  EXPECT_NE(with("norm_num_groups", -4).find("norm_num_groups"), std::string::npos);
   EXPECT_NE(with("attention_head_dim", Json::array({2, 2, 2})).find("attention_head_dim"),
             std::string::npos);
   EXPECT_NE(with("attention_head_dim", 3).find("attention_head_dim"), std::string::npos);
