@@ -5,14 +5,15 @@ Reads MODEL/text_encoder (safetensors, CLIPTextModel config) and MODEL/tokenizer
 encodes caption pairs that differ in one respect: the two entities' colours swapped, their kinds
 swapped, the background changed. Prints, per token, |e(a) - e(b)| / |e(a)| and the mean over the
 padding tokens, which see the whole caption. A decoder that binds each colour to its shape needs
-the swap to show in the tokens it attends to. Needs torch and numpy (the project's venv):
+the swap to show in the tokens it attends to. The encoder here is transformers' CLIPTextModel
+written out (quick_gelu only): on ../shared/golden/clip/clip_text_quickgelu it matches the
+reference last_hidden_state to 1.2e-6. Needs torch (the project's venv):
   ~/.cache/kosmosg-torch/bin/python scripts/probe_binding.py models/shapes
 """
 import json
 import struct
 import sys
 
-import numpy as np
 import torch
 
 PAIRS = [
@@ -32,16 +33,17 @@ def read_safetensors(path):
         data = f.read()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
-    types = {"F16": np.float16, "BF16": None, "F32": np.float32}
+    types = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64}
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if types.get(info["dtype"]) is None:
-            sys.exit(f"{path}: {name} is {info['dtype']}, expected F16 or F32")
+        if info["dtype"] not in types:
+            sys.exit(f"{path}: {name} is {info['dtype']}, expected F16, F32 or I64")
         start, end = info["data_offsets"]
-        array = np.frombuffer(data[8 + n + start:8 + n + end], dtype=types[info["dtype"]])
-        out[name] = torch.from_numpy(array.reshape(info["shape"]).astype(np.float32))
+        raw = bytearray(data[8 + n + start:8 + n + end])
+        tensor = torch.frombuffer(raw, dtype=types[info["dtype"]]).reshape(info["shape"])
+        out[name] = tensor if info["dtype"] == "I64" else tensor.float()
     return out
 
 
@@ -73,6 +75,10 @@ class TextEncoder:
 
     def __call__(self, caption):
         ids, words = self.tokens(caption)
+        return self.hidden(ids), words
+
+    def hidden(self, ids):
+        """last_hidden_state [77, width] of one row of token ids, as transformers' CLIPTextModel."""
         x = self.w["text_model.embeddings.token_embedding.weight"][ids]
         x = x + self.w["text_model.embeddings.position_embedding.weight"][: self.length]
         causal = torch.full((self.length, self.length), float("-inf")).triu(1)
@@ -86,7 +92,7 @@ class TextEncoder:
             x = x + self.linear(a, p + ".self_attn.out_proj")
             h = self.linear(self.norm(x, p + ".layer_norm2"), p + ".mlp.fc1")
             x = x + self.linear(h * torch.sigmoid(1.702 * h), p + ".mlp.fc2")
-        return self.norm(x, "text_model.final_layer_norm"), words
+        return self.norm(x, "text_model.final_layer_norm")
 
 
 def main():
@@ -99,7 +105,7 @@ def main():
         change = ((ea - eb).norm(dim=-1) / ea.norm(dim=-1)).tolist()
         print(f"{what}: '{a}' / '{b}'")
         print("  per token:", " ".join(f"{c:.2f}" for c in change[:words]),
-              f"| padding, mean: {np.mean(change[words:]):.3f}")
+              f"| padding, mean: {sum(change[words:]) / len(change[words:]):.3f}")
 
 
 if __name__ == "__main__":
