@@ -150,10 +150,9 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
   detail::require_at_most_max(c.attention_heads, "attention_head_dim", kWhat);
   detail::require_at_most_max(c.cross_attention_dim, "cross_attention_dim", kWhat);
   detail::require_at_most_max(c.transformer_layers_per_block, "transformer_layers_per_block", kWhat);
-  detail::require_at_most_max({c.in_channels, c.out_channels, c.sample_size, c.norm_num_groups, c.time_embedding_dim,
-                               c.conv_in_kernel, c.conv_out_kernel},
-                              "in_channels, out_channels, sample_size, norm_num_groups, time_embedding_dim or conv_*_kernel",
-                              kWhat);
+  detail::require_at_most_max({c.in_channels, c.out_channels, c.sample_size, c.time_embedding_dim, c.conv_in_kernel,
+                               c.conv_out_kernel},
+                              "in_channels, out_channels, sample_size, time_embedding_dim or conv_*_kernel", kWhat);
 
   require_null(json, "class_embed_type", "a class embedding");
   require_null(json, "num_class_embeds", "a class embedding");
