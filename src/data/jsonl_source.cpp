@@ -1,7 +1,8 @@
 // JSONL manifests: one JSON object per line, {"text": ...} for text-only documents, or
 // {"prompt": "<i> ...", "images": [...], "target": ...} for interleaved and caption samples. A
 // "labels" value (ground truth for evaluation, as the shapes world's test manifests carry) is
-// ignored, so evaluation manifests load as training data too.
+// ignored, so evaluation manifests load as training data too. "negatives" lists captions the
+// target is not (hard negatives for the t2i stage, which draws one per sample).
 #include <cctype>
 #include <filesystem>
 
@@ -45,13 +46,14 @@ class JsonlSource final : public LineSource {
     if (lines_.size() == 0) fail("jsonl", path + ": no records (the manifest has no non-blank line)");
   }
 
-  Sample prepare(int64_t index, std::mt19937_64&, const SampleOptions& options) const override {
+  Sample prepare(int64_t index, std::mt19937_64& rng, const SampleOptions& options) const override {
     const std::string where = lines_.where(index);
     const io::Json record = io::parse_json(lines_.read(index), where);
     if (!record.is_object()) fail("jsonl", where + ": expected a JSON object, got " + record.type_name());
     for (const auto& [key, value] : record.items())
-      if (key != "text" && key != "prompt" && key != "images" && key != "target" && key != "labels")
-        fail("jsonl", where + ": unknown key '" + key + "', expected text, prompt, images, target or labels");
+      if (key != "text" && key != "prompt" && key != "images" && key != "target" && key != "labels" &&
+          key != "negatives")
+        fail("jsonl", where + ": unknown key '" + key + "', expected text, prompt, images, target, labels or negatives");
     const bool has_text = record.contains("text"), has_prompt = record.contains("prompt");
     if (has_text == has_prompt) fail("jsonl", where + ": expected exactly one of 'text' and 'prompt'");
 
@@ -62,6 +64,16 @@ class JsonlSource final : public LineSource {
       for (const auto& image : list) {
         if (!image.is_string()) fail("jsonl", where + ": 'images' holds " + image.dump() + ", expected paths");
         images.push_back(image.get<std::string>());
+      }
+    }
+    std::vector<std::string> negatives;
+    if (record.contains("negatives")) {
+      const auto& list = record.at("negatives");
+      if (!list.is_array()) fail("jsonl", where + ": 'negatives' is " + list.dump() + ", expected a list of captions");
+      for (const auto& negative : list) {
+        if (!negative.is_string() || negative.get<std::string>().empty())
+          fail("jsonl", where + ": 'negatives' holds " + negative.dump() + ", expected non-empty captions");
+        negatives.push_back(collapse_spaces(negative.get<std::string>()));
       }
     }
     const std::string target = record.contains("target") ? string_field(record, "target", where) : "";
@@ -85,6 +97,7 @@ class JsonlSource final : public LineSource {
     for (const auto& piece : pieces) sample.caption += piece;
     sample.caption = collapse_spaces(sample.caption);
     if (!is_kosmosg_stage(options.stage)) {
+      if (!negatives.empty()) sample.negative = negatives[uniform_below(rng, negatives.size())];
       sample.target = io::vae_pixel_values(read(target, where), options.target_size);
       return sample;
     }

@@ -42,6 +42,7 @@ Batch collate(const std::vector<Sample>& samples, const std::string& source) {
     images.insert(images.end(), s.images.begin(), s.images.end());
     if (s.target.defined()) targets.push_back(s.target);
     batch.captions.push_back(s.caption);
+    batch.negatives.push_back(s.negative);
     batch.sample_seeds.push_back(s.seed);
     batch.ntokens += static_cast<int64_t>(s.sequence.doc.size());
   }

@@ -186,6 +186,25 @@ std::string composition_prompt(const ShapesWorld& world, const Scene& scene) {
   return scene.shapes.size() == 1 ? "<i> " + on : "<i> next to <i> " + on;
 }
 
+// Captions of the same scene with the shapes' colours bound wrong: swapped, or both shapes in one
+// of the two colours (what a decoder that reads the colours as a bag draws); none for one shape,
+// and none that names a held-out combination, which training must not show even as text.
+std::vector<std::string> binding_negatives(const ShapesWorld& world, const Scene& scene) {
+  std::vector<std::string> out;
+  if (scene.shapes.size() != 2) return out;
+  const int first = scene.shapes[0].color, second = scene.shapes[1].color;
+  for (const auto& [left, right] : {std::pair{second, first}, std::pair{first, first}, std::pair{second, second}}) {
+    Scene wrong = scene;
+    wrong.shapes[0].color = left;
+    wrong.shapes[1].color = right;
+    const std::string caption = world.caption(wrong);
+    if (caption != world.caption(scene) && !world.holds_out(wrong) &&
+        std::find(out.begin(), out.end(), caption) == out.end())
+      out.push_back(caption);
+  }
+  return out;
+}
+
 std::string edit_instruction(const ShapesWorld& world, int background) {
   return "make the background " + world.palette[background].name;
 }
@@ -467,7 +486,9 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
     const std::string file = "train/" + scene_number(n) + ".png", caption = world.caption(scene);
     out.scene(file, scene);
     captions.add({{"text", caption}});
-    text_to_image.add({{"prompt", caption}, {"target", file}});
+    Line t2i{{"prompt", caption}, {"target", file}};
+    if (const auto negatives = binding_negatives(world, scene); !negatives.empty()) t2i["negatives"] = negatives;
+    text_to_image.add(t2i);
     interleaved.add({{"prompt", "<i> " + caption}, {"images", {file}}});
     (shapes == 1 ? one : two)
         .add({{"prompt", composition_prompt(world, scene)}, {"images", entity_files(world, scene)}, {"target", file}});
@@ -573,7 +594,7 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
         {"images", summary.images}}},
       {"manifests",
        {{"captions.jsonl", "text documents (lm, align)"},
-        {"text_to_image.jsonl", "caption -> image (align, instruct)"},
+        {"text_to_image.jsonl", "caption -> image (t2i, instruct); two shapes: negatives, the colours bound wrong"},
         {"interleaved.jsonl", "image-caption documents (lm)"},
         {"entities.jsonl", "each entity image named, a line per kind and colour (lm)"},
         {"one_entity.jsonl", "entity + context -> image (instruct)"},

@@ -59,19 +59,38 @@ DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::
   out.noisy_latents = noise_.add_noise(latents, draws.noise, draws.timesteps);
   const at::Tensor dropped = (draws.random_p < drop_rate_).view({-1, 1, 1});
   out.unet_condition = at::where(dropped, null_condition[0].unsqueeze(0).to(condition.dtype()), condition);
-  if (unet_trains_) {
-    out.model_pred = unet_->forward(out.noisy_latents, draws.timesteps, out.unet_condition);
-  } else {
-    nn::AutocastGuard no_autocast(latents.device().type(), at::kFloat);
-    out.model_pred = unet_->forward(out.noisy_latents.to(unet_dtype_), draws.timesteps,
-                                    out.unet_condition.to(unet_dtype_));
-  }
-  const at::Tensor target = noise_.target(latents, draws.noise, draws.timesteps);
-  at::Tensor per_sample = (out.model_pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);
-  if (snr_weights_.defined())
-    per_sample = per_sample * snr_weights_.index_select(0, draws.timesteps.to(at::kCPU)).to(per_sample.device());
-  out.loss = per_sample.sum();
+  out.model_pred = predict(out.noisy_latents, draws.timesteps, out.unet_condition);
+  out.sample_loss = weighted_error(out.model_pred, latents, draws.noise, draws.timesteps);
+  out.loss = out.sample_loss.sum();
   return out;
+}
+
+at::Tensor DiffusionLoss::rows_loss(const DiffusionLossOutput& out, const at::Tensor& latents,
+                                    const DiffusionLossDraws& draws, const at::Tensor& rows,
+                                    const at::Tensor& condition) {
+  if (condition.size(0) != rows.size(0))
+    fail("diffusion_loss", "condition has " + std::to_string(condition.size(0)) + " rows for " +
+                               std::to_string(rows.size(0)) + " row indices");
+  const at::Tensor index = rows.to(latents.device());
+  const at::Tensor timesteps = draws.timesteps.index_select(0, index);
+  const at::Tensor prediction = predict(out.noisy_latents.index_select(0, index), timesteps, condition);
+  return weighted_error(prediction, latents.index_select(0, index), draws.noise.index_select(0, index), timesteps);
+}
+
+at::Tensor DiffusionLoss::predict(const at::Tensor& noisy_latents, const at::Tensor& timesteps,
+                                  const at::Tensor& condition) {
+  if (unet_trains_) return unet_->forward(noisy_latents, timesteps, condition);
+  nn::AutocastGuard no_autocast(noisy_latents.device().type(), at::kFloat);
+  return unet_->forward(noisy_latents.to(unet_dtype_), timesteps, condition.to(unet_dtype_));
+}
+
+at::Tensor DiffusionLoss::weighted_error(const at::Tensor& prediction, const at::Tensor& latents,
+                                         const at::Tensor& noise, const at::Tensor& timesteps) const {
+  const at::Tensor target = noise_.target(latents, noise, timesteps);
+  at::Tensor per_sample = (prediction.to(at::kFloat) - target.to(at::kFloat)).pow(2).flatten(1).mean(1);
+  if (snr_weights_.defined())
+    per_sample = per_sample * snr_weights_.index_select(0, timesteps.to(at::kCPU)).to(per_sample.device());
+  return per_sample;
 }
 
 }  // namespace kosmosg::train

@@ -106,6 +106,13 @@ void RunOptions::apply_config(const io::Json& c, const std::string& what) {
   stage_options.noise_offset = io::config_value<double>(c, "noise_offset", stage_options.noise_offset, what);
   if (!(stage_options.noise_offset >= 0 && stage_options.noise_offset <= 1))
     fail(what, "noise_offset is " + std::to_string(stage_options.noise_offset) + ", expected 0 (off) to 1");
+  stage_options.negative_weight = io::config_value<double>(c, "negative_weight", stage_options.negative_weight, what);
+  if (!(stage_options.negative_weight >= 0))
+    fail(what, "negative_weight is " + std::to_string(stage_options.negative_weight) + ", expected 0 (off) or more");
+  stage_options.negative_temperature =
+      io::config_value<double>(c, "negative_temperature", stage_options.negative_temperature, what);
+  if (!(stage_options.negative_temperature > 0))
+    fail(what, "negative_temperature is " + std::to_string(stage_options.negative_temperature) + ", expected more than 0");
   const auto latents = io::config_value<std::string>(c, "target_latents", std::string("sample"), what);
   if (latents != "sample" && latents != "mean")
     fail(what, "target_latents is \"" + latents + "\", expected \"sample\" (of the VAE posterior) or \"mean\"");

@@ -848,16 +848,41 @@ class T2IStage : public DecoderStage {
       torch::NoGradGuard no_grad;
       latents = target_latents(posterior, draws.vae_noise, options_) * vae_->config().scaling_factor;
     }
+    // Rows denoised under a hard negative too: those with one whose condition was not dropped.
+    std::vector<int64_t> negative_rows;
+    if (options_.negative_weight > 0 && !batch.negatives.empty()) {
+      if (static_cast<int64_t>(batch.negatives.size()) != rows)
+        fail("train", "the t2i batch has " + std::to_string(batch.negatives.size()) + " negatives for " +
+                          std::to_string(rows) + " rows");
+      const auto kept = (draws.random_p >= options_.condition_drop_rate).to(at::kCPU);
+      for (int64_t b = 0; b < rows; ++b)
+        if (!batch.negatives[b].empty() && kept[b].item<bool>()) negative_rows.push_back(b);
+    }
     std::vector<std::string> texts = batch.captions;
     texts.push_back("");  // the null condition: the empty prompt's embedding
+    for (const int64_t b : negative_rows) texts.push_back(batch.negatives[b]);
     const at::Tensor encoded = encode_text(texts, param.device());
-    auto out = loss_.forward(latents, encoded.narrow(0, 0, rows), encoded.narrow(0, rows, 1),
-                             {draws.noise, draws.timesteps, draws.random_p});
+    const DiffusionLossDraws loss_draws{draws.noise, draws.timesteps, draws.random_p};
+    auto out = loss_.forward(latents, encoded.narrow(0, 0, rows), encoded.narrow(0, rows, 1), loss_draws);
     StageLoss loss;
     loss.loss = out.loss;
+    loss.logs["diffusion_loss"] = out.loss.item<double>() / static_cast<double>(rows);
+    // Every rank logs the same keys (the trainer all-reduces them): 0 for a batch with no negative.
+    if (options_.negative_weight > 0) loss.logs["negative_loss"] = loss.logs["negative_right"] = 0.0;
+    if (!negative_rows.empty()) {
+      const auto count = static_cast<int64_t>(negative_rows.size());
+      const at::Tensor index = at::tensor(negative_rows, at::TensorOptions().dtype(at::kLong));
+      const at::Tensor negative =
+          loss_.rows_loss(out, latents, loss_draws, index, encoded.narrow(0, rows + 1, count));
+      const at::Tensor positive = out.sample_loss.index_select(0, index.to(out.sample_loss.device()));
+      const at::Tensor contrast = at::softplus((positive - negative) / options_.negative_temperature);
+      loss.loss = loss.loss + options_.negative_weight * contrast.sum();
+      loss.logs["negative_loss"] = contrast.mean().item<double>();
+      loss.logs["negative_right"] = (negative > positive).to(at::kDouble).mean().item<double>();
+    }
     loss.samples = rows;
     loss.sample_size = rows;
-    loss.logs["loss"] = out.loss.item<double>() / static_cast<double>(rows);
+    loss.logs["loss"] = loss.loss.item<double>() / static_cast<double>(rows);
     loss.outputs["latents"] = latents;
     loss.outputs["noise"] = draws.noise;
     return loss;

@@ -236,6 +236,37 @@ TEST(DataJsonl, CaptionRecordAndItsFilters) {
   test::expect_error([&] { prepare(*source, 2, StageKind::LM); }, {"line 3", "130 SentencePiece tokens", "128"});
 }
 
+// "negatives": the t2i stage takes one of the listed captions per sample, drawn from the sample's
+// own generator (so that a seed reproduces it); other stages leave it empty; a malformed list is
+// refused by line.
+TEST(DataJsonl, NegativesGiveTheTextToImageStageOneCaptionPerSample) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  const auto dir = temp_dir("jsonl");
+  io::write_png((dir / "t.png").string(), image(3));
+  write_text(dir / "m.jsonl",
+             "{\"prompt\": \"a red circle next to a blue square\", \"target\": \"t.png\", "
+             "\"negatives\": [\"a blue circle next to a red square\", \"a red circle  next to a red square\"]}\n"
+             "{\"prompt\": \"a red circle\", \"target\": \"t.png\"}\n"
+             "{\"prompt\": \"x\", \"target\": \"t.png\", \"negatives\": \"y\"}\n"
+             "{\"prompt\": \"x\", \"target\": \"t.png\", \"negatives\": [\"\"]}\n");
+  const auto source = data::open_source({"", (dir / "m.jsonl").string()});
+  std::set<std::string> drawn;
+  for (uint64_t seed = 0; seed < 16; ++seed) {
+    std::mt19937_64 rng(seed), again(seed);
+    const std::string negative = source->prepare(0, rng, options(StageKind::T2I)).negative;
+    EXPECT_EQ(source->prepare(0, again, options(StageKind::T2I)).negative, negative);
+    drawn.insert(negative);
+  }
+  EXPECT_EQ(drawn, (std::set<std::string>{"a blue circle next to a red square", "a red circle next to a red square"}));
+  EXPECT_EQ(prepare(*source, 1, StageKind::T2I).negative, "");
+  EXPECT_EQ(prepare(*source, 0, StageKind::Instruct).negative, "");
+  test::expect_error([&] { prepare(*source, 2, StageKind::T2I); }, {"m.jsonl line 3", "'negatives'", "list of captions"});
+  test::expect_error([&] { prepare(*source, 3, StageKind::T2I); }, {"m.jsonl line 4", "non-empty captions"});
+  std::vector<data::Sample> samples{prepare(*source, 0, StageKind::T2I), prepare(*source, 1, StageKind::T2I)};
+  const auto batch = data::collate(samples, "m");
+  EXPECT_EQ(batch.negatives, (std::vector<std::string>{samples[0].negative, ""}));
+}
+
 TEST(DataJsonl, MalformedRecordsNameTheirLine) {
   KOSMOSG_REQUIRE_SHARED_DATA();
   const auto dir = temp_dir("jsonl");

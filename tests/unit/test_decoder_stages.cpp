@@ -279,6 +279,15 @@ TEST_F(DecoderStages, RefusesWhatCannotWork) {
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("negative_offset.json"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("noise_offset is -0.1"), std::string::npos) << r.output;
+  // A hard-negative weight below 0 and a temperature of 0.
+  for (const auto& [text, message] : {std::pair{R"({"negative_weight": -1})", "negative_weight is -1"},
+                                      std::pair{R"({"negative_temperature": 0})", "negative_temperature is 0"}}) {
+    const fs::path config = work_ / "negatives.json";
+    std::ofstream(config) << text;
+    r = run_cli(train("t2i", configs_only(), work_ / "refused_negatives", "--steps 1 --config " + config.string()));
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.output.find(message), std::string::npos) << r.output;
+  }
 }
 
 }  // namespace

@@ -253,6 +253,44 @@ TEST(ShapesWorld, HeldOutCombinationsOnlyInTheTestManifests) {
   }
 }
 
+// The text-to-image lines of two shapes list hard negatives: the same kinds, places and background
+// with the colours bound wrong (swapped, or one colour on both), never the caption itself nor a
+// held-out combination; lines of one shape list none.
+TEST(ShapesWorld, TwoShapeCaptionsListTheirColoursBoundWrong) {
+  const auto& dir = shared_world();
+  const auto world = data::ShapesWorld::load(dir.string());
+  const auto held = held_out_keys(world);
+  int64_t with = 0, two_shapes = 0;
+  for (const auto& line : read_lines(dir / "text_to_image.jsonl")) {
+    const std::string caption = line.at("prompt");
+    const auto shown = caption_combinations(caption);
+    two_shapes += shown.size() == 2;
+    if (!line.contains("negatives")) {
+      EXPECT_TRUE(shown.size() == 1 || std::get<1>(shown[0]) == std::get<1>(shown[1])) << caption;
+      continue;
+    }
+    ++with;
+    ASSERT_EQ(shown.size(), 2u) << caption;
+    const std::set<std::string> colors{std::get<1>(shown[0]), std::get<1>(shown[1])};
+    std::set<std::string> seen;
+    for (const std::string negative : line.at("negatives")) {
+      EXPECT_NE(negative, caption);
+      EXPECT_TRUE(seen.insert(negative).second) << negative;
+      const auto wrong = caption_combinations(negative);
+      ASSERT_EQ(wrong.size(), 2u) << negative;
+      for (size_t i = 0; i < 2; ++i) {
+        EXPECT_EQ(std::get<0>(wrong[i]), std::get<0>(shown[i])) << negative;
+        EXPECT_EQ(std::get<2>(wrong[i]), std::get<2>(shown[i])) << negative;
+        EXPECT_EQ(colors.count(std::get<1>(wrong[i])), 1u) << negative;
+        EXPECT_EQ(held.count(held_out_key(std::get<0>(wrong[i]), std::get<1>(wrong[i]), std::get<2>(wrong[i]))), 0u)
+            << negative;
+      }
+    }
+    EXPECT_FALSE(seen.empty()) << caption;
+  }
+  EXPECT_GT(with, two_shapes / 2);
+}
+
 TEST(ShapesWorld, ManifestsLoadForEveryStage) {
   KOSMOSG_REQUIRE_SHARED_DATA();
   const auto& dir = shared_world();

@@ -434,6 +434,67 @@ TEST(TrainStage, T2IDrawsThePosteriorSampleApartFromTheNoise) {
   }
 }
 
+// rows_loss gives a row's loss under another condition on the same noisy latents: under the
+// forward's own condition it is the forward's sample_loss, under another it differs.
+TEST(TrainDiffusionLoss, RowsLossRedoesChosenRowsUnderAnotherCondition) {
+  torch::manual_seed(0);
+  models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::builtin_config("shapes/unet/config.json")));
+  unet->eval();
+  const diffusion::DDPMTraining noise(io::builtin_config("shapes/scheduler/scheduler_config.json"));
+  train::DiffusionLoss loss(unet, noise, 0.1, c10::kFloat, false, 5.0);
+  const at::Tensor latents = torch::randn({3, 4, 16, 16}), condition = torch::randn({3, 77, 64});
+  const train::DiffusionLossDraws draws{torch::randn({3, 4, 16, 16}), torch::tensor({10, 300, 900}, at::kLong),
+                                        torch::ones({3})};
+  torch::NoGradGuard no_grad;
+  const auto out = loss.forward(latents, condition, torch::zeros({1, 77, 64}), draws);
+  EXPECT_NEAR(out.loss.item<double>(), out.sample_loss.sum().item<double>(), 1e-6);
+  const at::Tensor rows = torch::tensor({2, 0}, at::kLong);
+  const at::Tensor same = loss.rows_loss(out, latents, draws, rows, condition.index_select(0, rows));
+  EXPECT_TRUE(at::allclose(same, out.sample_loss.index_select(0, rows), 1e-4, 1e-7));
+  const at::Tensor other = loss.rows_loss(out, latents, draws, rows, torch::randn({2, 77, 64}));
+  EXPECT_FALSE(at::allclose(other, same, 1e-3, 1e-6));
+  test::expect_error([&] { loss.rows_loss(out, latents, draws, rows, condition); }, {"3 rows", "2 row indices"});
+}
+
+// negative_weight: each row with a negative caption (and a condition not dropped) adds
+// weight × softplus((L⁺ − L⁻) / τ), so a negative that is the caption itself adds weight × ln 2,
+// rows without one add nothing, and the diffusion loss itself is unchanged.
+TEST(TrainStage, T2INegativesAddTheClassifierLossOfEachRowWithOne) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  const train::StageModels models = shapes_t2i_models();
+  train::StageOptions plain, contrasted;
+  plain.condition_drop_rate = contrasted.condition_drop_rate = 0.0;
+  plain.train_text_encoder = contrasted.train_text_encoder = true;
+  contrasted.negative_weight = 0.5;
+  torch::manual_seed(0);
+  auto without = train::make_stage(data::StageKind::T2I, models, plain);
+  torch::manual_seed(0);
+  auto with = train::make_stage(data::StageKind::T2I, models, contrasted);
+  torch::manual_seed(1);
+  data::Batch batch;
+  batch.target_images = torch::rand({3, 3, 64, 64}) * 2 - 1;
+  batch.captions = {"a red circle next to a blue square on a green background", "a blue square on a red background",
+                    "a green triangle next to a red circle on a blue background"};
+  batch.negatives = {batch.captions[0], "", batch.captions[2]};
+  batch.sample_seeds = {1, 2, 3};
+  torch::NoGradGuard no_grad;
+  const auto a = without->forward(batch, at::detail::createCPUGenerator(0));
+  const auto b = with->forward(batch, at::detail::createCPUGenerator(0));
+  EXPECT_NEAR(b.logs.at("diffusion_loss"), a.logs.at("diffusion_loss"), 1e-6);
+  EXPECT_EQ(a.logs.count("negative_loss"), 0u);
+  EXPECT_NEAR(b.loss.item<double>() - a.loss.item<double>(), 0.5 * 2 * std::log(2.0), 1e-4);
+  EXPECT_NEAR(b.logs.at("negative_loss"), std::log(2.0), 1e-4);
+  batch.negatives = {"a blue circle next to a red square on a green background", "",
+                     "a red triangle next to a green circle on a blue background"};
+  const auto c = with->forward(batch, at::detail::createCPUGenerator(0));
+  EXPECT_NEAR(c.logs.at("diffusion_loss"), a.logs.at("diffusion_loss"), 1e-6);
+  EXPECT_GT(std::abs(c.logs.at("negative_loss") - std::log(2.0)), 1e-6) << "a real negative denoises differently";
+  batch.negatives = {"", "", ""};
+  const auto d = with->forward(batch, at::detail::createCPUGenerator(0));
+  EXPECT_NEAR(d.loss.item<double>(), a.loss.item<double>(), 1e-6);
+  EXPECT_EQ(d.logs.at("negative_loss"), 0.0);
+}
+
 TEST(TrainTrainer, AccumulatedMicroBatchesEqualOneBatch) {
   KOSMOSG_REQUIRE_SHARED_DATA();
   const auto file = io::SafeTensors::open(test::shared_dir() + "/golden/kosmosg/train_instruct_steps.safetensors");

@@ -42,6 +42,7 @@ struct Sample {
   std::vector<at::Tensor> images;   // MLLM images [3,S,S] float (CLIP-normalised), in slot order
   at::Tensor target;                // [3,H,W] float in [-1,1]; undefined unless stage Instruct, Vae or T2I
   std::string caption;              // caption of the target / the text (align teacher input); may be empty
+  std::string negative;             // t2i: a caption the target is not (a hard negative); empty: none
   uint64_t seed = 0;                // the sample's own seed (the loader's, from its source, epoch and index)
 };
 
@@ -54,6 +55,7 @@ struct Sample {
 struct Batch {
   at::Tensor src_tokens, target, img_gpt_input_mask, gpt_loss_mask, images, target_images;
   std::vector<std::string> captions;
+  std::vector<std::string> negatives;  // each row's Sample::negative
   std::vector<uint64_t> sample_seeds;
   int64_t nsentences = 0, ntokens = 0;
   std::string source;

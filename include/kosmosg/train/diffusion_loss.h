@@ -19,7 +19,8 @@ struct DiffusionLossDraws {
 };
 
 struct DiffusionLossOutput {
-  at::Tensor loss;            // scalar: Σ over the batch of each sample's mean squared error
+  at::Tensor loss;            // scalar: Σ over the batch of sample_loss
+  at::Tensor sample_loss;     // float [B]: each sample's mean squared error, Min-SNR weighted when on
   at::Tensor noisy_latents;   // [B, 4, h, w]
   at::Tensor unet_condition;  // [B, L, D] after the null replacement
   at::Tensor model_pred;      // [B, 4, h, w]
@@ -48,7 +49,16 @@ class DiffusionLoss {
   DiffusionLossOutput forward(const at::Tensor& latents, const at::Tensor& condition,
                               const at::Tensor& null_condition, const DiffusionLossDraws& draws);
 
+  // sample_loss of rows `rows` (int64 [R]) of a forward's batch had the UNet been given
+  // `condition` [R, L, D] instead: the same noisy latents, timesteps and weights.
+  at::Tensor rows_loss(const DiffusionLossOutput& out, const at::Tensor& latents, const DiffusionLossDraws& draws,
+                       const at::Tensor& rows, const at::Tensor& condition);
+
  private:
+  at::Tensor predict(const at::Tensor& noisy_latents, const at::Tensor& timesteps, const at::Tensor& condition);
+  at::Tensor weighted_error(const at::Tensor& prediction, const at::Tensor& latents, const at::Tensor& noise,
+                            const at::Tensor& timesteps) const;
+
   models::UNet2DConditionModel unet_;
   diffusion::DDPMTraining noise_;
   double drop_rate_;

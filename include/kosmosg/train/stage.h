@@ -68,6 +68,14 @@ struct StageOptions {
   // t2i, instruct: offset noise (train/diffusion_loss.h): the weight of a per-channel normal added
   // to each sample's noise; 0: the official noise.
   double noise_offset = 0.0;
+  // t2i: weight of the hard-negative loss (0: off). A row whose manifest line lists negatives
+  // (data/sample.h) is also denoised under one of them, and softplus((L⁺ − L⁻) / τ), its diffusion
+  // loss under the caption against under the negative, joins the loss: the decoder read as a
+  // classifier between the two captions (Li et al. 2023, "Your diffusion model is secretly a
+  // zero-shot classifier"), so that captions it would otherwise read as the same bag of words draw
+  // apart.
+  double negative_weight = 0.0;
+  double negative_temperature = 0.05;  // τ, in the units of the per-sample diffusion loss
   // t2i, instruct: the diffusion target is the VAE posterior's mean, not a sample of it (for a VAE
   // whose posterior is wide enough that its sampling noise drowns the loss).
   bool latents_from_mean = false;
