@@ -57,13 +57,14 @@ DiffusionLossOutput DiffusionLoss::forward(const at::Tensor& latents, const at::
                                std::to_string(latents.size(0)) + " latents");
   DiffusionLossOutput out;
   out.noisy_latents = noise_.add_noise(latents, draws.noise, draws.timesteps);
-  const at::Tensor dropped = (draws.random_p < drop_rate_).view({-1, 1, 1});
-  out.unet_condition = at::where(dropped, null_condition[0].unsqueeze(0).to(condition.dtype()), condition);
+  out.unet_condition = at::where(dropped(draws).view({-1, 1, 1}), null_condition[0].unsqueeze(0).to(condition.dtype()), condition);
   out.model_pred = predict(out.noisy_latents, draws.timesteps, out.unet_condition);
   out.sample_loss = weighted_error(out.model_pred, latents, draws.noise, draws.timesteps);
   out.loss = out.sample_loss.sum();
   return out;
 }
+
+at::Tensor DiffusionLoss::dropped(const DiffusionLossDraws& draws) const { return draws.random_p < drop_rate_; }
 
 at::Tensor DiffusionLoss::rows_loss(const DiffusionLossOutput& out, const at::Tensor& latents,
                                     const DiffusionLossDraws& draws, const at::Tensor& rows,

@@ -848,21 +848,22 @@ class T2IStage : public DecoderStage {
       torch::NoGradGuard no_grad;
       latents = target_latents(posterior, draws.vae_noise, options_) * vae_->config().scaling_factor;
     }
+    const DiffusionLossDraws loss_draws{draws.noise, draws.timesteps, draws.random_p};
     // Rows denoised under a hard negative too: those with one whose condition was not dropped.
     std::vector<int64_t> negative_rows;
     if (options_.negative_weight > 0 && !batch.negatives.empty()) {
       if (static_cast<int64_t>(batch.negatives.size()) != rows)
         fail("train", "the t2i batch has " + std::to_string(batch.negatives.size()) + " negatives for " +
                           std::to_string(rows) + " rows");
-      const auto kept = (draws.random_p >= options_.condition_drop_rate).to(at::kCPU);
+      const at::Tensor dropped = loss_.dropped(loss_draws).to(at::kCPU);
+      const auto is_dropped = dropped.accessor<bool, 1>();
       for (int64_t b = 0; b < rows; ++b)
-        if (!batch.negatives[b].empty() && kept[b].item<bool>()) negative_rows.push_back(b);
+        if (!batch.negatives[b].empty() && !is_dropped[b]) negative_rows.push_back(b);
     }
     std::vector<std::string> texts = batch.captions;
     texts.push_back("");  // the null condition: the empty prompt's embedding
     for (const int64_t b : negative_rows) texts.push_back(batch.negatives[b]);
     const at::Tensor encoded = encode_text(texts, param.device());
-    const DiffusionLossDraws loss_draws{draws.noise, draws.timesteps, draws.random_p};
     auto out = loss_.forward(latents, encoded.narrow(0, 0, rows), encoded.narrow(0, rows, 1), loss_draws);
     StageLoss loss;
     loss.loss = out.loss;

@@ -49,6 +49,9 @@ class DiffusionLoss {
   DiffusionLossOutput forward(const at::Tensor& latents, const at::Tensor& condition,
                               const at::Tensor& null_condition, const DiffusionLossDraws& draws);
 
+  // Which rows of `draws` take the null condition (bool [B]): those drawn below the drop rate.
+  at::Tensor dropped(const DiffusionLossDraws& draws) const;
+
   // sample_loss of rows `rows` (int64 [R]) of a forward's batch had the UNet been given
   // `condition` [R, L, D] instead: the same noisy latents, timesteps and weights.
   at::Tensor rows_loss(const DiffusionLossOutput& out, const at::Tensor& latents, const DiffusionLossDraws& draws,
