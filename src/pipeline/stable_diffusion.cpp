@@ -25,7 +25,8 @@ void CLIPTextConditionEncoder::to(const c10::Device& device, c10::ScalarType dty
 
 at::Tensor CLIPTextConditionEncoder::encode_prompt(const std::string& text) {
   torch::NoGradGuard no_grad;
-  const auto ids = tokenizer_.encode(text);
+  // As many tokens as the encoder has positions: 77 for SD, fewer for a small encoder of one's own.
+  const auto ids = tokenizer_.encode(text, static_cast<size_t>(text_encoder_->config().max_position_embeddings));
   const auto param = text_encoder_->parameters().front();
   at::Tensor input = at::tensor(ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0).to(param.device());
   return text_encoder_->forward(input).last_hidden_state;

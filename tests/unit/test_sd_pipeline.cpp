@@ -5,7 +5,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <unistd.h>
 
+#include "kosmosg/io/config.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/pipeline/pipeline.h"
 #include "kosmosg/pipeline/stable_diffusion.h"
@@ -54,6 +56,36 @@ TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
   EXPECT_LT(rel_l2(latents, expected.get("output.final_latents")), 1e-3);
   EXPECT_LT(rel_l2(image, expected.get("output.image")), 1e-3);
   EXPECT_LT(rel_l2((image / 2 + 0.5).clamp(0, 1), expected.get("output.image_01")), 1e-3);
+}
+
+// A text encoder with fewer positions than SD's 77 (a small model of one's own) gets as many
+// tokens as it has positions. Its attention is causal, so a short prompt's states are the 77-token
+// encoder's first rows.
+TEST(StableDiffusionPipeline, PromptFillsTheTextEncodersPositions) {
+  KOSMOSG_REQUIRE_SHARED_DATA();
+  const fs::path fixture = shared_dir() + "/fixtures/tiny-sd15";
+  const fs::path dir = fs::temp_directory_path() / ("kosmosg_short_encoder_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "text_encoder");
+  fs::copy(fixture / "tokenizer", dir / "tokenizer", fs::copy_options::recursive);
+  auto config = kosmosg::io::read_json((fixture / "text_encoder" / "config.json").string());
+  const int64_t positions = 16;
+  config["max_position_embeddings"] = positions;
+  kosmosg::io::write_text_atomically((dir / "text_encoder" / "config.json").string(), config.dump());
+  auto weights = kosmosg::io::SafeTensors::open((fixture / "text_encoder" / "model.safetensors").string()).tensors();
+  for (const char* name : {"text_model.embeddings.position_embedding.weight", "text_model.embeddings.position_ids"}) {
+    auto& w = weights.at(name);
+    w = w.dim() == 2 && w.size(0) > 1 ? w.slice(0, 0, positions) : w.slice(-1, 0, positions);
+  }
+  kosmosg::io::save_safetensors((dir / "text_encoder" / "model.safetensors").string(), weights);
+
+  auto full = kosmosg::pipeline::CLIPTextConditionEncoder::from_folder(fixture.string());
+  auto short_encoder = kosmosg::pipeline::CLIPTextConditionEncoder::from_folder(dir.string());
+  const at::Tensor expected = full->encode_prompt("a red cube");
+  const at::Tensor states = short_encoder->encode_prompt("a red cube");
+  ASSERT_EQ(states.sizes(), (std::vector<int64_t>{1, positions, expected.size(2)}));
+  EXPECT_LT(rel_l2(states, expected.slice(1, 0, positions)), 1e-5);
+  fs::remove_all(dir);
 }
 
 TEST(StableDiffusionPipeline, SameSeedSameImage) {
