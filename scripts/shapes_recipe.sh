@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole Kosmos-G recipe in miniature, from nothing, on the shapes world (on 2 CPU cores, the eval
-# included: 40 min with the default pip build on the day models/shapes was made, about 55 min on the
-# slower days measured; Debian's LibTorch trains the t2i, align and instruct stages 1.2-1.4x slower):
+# included: 49 min with the default pip build on the day models/shapes was made; some days the host
+# runs at two thirds of that speed; Debian's LibTorch trains the t2i, align and instruct stages
+# 1.2-1.4x slower):
 #   world -> vae -> t2i (the diffusion decoder) -> lm -> align -> instruct (Kosmos-G) -> export -> eval
 # Usage: scripts/shapes_recipe.sh [OUT]   (default runs/shapes)
 # Every stage's output stays in OUT; a stage already done (OUT/<stage>.done) is skipped, so a run
