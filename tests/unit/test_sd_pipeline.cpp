@@ -73,10 +73,10 @@ TEST(StableDiffusionPipeline, PromptFillsTheTextEncodersPositions) {
   config["max_position_embeddings"] = positions;
   kosmosg::io::write_text_atomically((dir / "text_encoder" / "config.json").string(), config.dump());
   auto weights = kosmosg::io::SafeTensors::open((fixture / "text_encoder" / "model.safetensors").string()).tensors();
-  for (const char* name : {"text_model.embeddings.position_embedding.weight", "text_model.embeddings.position_ids"}) {
-    auto& w = weights.at(name);
-    w = w.dim() == 2 && w.size(0) > 1 ? w.slice(0, 0, positions) : w.slice(-1, 0, positions);
-  }
+  auto& embedding = weights.at("text_model.embeddings.position_embedding.weight");  // positions x width
+  auto& ids = weights.at("text_model.embeddings.position_ids");                     // 1 x positions
+  embedding = embedding.slice(0, 0, positions);
+  ids = ids.slice(1, 0, positions);
   kosmosg::io::save_safetensors((dir / "text_encoder" / "model.safetensors").string(), weights);
 
   auto full = kosmosg::pipeline::CLIPTextConditionEncoder::from_folder(fixture.string());
