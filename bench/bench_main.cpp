@@ -20,6 +20,7 @@
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/kosmosg.h"
 #include "kosmosg/models/vae.h"
+#include "kosmosg/nn/lora.h"
 #include "kosmosg/pipeline/diffusion.h"
 #include "kosmosg/runtime.h"
 #include "kosmosg/train/stage.h"
@@ -217,6 +218,7 @@ int main(int argc, char** argv) {
       models::UNet2DConditionModel unet(models::UNet2DConditionConfig::from_json(io::read_json(configs + "/unet.json")));
       unet->to(at.device, at.dtype);
       if (at.storage != c10::kFloat) unet->store_block_weights(at.storage);
+      else nn::set_weight_packing(*unet, true);  // as the diffusion pipelines sample
       unet->eval();
       for (int64_t batch : {1, 2}) {
         const std::string name = "unet_b" + std::to_string(batch);

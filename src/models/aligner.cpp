@@ -113,13 +113,13 @@ nn::TransformerOptions AlignerConfig::decoder_options() const {
 TorchscaleEncoderImpl::TorchscaleEncoderImpl(const AlignerConfig& config, int64_t input_dim,
                                              int64_t output_dim)
     : config_(config) {
-  if (input_dim > 0) embed_tokens = register_module("embed_tokens", torch::nn::Linear(input_dim, config.embed_dim));
+  if (input_dim > 0) embed_tokens = register_module("embed_tokens", nn::Linear(input_dim, config.embed_dim));
   embed_positions = register_module("embed_positions", torch::nn::Embedding(config.max_positions, config.embed_dim));
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.encoder_layers; ++i) layers->push_back(nn::EncoderLayer(config.encoder_options()));
   layer_norm = register_module("layer_norm", nn::layer_norm(config.embed_dim, config.layer_norm_eps));
   if (output_dim > 0)
-    output_projection = register_module("output_projection", torch::nn::Linear(config.embed_dim, output_dim));
+    output_projection = register_module("output_projection", nn::Linear(config.embed_dim, output_dim));
 }
 
 at::Tensor TorchscaleEncoderImpl::forward(const at::Tensor& x, const at::Tensor& padding_mask) {

@@ -53,8 +53,8 @@ nn::LoRACompatibleLinear linear(int64_t in, int64_t out) {
   return nn::LoRACompatibleLinear(tnn::LinearOptions(in, out));
 }
 
-tnn::Linear projection(int64_t in, int64_t out) {
-  return tnn::Linear(tnn::LinearOptions(in, out).bias(false));
+nn::Linear projection(int64_t in, int64_t out) {
+  return nn::Linear(tnn::LinearOptions(in, out).bias(false));
 }
 
 }  // namespace

@@ -25,7 +25,7 @@ XConnectorConfig XConnectorConfig::from_json(const io::Json& json, const std::st
 }
 
 XConnectorImpl::XConnectorImpl(const XConnectorConfig& config) : config_(config) {
-  dense = register_module("dense", torch::nn::Linear(config.input_dim, config.output_dim));
+  dense = register_module("dense", nn::Linear(config.input_dim, config.output_dim));
   latent_query = register_parameter("latent_query", torch::randn({config.latent_query_num, config.output_dim}));
   x_attn = register_module("x_attn", nn::MultiheadAttention(config.output_dim, config.heads, /*inner_ln=*/false,
                                                             1e-5, config.attention_dropout));

@@ -69,12 +69,12 @@ DinoBlockImpl::DinoBlockImpl(const DinoViTConfig& config) : heads_(config.num_he
   norm1 = register_module("norm1", nn::layer_norm(d, config.layer_norm_eps));
   auto attn = group(*this, "attn");
   qkv =
-      attn->register_module("qkv", tnn::Linear(tnn::LinearOptions(d, 3 * d).bias(config.qkv_bias)));
-  proj = attn->register_module("proj", tnn::Linear(d, d));
+      attn->register_module("qkv", nn::Linear(tnn::LinearOptions(d, 3 * d).bias(config.qkv_bias)));
+  proj = attn->register_module("proj", nn::Linear(d, d));
   norm2 = register_module("norm2", nn::layer_norm(d, config.layer_norm_eps));
   auto mlp = group(*this, "mlp");
-  fc1 = mlp->register_module("fc1", tnn::Linear(d, hidden));
-  fc2 = mlp->register_module("fc2", tnn::Linear(hidden, d));
+  fc1 = mlp->register_module("fc1", nn::Linear(d, hidden));
+  fc2 = mlp->register_module("fc2", nn::Linear(hidden, d));
 }
 
 at::Tensor DinoBlockImpl::forward(const at::Tensor& x) {

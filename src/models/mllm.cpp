@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kosmosg/nn/linear.h"
 #include "kosmosg/nn/norms.h"
 #include "kosmosg/nn/positions.h"
 #include "models/config_checks.h"
@@ -126,7 +127,7 @@ MLLMOutput LMDecoderImpl::forward(const at::Tensor& src_tokens, const at::Tensor
   MLLMOutput out;
   out.hidden = layer_norm(x);  // [B, T, D]
   // The LM head is tied to the token embedding, as in the official checkpoint.
-  if (compute_logits) out.logits = at::linear(out.hidden, embed_tokens->weight);  // [B, T, V]
+  if (compute_logits) out.logits = nn::linear(out.hidden, embed_tokens->weight);  // [B, T, V]
   return out;
 }
 

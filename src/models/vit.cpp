@@ -47,8 +47,8 @@ int64_t ViTConfig::tokens() const {
 }
 
 ViTMlpImpl::ViTMlpImpl(int64_t width, int64_t hidden, bool quick_gelu) : quick_gelu_(quick_gelu) {
-  c_fc = register_module("c_fc", torch::nn::Linear(width, hidden));
-  c_proj = register_module("c_proj", torch::nn::Linear(hidden, width));
+  c_fc = register_module("c_fc", nn::Linear(width, hidden));
+  c_proj = register_module("c_proj", nn::Linear(hidden, width));
 }
 
 at::Tensor ViTMlpImpl::forward(const at::Tensor& x) {

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "kosmosg/error.h"
+#include "nn/onednn.h"
 
 namespace kosmosg::nn {
 
@@ -53,15 +54,22 @@ void LoraLayer::merge_lora() {
 }
 
 at::Tensor LoRACompatibleLinearImpl::forward(const at::Tensor& x) {
-  auto y = torch::nn::LinearImpl::forward(x);
+  auto y = LinearImpl::forward(x);
   for_each_active([&](const LoraUpdate& u, double scale) {
-    y = y.add(at::linear(at::linear(x, u.down), u.up), scale);
+    y = y.add(nn::linear(nn::linear(x, u.down), u.up), scale);
   });
   return y;
 }
 
 at::Tensor LoRACompatibleConvImpl::forward(const at::Tensor& x) {
-  auto y = torch::nn::Conv2dImpl::forward(x);
+  at::Tensor y;
+  if (packs_for(x)) {
+    if (!weight.is_mkldnn()) replace_weight(onednn::pack_conv_weight(weight, options, x.sizes()));
+    y = onednn::conv2d_packed(x, weight, bias, options);
+  } else {
+    unpack_weight();
+    y = torch::nn::Conv2dImpl::forward(x);
+  }
   for_each_active([&](const LoraUpdate& u, double scale) {
     // The down projection is a convolution with the layer's own geometry, the up one is 1×1.
     const auto& o = options;
@@ -77,11 +85,47 @@ at::Tensor LoRACompatibleConvImpl::forward(const at::Tensor& x) {
 at::Tensor LoRACompatibleConvImpl::forward_tokens(const at::Tensor& tokens) {
   if (weight.size(2) != 1 || weight.size(3) != 1)
     fail("lora", "forward_tokens needs a 1x1 convolution; this one has weight " + c10::str(weight.sizes()));
-  auto y = at::linear(tokens, weight.flatten(1), bias);
+  unpack_weight();
+  auto y = nn::linear(tokens, weight.flatten(1), bias);
   for_each_active([&](const LoraUpdate& u, double scale) {
-    y = y.add(at::linear(at::linear(tokens, u.down.flatten(1)), u.up.flatten(1)), scale);
+    y = y.add(nn::linear(nn::linear(tokens, u.down.flatten(1)), u.up.flatten(1)), scale);
   });
   return y;
+}
+
+void LoRACompatibleConvImpl::set_weight_packing(bool on) {
+  packing_ = on;
+  if (!on) unpack_weight();
+}
+
+at::Tensor& LoRACompatibleConvImpl::lora_weight() {
+  unpack_weight();
+  return weight;
+}
+
+bool LoRACompatibleConvImpl::packs_for(const at::Tensor& x) const {
+  if (!packing_ || x.dim() != 4 || !onednn::can_pack_conv(options) || !onednn::fits(x, weight, bias))
+    return false;
+  // Unpacked, at::conv2d reorders the weight on every call: that costs more than the
+  // convolution itself where the weight is the larger tensor.
+  return weight.is_mkldnn() || weight.numel() >= 2 * x.numel();
+}
+
+void LoRACompatibleConvImpl::replace_weight(at::Tensor w) {
+  w.set_requires_grad(weight.requires_grad());
+  parameters_["weight"] = w;
+  weight = std::move(w);
+}
+
+void LoRACompatibleConvImpl::unpack_weight() {
+  if (!weight.is_mkldnn()) return;
+  torch::NoGradGuard no_grad;
+  replace_weight(weight.to_dense());
+}
+
+void set_weight_packing(torch::nn::Module& module, bool on) {
+  for (const auto& m : module.modules())
+    if (auto* conv = dynamic_cast<LoRACompatibleConvImpl*>(m.get())) conv->set_weight_packing(on);
 }
 
 }  // namespace kosmosg::nn

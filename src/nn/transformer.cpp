@@ -12,10 +12,10 @@ MultiheadAttentionImpl::MultiheadAttentionImpl(int64_t embed_dim, int64_t heads,
   if (heads <= 0 || embed_dim % heads != 0)
     fail("attention", "width " + std::to_string(embed_dim) + " is not divisible into " +
                           std::to_string(heads) + " heads");
-  k_proj = register_module("k_proj", torch::nn::Linear(embed_dim, embed_dim));
-  v_proj = register_module("v_proj", torch::nn::Linear(embed_dim, embed_dim));
-  q_proj = register_module("q_proj", torch::nn::Linear(embed_dim, embed_dim));
-  out_proj = register_module("out_proj", torch::nn::Linear(embed_dim, embed_dim));
+  k_proj = register_module("k_proj", Linear(embed_dim, embed_dim));
+  v_proj = register_module("v_proj", Linear(embed_dim, embed_dim));
+  q_proj = register_module("q_proj", Linear(embed_dim, embed_dim));
+  out_proj = register_module("out_proj", Linear(embed_dim, embed_dim));
   if (inner_ln) inner_attn_ln = register_module("inner_attn_ln", layer_norm(embed_dim, layer_norm_eps));
 }
 
@@ -44,8 +44,8 @@ at::Tensor MultiheadAttentionImpl::forward(const at::Tensor& query, const at::Te
 
 FeedForwardNetworkImpl::FeedForwardNetworkImpl(const TransformerOptions& options)
     : options_(options) {
-  fc1 = register_module("fc1", torch::nn::Linear(options.embed_dim, options.ffn_dim));
-  fc2 = register_module("fc2", torch::nn::Linear(options.ffn_dim, options.embed_dim));
+  fc1 = register_module("fc1", Linear(options.embed_dim, options.ffn_dim));
+  fc2 = register_module("fc2", Linear(options.ffn_dim, options.embed_dim));
   if (options.subln)
     ffn_layernorm = register_module("ffn_layernorm", layer_norm(options.ffn_dim, options.layer_norm_eps));
 }

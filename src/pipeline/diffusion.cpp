@@ -7,6 +7,7 @@
 #include "kosmosg/io/control_image.h"
 #include "kosmosg/io/image.h"
 #include "kosmosg/io/weights.h"
+#include "kosmosg/nn/lora.h"
 #include "kosmosg/util/progress.h"
 #include "models/config_checks.h"
 
@@ -55,6 +56,7 @@ DiffusionDecoder::DiffusionDecoder(models::UNet2DConditionModel unet, models::Au
     : unet_(std::move(unet)), vae_(std::move(vae)), scheduler_config_(std::move(scheduler_config)) {
   unet_->eval();
   vae_->eval();
+  nn::set_weight_packing(*unet_, true);
 }
 
 DiffusionDecoder DiffusionDecoder::from_folder(const std::string& dir) {
@@ -84,8 +86,15 @@ int64_t DiffusionDecoder::vae_scale() const {
 int64_t DiffusionDecoder::native_size() const { return unet_->config().sample_size * vae_scale(); }
 
 void DiffusionDecoder::to(const c10::Device& device, c10::ScalarType dtype) {
+  nn::set_weight_packing(*unet_, false);
   unet_->to(device, dtype);
+  nn::set_weight_packing(*unet_, true);
   vae_->to(device, dtype);
+}
+
+void DiffusionDecoder::store_block_weights(c10::ScalarType dtype) {
+  nn::set_weight_packing(*unet_, false);
+  unet_->store_block_weights(dtype);
 }
 
 at::Tensor DiffusionDecoder::initial_latents(int64_t count, int64_t height, int64_t width,
@@ -124,7 +133,7 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
                        std::to_string(batch) + " latents need " + std::to_string(expected_rows) +
                        (guided ? " (unconditional and conditional)" : ""));
   const auto param = unet_->parameters().front();
-  const auto options_model = param.options();
+  const auto options_model = at::TensorOptions().dtype(param.scalar_type()).device(param.device());
   at::Tensor context = condition.to(options_model);
   x = x.to(param.device(), at::kFloat);
   const auto& timesteps = scheduler.timesteps();

@@ -7,12 +7,12 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/nn/checkpoint.h"
+#include "kosmosg/nn/linear.h"
 #include "kosmosg/nn/transformer.h"
 
 namespace kosmosg::models {
@@ -64,11 +64,11 @@ class TorchscaleEncoderImpl : public torch::nn::Module {
   // or undefined. Returns [B, T, W] or [B, T, output_dim].
   at::Tensor forward(const at::Tensor& x, const at::Tensor& padding_mask = {});
 
-  torch::nn::Linear embed_tokens{nullptr};
+  nn::Linear embed_tokens{nullptr};
   torch::nn::Embedding embed_positions{nullptr};
   torch::nn::ModuleList layers{nullptr};
   torch::nn::LayerNorm layer_norm{nullptr};
-  torch::nn::Linear output_projection{nullptr};
+  nn::Linear output_projection{nullptr};
   nn::GradientCheckpointing checkpointing;  // per layer
 
  private:

@@ -6,7 +6,6 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
@@ -14,6 +13,7 @@
 #include <string>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/nn/linear.h"
 #include "kosmosg/nn/lora.h"
 
 namespace kosmosg::models {
@@ -176,7 +176,7 @@ class CLIPTextModelWithProjectionImpl : public torch::nn::Module {
                                    const at::Tensor& attention_mask = {});
 
   CLIPTextTransformer text_model{nullptr};
-  torch::nn::Linear text_projection{nullptr};
+  nn::Linear text_projection{nullptr};
 };
 TORCH_MODULE(CLIPTextModelWithProjection);
 
@@ -229,7 +229,7 @@ class CLIPVisionModelWithProjectionImpl : public torch::nn::Module {
   CLIPVisionProjectionOutput forward(const at::Tensor& pixel_values);
 
   CLIPVisionTransformer vision_model{nullptr};
-  torch::nn::Linear visual_projection{nullptr};
+  nn::Linear visual_projection{nullptr};
 };
 TORCH_MODULE(CLIPVisionModelWithProjection);
 
@@ -244,7 +244,7 @@ class CLIPModelImpl : public torch::nn::Module {
 
   CLIPTextTransformer text_model{nullptr};
   CLIPVisionTransformer vision_model{nullptr};
-  torch::nn::Linear text_projection{nullptr}, visual_projection{nullptr};
+  nn::Linear text_projection{nullptr}, visual_projection{nullptr};
   at::Tensor logit_scale;  // 0-dim, log of the contrastive temperature's inverse
 };
 TORCH_MODULE(CLIPModel);

@@ -3,10 +3,10 @@
 // `latent_query` to [projected image tokens; latent queries] (`x_attn`, no sub-LN, no mask).
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/nn/linear.h"
 #include "kosmosg/nn/transformer.h"
 
 namespace kosmosg::models {
@@ -33,7 +33,7 @@ class XConnectorImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& image_tokens);
   const XConnectorConfig& config() const { return config_; }
 
-  torch::nn::Linear dense{nullptr};
+  nn::Linear dense{nullptr};
   at::Tensor latent_query;
   nn::MultiheadAttention x_attn{nullptr};
 

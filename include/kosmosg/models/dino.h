@@ -5,13 +5,13 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <string>
 
 #include "kosmosg/io/config.h"
+#include "kosmosg/nn/linear.h"
 
 namespace kosmosg::models {
 
@@ -39,8 +39,8 @@ class DinoBlockImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& x);
 
   torch::nn::LayerNorm norm1{nullptr}, norm2{nullptr};
-  torch::nn::Linear qkv{nullptr}, proj{nullptr};  // registered as attn.qkv, attn.proj
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};   // registered as mlp.fc1, mlp.fc2
+  nn::Linear qkv{nullptr}, proj{nullptr};  // registered as attn.qkv, attn.proj
+  nn::Linear fc1{nullptr}, fc2{nullptr};   // registered as mlp.fc1, mlp.fc2
 
  private:
   int64_t heads_;

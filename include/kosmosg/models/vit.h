@@ -6,13 +6,13 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/nn/checkpoint.h"
+#include "kosmosg/nn/linear.h"
 #include "kosmosg/nn/transformer.h"
 
 namespace kosmosg::models {
@@ -43,7 +43,7 @@ class ViTMlpImpl : public torch::nn::Module {
   ViTMlpImpl(int64_t width, int64_t hidden, bool quick_gelu);
   at::Tensor forward(const at::Tensor& x);
 
-  torch::nn::Linear c_fc{nullptr}, c_proj{nullptr};
+  nn::Linear c_fc{nullptr}, c_proj{nullptr};
 
  private:
   bool quick_gelu_;

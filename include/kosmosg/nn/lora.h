@@ -4,12 +4,13 @@
 // time. The UNet and the CLIP text encoder are built from these, so LoRA files adapt them.
 #include <ATen/core/Tensor.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "kosmosg/nn/linear.h"
 
 namespace kosmosg::nn {
 
@@ -54,9 +55,9 @@ class LoraLayer {
   std::vector<LoraUpdate> lora_;
 };
 
-class LoRACompatibleLinearImpl : public torch::nn::LinearImpl, public LoraLayer {
+class LoRACompatibleLinearImpl : public LinearImpl, public LoraLayer {
  public:
-  using torch::nn::LinearImpl::LinearImpl;
+  using LinearImpl::LinearImpl;
   at::Tensor forward(const at::Tensor& x);
 
  protected:
@@ -70,10 +71,25 @@ class LoRACompatibleConvImpl : public torch::nn::Conv2dImpl, public LoraLayer {
   at::Tensor forward(const at::Tensor& x);
   // For a 1×1 convolution: the same map applied to channels-last tokens [..., in] → [..., out].
   at::Tensor forward_tokens(const at::Tensor& tokens);
+  // When on, CPU float32 inference without gradients reorders a weight that outweighs its input
+  // (the low-resolution layers) once into oneDNN's blocked layout, which then replaces the plain
+  // `weight` (a oneDNN tensor of the same sizes). Any other use, or off, restores the plain one.
+  // Both swaps register a new tensor: an optimiser must take the parameters with packing off.
+  void set_weight_packing(bool on);
 
  protected:
-  at::Tensor& lora_weight() override { return weight; }
+  at::Tensor& lora_weight() override;
+
+ private:
+  bool packs_for(const at::Tensor& x) const;
+  void replace_weight(at::Tensor w);
+  void unpack_weight();
+
+  bool packing_ = false;
 };
 TORCH_MODULE(LoRACompatibleConv);
+
+// set_weight_packing(on) on every LoRACompatibleConv in `module`.
+void set_weight_packing(torch::nn::Module& module, bool on);
 
 }  // namespace kosmosg::nn

@@ -4,11 +4,12 @@
 // Tensors are batch-first ([B, L, C]); upstream works time-first, which changes no value.
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
 #include <string>
+
+#include "kosmosg/nn/linear.h"
 
 namespace kosmosg::nn {
 
@@ -35,7 +36,7 @@ class MultiheadAttentionImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                      const at::Tensor& key_padding_mask = {}, bool causal = false);
 
-  torch::nn::Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
+  Linear k_proj{nullptr}, v_proj{nullptr}, q_proj{nullptr}, out_proj{nullptr};
   torch::nn::LayerNorm inner_attn_ln{nullptr};
 
  private:
@@ -51,7 +52,7 @@ class FeedForwardNetworkImpl : public torch::nn::Module {
   explicit FeedForwardNetworkImpl(const TransformerOptions& options);
   at::Tensor forward(const at::Tensor& x);
 
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
   torch::nn::LayerNorm ffn_layernorm{nullptr};
 
  private:

@@ -108,8 +108,12 @@ class DiffusionDecoder {
   at::Tensor initial_latents(int64_t count, int64_t height, int64_t width, at::Generator generator) const;
 
   void to(const c10::Device& device, c10::ScalarType dtype);
-  // Stores the UNet's blocks in `dtype` (half precision) for float32 compute.
-  void store_block_weights(c10::ScalarType dtype) { unet_->store_block_weights(dtype); }
+  // Stores the UNet's blocks in `dtype` (half precision) for float32 compute; their convolution
+  // weights are then no longer packed.
+  void store_block_weights(c10::ScalarType dtype);
+  // Sampling in float32 on the CPU packs its low-resolution convolution weights for oneDNN
+  // (nn::set_weight_packing); call nn::set_weight_packing(*unet(), false) before saving or
+  // training it.
   models::UNet2DConditionModel& unet() { return unet_; }
   models::AutoencoderKL& vae() { return vae_; }
   const io::Json& scheduler_config() const { return scheduler_config_; }
