@@ -26,7 +26,7 @@ TEST(Linear, MatchesAtLinearOnEveryPath) {
   // With a gradient wanted, the map is differentiated like at::linear's.
   auto w = weight.clone().requires_grad_(true);
   nn::linear(x, w, bias).sum().backward();
-  EXPECT_TRUE(torch::allclose(w.grad(), x.sum({0, 1}).unsqueeze(0).expand({24, 16}), 1e-4, 1e-4));
+  EXPECT_TRUE(torch::allclose(w.grad(), x.sum(at::IntArrayRef{0, 1}).unsqueeze(0).expand({24, 16}), 1e-4, 1e-4));
 }
 
 class ConvPacking : public ::testing::Test {
