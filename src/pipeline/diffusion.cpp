@@ -56,7 +56,7 @@ DiffusionDecoder::DiffusionDecoder(models::UNet2DConditionModel unet, models::Au
     : unet_(std::move(unet)), vae_(std::move(vae)), scheduler_config_(std::move(scheduler_config)) {
   unet_->eval();
   vae_->eval();
-  nn::set_weight_packing(*unet_, true);
+  nn::set_weight_packing(*unet_, pack_unet_weights_);
 }
 
 DiffusionDecoder DiffusionDecoder::from_folder(const std::string& dir) {
@@ -88,11 +88,12 @@ int64_t DiffusionDecoder::native_size() const { return unet_->config().sample_si
 void DiffusionDecoder::to(const c10::Device& device, c10::ScalarType dtype) {
   nn::set_weight_packing(*unet_, false);
   unet_->to(device, dtype);
-  nn::set_weight_packing(*unet_, true);
+  nn::set_weight_packing(*unet_, pack_unet_weights_);
   vae_->to(device, dtype);
 }
 
 void DiffusionDecoder::store_block_weights(c10::ScalarType dtype) {
+  pack_unet_weights_ = false;
   nn::set_weight_packing(*unet_, false);
   unet_->store_block_weights(dtype);
 }

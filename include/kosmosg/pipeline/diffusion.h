@@ -141,6 +141,8 @@ class DiffusionDecoder {
   models::UNet2DConditionModel unet_;
   models::AutoencoderKL vae_;
   io::Json scheduler_config_;
+  // Off once the blocks are stored in half precision: their float32 copies live only for a call.
+  bool pack_unet_weights_ = true;
 };
 
 // Checks `width`×`height` for a model whose latents are `scale`× smaller: positive multiples of
