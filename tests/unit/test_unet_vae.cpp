@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <functional>
 #include <string>
@@ -10,6 +11,7 @@
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/unet.h"
 #include "kosmosg/models/vae.h"
+#include "kosmosg/nn/lora.h"
 #include "support.h"
 
 using kosmosg::io::Json;
@@ -204,6 +206,26 @@ TEST(UNet, OddLatentSizesUpsampleToTheSkipSize) {
   torch::NoGradGuard no_grad;
   auto out = unet->forward(torch::randn({1, 4, 7, 5}), torch::tensor(10), torch::randn({1, 2, 12}));
   EXPECT_EQ(out.sizes(), (std::vector<int64_t>{1, 4, 7, 5}));
+}
+
+TEST(UNet, InferenceOnPackedWeightsMatchesTheGradientPath) {
+  torch::manual_seed(4);
+  UNet2DConditionModel unet(UNet2DConditionConfig::from_json(tiny_unet_json()));
+  auto x = torch::randn({2, 4, 8, 8});
+  auto t = torch::tensor(300);
+  auto ctx = torch::randn({2, 3, 12});
+  // With gradients on, every layer runs ATen's own kernels on plain weights.
+  const auto reference = unet->forward(x, t, ctx).detach();
+  kosmosg::nn::set_weight_packing(*unet, true);  // as the diffusion pipelines sample
+  torch::NoGradGuard no_grad;
+  for (int call = 0; call < 2; ++call) {  // packs, then reuses the packed weights
+    const auto out = unet->forward(x, t, ctx);
+    EXPECT_TRUE(torch::allclose(out, reference, 1e-5, 1e-5)) << (out - reference).abs().max();
+  }
+  // The 4x4 level's convolutions outweigh their inputs, so LibTorch 2.x packs them.
+  int64_t packed = 0;
+  for (const auto& p : unet->parameters()) packed += p.is_mkldnn();
+  if (TORCH_VERSION_MAJOR >= 2 && at::hasMKLDNN()) EXPECT_GT(packed, 0);
 }
 
 TEST(UNet, ResidualsAreAddedToSkipsAndMid) {
