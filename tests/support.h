@@ -14,10 +14,14 @@
 #include <gtest/gtest.h>
 
 #include <initializer_list>
+#include <set>
+#include <sstream>
+#include <unistd.h>
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/config.h"
 #include "kosmosg/io/image.h"
+#include "kosmosg/io/pickle.h"
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/train/stage.h"
 
@@ -28,6 +32,12 @@ inline std::string shared_dir() {
   if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
   return KOSMOSG_DEFAULT_SHARED_DIR;
 }
+
+// shared_dir() as a path, for joining with `/`.
+inline std::filesystem::path shared_path() { return shared_dir(); }
+
+// The official Kosmos-G checkpoint fixture (shared/fixtures/kosmosg-official-tiny).
+inline std::filesystem::path official_fixture() { return shared_path() / "fixtures" / "kosmosg-official-tiny"; }
 
 // Whether the shared folder is there: a clone on its own has no ../shared beside it.
 inline bool shared_data_present() {
@@ -153,6 +163,70 @@ inline std::vector<io::Json> read_metrics(const std::filesystem::path& out) {
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) lines.push_back(io::parse_json(line, "metrics"));
   return lines;
+}
+
+// The root folder <tmp>/kosmosg_<tag>_<pid> of a test program's files, created if missing and
+// removed when the program exits; the process id keeps concurrently running tests apart.
+inline std::filesystem::path temp_root(const std::string& tag) {
+  struct Roots {
+    std::set<std::filesystem::path> paths;
+    ~Roots() {
+      for (const auto& p : paths) {
+        std::error_code ec;
+        std::filesystem::remove_all(p, ec);
+      }
+    }
+  };
+  static Roots roots;
+  const auto root = std::filesystem::temp_directory_path() / ("kosmosg_" + tag + "_" + std::to_string(::getpid()));
+  roots.paths.insert(root);
+  std::filesystem::create_directories(root);
+  return root;
+}
+
+// A fresh, empty folder per call, named `name`, under temp_root(tag).
+inline std::filesystem::path temp_dir(const std::string& tag, const std::string& name) {
+  static int calls = 0;
+  const auto dir = temp_root(tag) / std::to_string(calls++) / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// The path of `file` in temp_root(tag): the same path on every call (the file is not made).
+inline std::filesystem::path temp_file(const std::string& tag, const std::string& file) {
+  return temp_root(tag) / file;
+}
+
+// Writes `text` to `path` byte for byte.
+inline void write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+// The whole file at `path` (empty when it cannot be read).
+inline std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// ||a - b|| / ||b||, computed in double.
+inline double relative_l2(const at::Tensor& a, const at::Tensor& b) {
+  const auto x = a.to(at::kDouble), y = b.to(at::kDouble);
+  return ((x - y).norm() / y.norm()).item<double>();
+}
+
+// The token ids of `parts`, one after another.
+inline std::vector<int64_t> concat(std::initializer_list<std::vector<int64_t>> parts) {
+  std::vector<int64_t> out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+// Unpickles the bytes of `bytes`.
+inline io::PickleValue unpickle(const std::string& bytes, const io::UnpickleOptions& options = {}) {
+  return io::unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), options);
 }
 
 }  // namespace kosmosg::test

@@ -16,7 +16,7 @@
 namespace kosmosg::data {
 namespace {
 
-constexpr const char* kWhere = "data loader";
+constexpr const char* kLoaderWhere = "data loader";
 // Domain tags keep the generators of batch choice, permutations and samples apart.
 constexpr uint64_t kBatchDomain = 1, kPermutationDomain = 2, kSampleDomain = 3;
 
@@ -39,11 +39,11 @@ int64_t rank_share(int64_t size, int64_t rank, int64_t world) {
 template <typename T>
 T state_value(const nlohmann::json& state, const std::string& key, const std::string& what = "loader state") {
   const auto it = state.find(key);
-  if (it == state.end()) fail(kWhere, what + " has no '" + key + "'");
+  if (it == state.end()) fail(kLoaderWhere, what + " has no '" + key + "'");
   try {
     return it->get<T>();
   } catch (const nlohmann::json::exception&) {
-    fail(kWhere, what + ": '" + key + "' is " + it->dump() + ", of the wrong type");
+    fail(kLoaderWhere, what + ": '" + key + "' is " + it->dump() + ", of the wrong type");
   }
 }
 
@@ -202,11 +202,11 @@ struct Loader::Impl {
       spdlog::warn("[data] {}: skipped record {}: {}", source.name(), item.index, item.error);
     }
     if (++walk.consecutive_failures >= walk.share)
-      fail(kWhere, "source '" + source.name() + "': none of the " + std::to_string(walk.share) +
+      fail(kLoaderWhere, "source '" + source.name() + "': none of the " + std::to_string(walk.share) +
                        " records of a whole epoch could be used; the last error: " + item.error);
     if (stats.samples_read >= 20 &&
         static_cast<double>(stats.samples_failed) > options.max_failure_fraction * static_cast<double>(stats.samples_read))
-      fail(kWhere, std::to_string(stats.samples_failed) + " of the " + std::to_string(stats.samples_read) +
+      fail(kLoaderWhere, std::to_string(stats.samples_failed) + " of the " + std::to_string(stats.samples_read) +
                        " samples read so far failed, more than max_failure_fraction " +
                        std::to_string(options.max_failure_fraction) + " allows; the last, from '" + source.name() +
                        "': " + item.error);
@@ -226,21 +226,21 @@ struct Loader::Impl {
 
 Loader::Loader(LoaderOptions options) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  if (options.sources.empty()) fail(kWhere, "no data sources given, expected at least one");
+  if (options.sources.empty()) fail(kLoaderWhere, "no data sources given, expected at least one");
   if (!options.sample.tokenizer && is_kosmosg_stage(options.sample.stage))
-    fail(kWhere, std::string("no tokenizer given in the sample options, which the ") + stage_name(options.sample.stage) +
+    fail(kLoaderWhere, std::string("no tokenizer given in the sample options, which the ") + stage_name(options.sample.stage) +
                      " stage needs");
-  if (options.batch_size < 1) fail(kWhere, "batch size " + std::to_string(options.batch_size) + " must be at least 1");
+  if (options.batch_size < 1) fail(kLoaderWhere, "batch size " + std::to_string(options.batch_size) + " must be at least 1");
   if (options.world_size < 1 || options.rank < 0 || options.rank >= options.world_size)
-    fail(kWhere, "rank " + std::to_string(options.rank) + " of world size " + std::to_string(options.world_size) +
+    fail(kLoaderWhere, "rank " + std::to_string(options.rank) + " of world size " + std::to_string(options.world_size) +
                      ", expected 0 <= rank < world size");
-  if (options.workers < 0) fail(kWhere, "workers is " + std::to_string(options.workers) + ", expected >= 0");
+  if (options.workers < 0) fail(kLoaderWhere, "workers is " + std::to_string(options.workers) + ", expected >= 0");
   if (!(options.max_failure_fraction >= 0 && options.max_failure_fraction <= 1))
-    fail(kWhere, "max_failure_fraction " + std::to_string(options.max_failure_fraction) + " must be in [0, 1]");
+    fail(kLoaderWhere, "max_failure_fraction " + std::to_string(options.max_failure_fraction) + " must be in [0, 1]");
   double total = 0;
   for (const auto& spec : options.sources) {
     if (!std::isfinite(spec.weight) || spec.weight < 0)
-      fail(kWhere, spec.path + ": weight " + std::to_string(spec.weight) + " must be a finite number >= 0");
+      fail(kLoaderWhere, spec.path + ": weight " + std::to_string(spec.weight) + " must be a finite number >= 0");
     m.sources.push_back(open_source(spec));
     total += spec.weight;
     m.cumulative.push_back(total);
@@ -248,11 +248,11 @@ Loader::Loader(LoaderOptions options) : impl_(std::make_unique<Impl>()) {
     const int64_t size = m.sources.back()->size();
     walk.share = rank_share(size, options.rank, options.world_size);
     if (walk.share == 0 && spec.weight > 0)
-      fail(kWhere, spec.path + ": " + std::to_string(size) + " records, too few for rank " +
+      fail(kLoaderWhere, spec.path + ": " + std::to_string(size) + " records, too few for rank " +
                        std::to_string(options.rank) + " of " + std::to_string(options.world_size) + " to get any");
     m.walks.push_back(std::move(walk));
   }
-  if (total <= 0) fail(kWhere, "every data source has weight 0, expected at least one positive weight");
+  if (total <= 0) fail(kLoaderWhere, "every data source has weight 0, expected at least one positive weight");
   m.options = std::move(options);
   for (int64_t i = 0; i < m.options.workers; ++i) m.threads.emplace_back([&m] { m.worker(); });
 }
@@ -302,40 +302,40 @@ struct Loader::Impl::Saved {
 };
 
 Loader::Impl::Saved Loader::Impl::parse(const nlohmann::json& state) const {
-  if (!state.is_object()) fail(kWhere, "loader state is " + state.dump() + ", expected an object");
+  if (!state.is_object()) fail(kLoaderWhere, "loader state is " + state.dump() + ", expected an object");
   const auto seed = state_value<uint64_t>(state, "seed");
   if (seed != options.seed)
-    fail(kWhere, "loader state was saved with seed " + std::to_string(seed) + ", this loader has seed " +
+    fail(kLoaderWhere, "loader state was saved with seed " + std::to_string(seed) + ", this loader has seed " +
                      std::to_string(options.seed));
   Saved saved;
   saved.rank = state_value<int64_t>(state, "rank");
   saved.world_size = state_value<int64_t>(state, "world_size");
   if (saved.world_size < 1 || saved.rank < 0 || saved.rank >= saved.world_size)
-    fail(kWhere, "loader state names rank " + std::to_string(saved.rank) + " of world size " +
+    fail(kLoaderWhere, "loader state names rank " + std::to_string(saved.rank) + " of world size " +
                      std::to_string(saved.world_size));
   const auto saved_sources = state_value<nlohmann::json>(state, "sources");
   if (!saved_sources.is_array() || saved_sources.size() != sources.size())
-    fail(kWhere, "loader state has " + std::to_string(saved_sources.is_array() ? saved_sources.size() : 0) +
+    fail(kLoaderWhere, "loader state has " + std::to_string(saved_sources.is_array() ? saved_sources.size() : 0) +
                      " sources, this loader has " + std::to_string(sources.size()));
   for (size_t s = 0; s < sources.size(); ++s) {
     const std::string what = "loader state source " + std::to_string(s);
     const auto name = state_value<std::string>(saved_sources[s], "name", what);
     const auto size = state_value<int64_t>(saved_sources[s], "size", what);
     if (name != sources[s]->name() || size != sources[s]->size())
-      fail(kWhere, what + " is '" + name + "' with " + std::to_string(size) + " records, this loader's is '" +
+      fail(kLoaderWhere, what + " is '" + name + "' with " + std::to_string(size) + " records, this loader's is '" +
                        sources[s]->name() + "' with " + std::to_string(sources[s]->size()));
     const auto epoch = state_value<int64_t>(saved_sources[s], "epoch", what);
     const auto cursor = state_value<int64_t>(saved_sources[s], "cursor", what);
     const int64_t share = rank_share(size, saved.rank, saved.world_size);
     if (epoch < 0 || cursor < 0 || (share > 0 && cursor >= share) || (share == 0 && (epoch | cursor) != 0))
-      fail(kWhere, what + " ('" + name + "'): epoch " + std::to_string(epoch) + " cursor " + std::to_string(cursor) +
+      fail(kLoaderWhere, what + " ('" + name + "'): epoch " + std::to_string(epoch) + " cursor " + std::to_string(cursor) +
                        " is outside rank " + std::to_string(saved.rank) + "'s " + std::to_string(share) +
                        " records per epoch");
     saved.epoch_cursor.emplace_back(epoch, cursor);
   }
   const auto stats = state_value<nlohmann::json>(state, "stats");
   saved.batches = state_value<int64_t>(state, "batches");
-  if (saved.batches < 0) fail(kWhere, "loader state has " + std::to_string(saved.batches) + " batches, expected >= 0");
+  if (saved.batches < 0) fail(kLoaderWhere, "loader state has " + std::to_string(saved.batches) + " batches, expected >= 0");
   saved.stats = {state_value<int64_t>(stats, "samples_read", "loader state stats"),
                  state_value<int64_t>(stats, "samples_failed", "loader state stats"),
                  stats.value("samples_filtered", int64_t{0})};
@@ -362,7 +362,7 @@ void Loader::restore(const nlohmann::json& state) {
   Impl& m = *impl_;
   const Impl::Saved saved = m.parse(state);
   if (saved.rank != m.options.rank || saved.world_size != m.options.world_size)
-    fail(kWhere, "loader state was saved by rank " + std::to_string(saved.rank) + " of " +
+    fail(kLoaderWhere, "loader state was saved by rank " + std::to_string(saved.rank) + " of " +
                      std::to_string(saved.world_size) + ", this loader is rank " + std::to_string(m.options.rank) +
                      " of " + std::to_string(m.options.world_size));
   std::vector<int64_t> consumed;
@@ -373,17 +373,17 @@ void Loader::restore(const nlohmann::json& state) {
 
 void Loader::restore_from_ranks(const std::vector<nlohmann::json>& states) {
   Impl& m = *impl_;
-  if (states.empty()) fail(kWhere, "no loader state to restore");
+  if (states.empty()) fail(kLoaderWhere, "no loader state to restore");
   std::vector<Impl::Saved> saved;
   for (const auto& state : states) saved.push_back(m.parse(state));
   const int64_t old_world = saved.front().world_size;
   for (size_t r = 0; r < saved.size(); ++r)
     if (saved[r].world_size != old_world || saved[r].rank != static_cast<int64_t>(r))
-      fail(kWhere, "loader state " + std::to_string(r) + " of " + std::to_string(saved.size()) + " is rank " +
+      fail(kLoaderWhere, "loader state " + std::to_string(r) + " of " + std::to_string(saved.size()) + " is rank " +
                        std::to_string(saved[r].rank) + " of " + std::to_string(saved[r].world_size) +
                        ", expected one state per rank in rank order");
   if (static_cast<int64_t>(saved.size()) != old_world)
-    fail(kWhere, std::to_string(saved.size()) + " loader states for a run of " + std::to_string(old_world) + " ranks");
+    fail(kLoaderWhere, std::to_string(saved.size()) + " loader states for a run of " + std::to_string(old_world) + " ranks");
   if (old_world == m.options.world_size) return restore(states[static_cast<size_t>(m.options.rank)]);
 
   // Another number of ranks: in each source, every element below the first one some old rank had

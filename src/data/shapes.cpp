@@ -31,7 +31,7 @@ namespace {
 namespace fs = std::filesystem;
 using Line = nlohmann::ordered_json;  // manifest keys in the order people read them
 
-constexpr const char* kWhere = "shapes";
+constexpr const char* kShapesWhere = "shapes";
 constexpr const char* kKindNames[] = {"circle", "square", "triangle"};
 
 // Seed domains: every scene has its own generator, so a scene does not depend on the others.
@@ -134,7 +134,7 @@ Scene training_scene(std::mt19937_64& rng, const ShapesWorld& world, int shapes)
     Scene scene = random_scene(rng, world, shapes);
     if (!world.holds_out(scene)) return scene;
   }
-  fail(kWhere, "no " + std::to_string(shapes) + "-shape training scene avoids the held-out combinations after " +
+  fail(kShapesWhere, "no " + std::to_string(shapes) + "-shape training scene avoids the held-out combinations after " +
                    std::to_string(kMaxAttempts) + " draws");
 }
 
@@ -295,13 +295,13 @@ class ImageWriter {
 };
 
 void check_options(const ShapesOptions& o) {
-  if (o.out_dir.empty()) fail(kWhere, "no output folder given");
-  if (o.count < 1) fail(kWhere, "count is " + std::to_string(o.count) + ", expected at least 1 training scene");
+  if (o.out_dir.empty()) fail(kShapesWhere, "no output folder given");
+  if (o.count < 1) fail(kShapesWhere, "count is " + std::to_string(o.count) + ", expected at least 1 training scene");
   if (o.test_count < 1)
-    fail(kWhere, "test count is " + std::to_string(o.test_count) + ", expected at least 1 scene per test split");
+    fail(kShapesWhere, "test count is " + std::to_string(o.test_count) + ", expected at least 1 scene per test split");
   if (!(o.two_entity_fraction >= 0 && o.two_entity_fraction <= 1))
-    fail(kWhere, "two-entity fraction is " + std::to_string(o.two_entity_fraction) + ", expected a number in [0, 1]");
-  if (o.threads < 1 || o.threads > 256) fail(kWhere, "threads is " + std::to_string(o.threads) + ", expected 1 to 256");
+    fail(kShapesWhere, "two-entity fraction is " + std::to_string(o.two_entity_fraction) + ", expected a number in [0, 1]");
+  if (o.threads < 1 || o.threads > 256) fail(kShapesWhere, "threads is " + std::to_string(o.threads) + ", expected 1 to 256");
 }
 
 }  // namespace
@@ -325,7 +325,7 @@ const char* shape_kind_name(ShapeKind kind) { return kKindNames[static_cast<int>
 ShapeKind parse_shape_kind(const std::string& name) {
   for (int k = 0; k < 3; ++k)
     if (name == kKindNames[k]) return static_cast<ShapeKind>(k);
-  fail(kWhere, "unknown shape '" + name + "', expected circle, square or triangle");
+  fail(kShapesWhere, "unknown shape '" + name + "', expected circle, square or triangle");
 }
 
 std::vector<ShapeCombination> shapes_held_out(size_t palette_size, const std::vector<ShapeKind>& kinds,
@@ -362,28 +362,28 @@ ShapesWorld ShapesWorld::create(const std::vector<std::string>& colors, const st
   for (const auto& name : colors) {
     const auto& builtin = shapes_builtin_colors();
     const auto it = std::find_if(builtin.begin(), builtin.end(), [&](const ShapesColor& c) { return c.name == name; });
-    if (it == builtin.end()) fail(kWhere, "unknown colour '" + name + "', expected one of " + known);
+    if (it == builtin.end()) fail(kShapesWhere, "unknown colour '" + name + "', expected one of " + known);
     for (const auto& c : world.palette)
-      if (c.name == name) fail(kWhere, "colour '" + name + "' is listed twice");
+      if (c.name == name) fail(kShapesWhere, "colour '" + name + "' is listed twice");
     world.palette.push_back(*it);
   }
   if (world.palette.size() < 3)
-    fail(kWhere, std::to_string(world.palette.size()) +
+    fail(kShapesWhere, std::to_string(world.palette.size()) +
                      " colours given, expected at least 3 (a shape, its background and another to edit to)");
   for (const auto& name : kinds) {
     const ShapeKind kind = parse_shape_kind(name);
     if (std::find(world.kinds.begin(), world.kinds.end(), kind) != world.kinds.end())
-      fail(kWhere, "shape '" + name + "' is listed twice");
+      fail(kShapesWhere, "shape '" + name + "' is listed twice");
     world.kinds.push_back(kind);
   }
-  if (world.kinds.empty()) fail(kWhere, "no shape kinds given, expected some of circle, square, triangle");
+  if (world.kinds.empty()) fail(kShapesWhere, "no shape kinds given, expected some of circle, square, triangle");
   if (image_size < 16 || image_size > 1024)
-    fail(kWhere, "image size " + std::to_string(image_size) + " is outside 16..1024 pixels");
+    fail(kShapesWhere, "image size " + std::to_string(image_size) + " is outside 16..1024 pixels");
   world.image_size = image_size;
-  if (held_out < 1) fail(kWhere, "held-out count is " + std::to_string(held_out) + ", expected at least 1");
+  if (held_out < 1) fail(kShapesWhere, "held-out count is " + std::to_string(held_out) + ", expected at least 1");
   world.held_out = shapes_held_out(world.palette.size(), world.kinds, held_out);
   if (static_cast<int64_t>(world.held_out.size()) < held_out)
-    fail(kWhere, std::to_string(held_out) + " held-out combinations asked for, but only " +
+    fail(kShapesWhere, std::to_string(held_out) + " held-out combinations asked for, but only " +
                      std::to_string(world.held_out.size()) +
                      " can be held out while every kind-colour, kind-background and colour-background pair keeps a "
                      "combination to train on" +
@@ -405,9 +405,9 @@ ShapesWorld ShapesWorld::load(const std::string& dir) {
                                 world.color_index(h.at("color").get<std::string>()),
                                 world.color_index(h.at("background").get<std::string>())});
   } catch (const nlohmann::json::exception& e) {
-    fail(kWhere, path + ": " + e.what() + " (expected the world.json `kosmosg data shapes` writes)");
+    fail(kShapesWhere, path + ": " + e.what() + " (expected the world.json `kosmosg data shapes` writes)");
   } catch (const Error& e) {
-    fail(kWhere, path + ": " + e.what());
+    fail(kShapesWhere, path + ": " + e.what());
   }
   return world;
 }
@@ -418,7 +418,7 @@ int ShapesWorld::color_index(const std::string& name) const {
     if (palette[i].name == name) return static_cast<int>(i);
     known += (i ? ", " : "") + palette[i].name;
   }
-  fail(kWhere, "colour '" + name + "' is not in the palette (" + known + ")");
+  fail(kShapesWhere, "colour '" + name + "' is not in the palette (" + known + ")");
 }
 
 bool ShapesWorld::holds_out(const Scene& scene) const {
@@ -533,7 +533,7 @@ ShapesSummary write_shapes_world(const ShapesOptions& o) {
     std::vector<int> sources;
     for (int attempt = 0; sources.empty(); ++attempt) {
       if (attempt == kMaxAttempts)
-        fail(kWhere, "no editing source scene for held-out combination " + world.caption({h.background, {Shape{h.kind, h.color}}}));
+        fail(kShapesWhere, "no editing source scene for held-out combination " + world.caption({h.background, {Shape{h.kind, h.color}}}));
       target = held_out_scene(rng, world, h, shapes);
       sources = edit_backgrounds(world, target);
     }

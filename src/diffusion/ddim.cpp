@@ -10,7 +10,7 @@
 namespace kosmosg::diffusion::detail {
 namespace {
 
-const char* const kClass = "DDIMScheduler";
+const char* const kDdimClass = "DDIMScheduler";
 
 io::Json ddim_defaults() {
   auto d = common_defaults();
@@ -30,15 +30,15 @@ io::Json ddim_defaults() {
 class DDIM final : public Scheduler {
  public:
   DDIM(const std::string& kind, const io::Json& file)
-      : Scheduler(kind, kClass, merge_config(ddim_defaults(), file, kClass)) {
-    schedule_ = schedule_from_config(config_, kClass);
-    prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kClass);
-    spacing_ = spacing_of(config_, kClass);
-    steps_offset_ = io::config_require<int64_t>(config_, "steps_offset", kClass);
-    clip_sample_ = io::config_require<bool>(config_, "clip_sample", kClass);
-    clip_range_ = io::config_require<double>(config_, "clip_sample_range", kClass);
-    reject_true(config_, "thresholding", kClass, "dynamic thresholding is for pixel-space models");
-    final_alpha_cumprod_ = io::config_require<bool>(config_, "set_alpha_to_one", kClass) ? 1.0f : schedule_.acp[0];
+      : Scheduler(kind, kDdimClass, merge_config(ddim_defaults(), file, kDdimClass)) {
+    schedule_ = schedule_from_config(config_, kDdimClass);
+    prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kDdimClass);
+    spacing_ = spacing_of(config_, kDdimClass);
+    steps_offset_ = io::config_require<int64_t>(config_, "steps_offset", kDdimClass);
+    clip_sample_ = io::config_require<bool>(config_, "clip_sample", kDdimClass);
+    clip_range_ = io::config_require<double>(config_, "clip_sample_range", kDdimClass);
+    reject_true(config_, "thresholding", kDdimClass, "dynamic thresholding is for pixel-space models");
+    final_alpha_cumprod_ = io::config_require<bool>(config_, "set_alpha_to_one", kDdimClass) ? 1.0f : schedule_.acp[0];
   }
 
   void set_timesteps(int64_t steps) override {

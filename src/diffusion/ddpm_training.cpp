@@ -8,7 +8,7 @@
 namespace kosmosg::diffusion {
 namespace {
 
-const char* const kClass = "DDPMScheduler";
+const char* const kDdpmClass = "DDPMScheduler";
 
 io::Json ddpm_defaults() {
   auto d = detail::common_defaults();
@@ -27,9 +27,9 @@ io::Json ddpm_defaults() {
 }  // namespace
 
 DDPMTraining::DDPMTraining(const io::Json& scheduler_config)
-    : config_(detail::merge_config(ddpm_defaults(), scheduler_config, kClass)) {
-  schedule_ = detail::schedule_from_config(config_, kClass, /*allow_sigmoid=*/true);
-  prediction_type_ = detail::prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kClass);
+    : config_(detail::merge_config(ddpm_defaults(), scheduler_config, kDdpmClass)) {
+  schedule_ = detail::schedule_from_config(config_, kDdpmClass, /*allow_sigmoid=*/true);
+  prediction_type_ = detail::prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kDdpmClass);
 }
 
 at::Tensor DDPMTraining::add_noise(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& timesteps) const {

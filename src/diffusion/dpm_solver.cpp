@@ -14,7 +14,7 @@
 namespace kosmosg::diffusion::detail {
 namespace {
 
-const char* const kClass = "DPMSolverMultistepScheduler";
+const char* const kDpmSolverClass = "DPMSolverMultistepScheduler";
 
 io::Json dpm_defaults() {
   auto d = common_defaults();
@@ -37,16 +37,16 @@ io::Json dpm_defaults() {
 class DPMSolver final : public Scheduler {
  public:
   DPMSolver(const std::string& kind, const io::Json& file, const io::Json& forced)
-      : Scheduler(kind, kClass, merge_config(dpm_defaults(), file, kClass)) {
+      : Scheduler(kind, kDpmSolverClass, merge_config(dpm_defaults(), file, kDpmSolverClass)) {
     config_.update(forced);
-    schedule_ = schedule_from_config(config_, kClass);
-    prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kClass);
-    spacing_ = spacing_of(config_, kClass);
-    steps_offset_ = io::config_require<int64_t>(config_, "steps_offset", kClass);
-    order_ = io::config_require<int64_t>(config_, "solver_order", kClass);
+    schedule_ = schedule_from_config(config_, kDpmSolverClass);
+    prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction", "sample"}, kDpmSolverClass);
+    spacing_ = spacing_of(config_, kDpmSolverClass);
+    steps_offset_ = io::config_require<int64_t>(config_, "steps_offset", kDpmSolverClass);
+    order_ = io::config_require<int64_t>(config_, "solver_order", kDpmSolverClass);
     if (order_ < 1 || order_ > 3)
       fail_here("solver_order " + std::to_string(order_) + " is not supported (1, 2 or 3)");
-    algorithm_ = io::config_require<std::string>(config_, "algorithm_type", kClass);
+    algorithm_ = io::config_require<std::string>(config_, "algorithm_type", kDpmSolverClass);
     if (algorithm_ == "deis") algorithm_ = "dpmsolver++";  // upstream re-registers it so
     if (algorithm_ != "dpmsolver++" && algorithm_ != "dpmsolver" && algorithm_ != "sde-dpmsolver++")
       fail_here("algorithm_type '" + algorithm_ + "' is not supported (dpmsolver++, dpmsolver, sde-dpmsolver++)");
@@ -54,16 +54,16 @@ class DPMSolver final : public Scheduler {
     if (sde_ && order_ > 2)  // upstream's third-order update has no SDE form
       fail_here("solver_order " + std::to_string(order_) + " is not supported with sde-dpmsolver++ (1 or 2)");
     config_["algorithm_type"] = algorithm_;
-    solver_type_ = io::config_require<std::string>(config_, "solver_type", kClass);
+    solver_type_ = io::config_require<std::string>(config_, "solver_type", kDpmSolverClass);
     if (solver_type_ == "logrho" || solver_type_ == "bh1" || solver_type_ == "bh2") solver_type_ = "midpoint";
     if (solver_type_ != "midpoint" && solver_type_ != "heun")
       fail_here("solver_type '" + solver_type_ + "' is not supported (midpoint, heun)");
     config_["solver_type"] = solver_type_;
-    lower_order_final_ = io::config_require<bool>(config_, "lower_order_final", kClass);
-    karras_ = io::config_require<bool>(config_, "use_karras_sigmas", kClass);
-    lambda_min_clipped_ = io::config_require<double>(config_, "lambda_min_clipped", kClass);
-    reject_true(config_, "thresholding", kClass, "dynamic thresholding is for pixel-space models");
-    const auto variance = io::config_value<std::string>(config_, "variance_type", "", kClass);
+    lower_order_final_ = io::config_require<bool>(config_, "lower_order_final", kDpmSolverClass);
+    karras_ = io::config_require<bool>(config_, "use_karras_sigmas", kDpmSolverClass);
+    lambda_min_clipped_ = io::config_require<double>(config_, "lambda_min_clipped", kDpmSolverClass);
+    reject_true(config_, "thresholding", kDpmSolverClass, "dynamic thresholding is for pixel-space models");
+    const auto variance = io::config_value<std::string>(config_, "variance_type", "", kDpmSolverClass);
     if (!variance.empty())
       fail_here("variance_type '" + variance + "' is not supported (only models without learned variance)");
 

@@ -11,7 +11,7 @@
 namespace kosmosg::diffusion::detail {
 namespace {
 
-const char* const kClass = "PNDMScheduler";
+const char* const kPndmClass = "PNDMScheduler";
 
 io::Json pndm_defaults() {
   auto d = common_defaults();
@@ -26,13 +26,13 @@ io::Json pndm_defaults() {
 class PNDM final : public Scheduler {
  public:
   PNDM(const std::string& kind, const io::Json& file)
-      : Scheduler(kind, kClass, merge_config(pndm_defaults(), file, kClass)) {
-    schedule_ = schedule_from_config(config_, kClass);
-    prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction"}, kClass);
-    spacing_ = spacing_of(config_, kClass);
-    steps_offset_ = io::config_require<int64_t>(config_, "steps_offset", kClass);
-    skip_prk_ = io::config_require<bool>(config_, "skip_prk_steps", kClass);
-    final_alpha_cumprod_ = io::config_require<bool>(config_, "set_alpha_to_one", kClass) ? 1.0f : schedule_.acp[0];
+      : Scheduler(kind, kPndmClass, merge_config(pndm_defaults(), file, kPndmClass)) {
+    schedule_ = schedule_from_config(config_, kPndmClass);
+    prediction_type_ = prediction_type_of(config_, {"epsilon", "v_prediction"}, kPndmClass);
+    spacing_ = spacing_of(config_, kPndmClass);
+    steps_offset_ = io::config_require<int64_t>(config_, "steps_offset", kPndmClass);
+    skip_prk_ = io::config_require<bool>(config_, "skip_prk_steps", kPndmClass);
+    final_alpha_cumprod_ = io::config_require<bool>(config_, "set_alpha_to_one", kPndmClass) ? 1.0f : schedule_.acp[0];
   }
 
   void set_timesteps(int64_t steps) override {

@@ -17,7 +17,7 @@ namespace {
 
 const char* const kWhat = "control-preprocess";
 
-void check_image(const at::Tensor& image, const char* what) {
+void check_rgb_image(const at::Tensor& image, const char* what) {
   if (image.dim() != 3 || image.size(2) != 3 || image.scalar_type() != at::kByte)
     fail(what, "expected a uint8 [H, W, 3] RGB image, got " + c10::str(image.sizes()) + " " +
                    c10::toString(image.scalar_type()));
@@ -80,7 +80,7 @@ ControlPreprocess ControlPreprocess::parse(const std::string& text) {
 }
 
 at::Tensor canny_edges(const at::Tensor& hwc_u8, double low_threshold, double high_threshold) {
-  check_image(hwc_u8, "canny");
+  check_rgb_image(hwc_u8, "canny");
   if (low_threshold < 0 || low_threshold > high_threshold)
     fail("canny", "thresholds " + std::to_string(low_threshold) + " and " +
                       std::to_string(high_threshold) + " must satisfy 0 <= low <= high");
@@ -95,7 +95,7 @@ at::Tensor canny_edges(const at::Tensor& hwc_u8, double low_threshold, double hi
 }
 
 at::Tensor scribble_edges(const at::Tensor& hwc_u8, double threshold) {
-  check_image(hwc_u8, "scribble");
+  check_rgb_image(hwc_u8, "scribble");
 #if !KOSMOSG_HAVE_OPENCV
   detail::fail_without_opencv("scribble");
 #else
@@ -113,7 +113,7 @@ at::Tensor scribble_edges(const at::Tensor& hwc_u8, double threshold) {
 }
 
 at::Tensor lineart_edges(const at::Tensor& hwc_u8) {
-  check_image(hwc_u8, "lineart");
+  check_rgb_image(hwc_u8, "lineart");
 #if !KOSMOSG_HAVE_OPENCV
   detail::fail_without_opencv("lineart");
 #else
@@ -136,12 +136,12 @@ at::Tensor preprocess_control_image(const at::Tensor& hwc_u8, const ControlPrepr
   if (p.name == "canny") return canny_edges(hwc_u8, p.values.at(0), p.values.at(1));
   if (p.name == "scribble") return scribble_edges(hwc_u8, p.values.at(0));
   if (p.name == "lineart") return lineart_edges(hwc_u8);
-  check_image(hwc_u8, kWhat);
+  check_rgb_image(hwc_u8, kWhat);
   return hwc_u8;
 }
 
 at::Tensor control_pixel_values(const at::Tensor& hwc_u8, int64_t width, int64_t height) {
-  check_image(hwc_u8, "control image");
+  check_rgb_image(hwc_u8, "control image");
   if (width <= 0 || height <= 0)
     fail("control image", "size " + std::to_string(width) + "x" + std::to_string(height) + " must be positive");
   auto image = hwc_u8;

@@ -10,7 +10,7 @@
 namespace kosmosg::io {
 namespace {
 
-constexpr const char* kOp = "pickle";
+constexpr const char* kPickleOp = "pickle";
 constexpr size_t kMaxDepth = 1000;
 constexpr int kMaxProtocol = 5;
 constexpr size_t kMaxTensorDims = 64;
@@ -305,7 +305,7 @@ std::string PickleValue::describe() const {
 
 namespace {
 [[noreturn]] void wrong_kind(const PickleValue& v, const char* expected) {
-  fail(kOp, std::string("expected a ") + expected + ", found " + v.describe());
+  fail(kPickleOp, std::string("expected a ") + expected + ", found " + v.describe());
 }
 }  // namespace
 
@@ -380,13 +380,13 @@ const PickleValue& PickleDict::at(const std::string& key) const {
     keys += (keys.empty() ? "" : ", ") +
             (k.kind() == PickleValue::Kind::String ? "'" + k.as_string() + "'" : k.describe());
   }
-  fail(kOp, "no key '" + key + "' in a dict of " + std::to_string(items.size()) + " entries (" +
+  fail(kPickleOp, "no key '" + key + "' in a dict of " + std::to_string(items.size()) + " entries (" +
                 (keys.empty() ? "empty" : keys) + ")");
 }
 
 void PickleDict::set(PickleValue key, PickleValue value) {
   auto k = key_of(key);
-  if (!k) fail(kOp, "a dict key must be hashable, found " + key.describe());
+  if (!k) fail(kPickleOp, "a dict key must be hashable, found " + key.describe());
   insert(std::move(*k), std::move(key), std::move(value));
 }
 
@@ -425,7 +425,7 @@ class Unpickler {
     const char* name = opcode_name(op_);
     char code[8];
     std::snprintf(code, sizeof code, "0x%02x", op_);
-    fail(kOp, options_.source + ": " + what + " (opcode " + (name ? name : code) + " at byte " +
+    fail(kPickleOp, options_.source + ": " + what + " (opcode " + (name ? name : code) + " at byte " +
                   std::to_string(op_pos_) + ")");
   }
 

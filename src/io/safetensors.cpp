@@ -17,7 +17,7 @@
 namespace kosmosg::io {
 namespace {
 
-constexpr const char* kOp = "safetensors";
+constexpr const char* kSafetensorsOp = "safetensors";
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 // LibTorch's limit on a tensor's dimensions.
 constexpr size_t kMaxDims = 64;
@@ -44,7 +44,7 @@ const DTypeEntry* find_dtype(const std::string& name) {
 const DTypeEntry& dtype_of(at::ScalarType type) {
   for (const auto& d : kDTypes)
     if (d.type == type) return d;
-  fail(kOp, std::string("cannot store tensors of dtype ") + c10::toString(type));
+  fail(kSafetensorsOp, std::string("cannot store tensors of dtype ") + c10::toString(type));
 }
 
 std::string errno_text() { return std::strerror(errno); }
@@ -65,9 +65,9 @@ struct SafeTensors::Impl {
 };
 
 SafeTensors SafeTensors::open(const std::string& path) {
-  auto where = [&](const std::string& what) { fail(kOp, path + ": " + what); };
+  auto where = [&](const std::string& what) { fail(kSafetensorsOp, path + ": " + what); };
   uint64_t file_size = 0;
-  const int fd = open_regular_file(path, kOp, file_size);
+  const int fd = open_regular_file(path, kSafetensorsOp, file_size);
   if (file_size < 8) {
     ::close(fd);
     where("file is " + std::to_string(file_size) +
@@ -191,7 +191,7 @@ bool SafeTensors::contains(const std::string& name) const { return impl_->entrie
 
 const TensorInfo& SafeTensors::info(const std::string& name) const {
   auto it = impl_->entries.find(name);
-  if (it == impl_->entries.end()) fail(kOp, impl_->path + ": no tensor named '" + name + "'");
+  if (it == impl_->entries.end()) fail(kSafetensorsOp, impl_->path + ": no tensor named '" + name + "'");
   return it->second;
 }
 
@@ -259,7 +259,7 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
   contiguous.reserve(tensors.size());
   size_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    if (name == "__metadata__") fail(kOp, path + ": '__metadata__' cannot name a tensor");
+    if (name == "__metadata__") fail(kSafetensorsOp, path + ": '__metadata__' cannot name a tensor");
     at::Tensor c = t.detach().to(at::kCPU).contiguous();
     const auto& dt = dtype_of(c.scalar_type());
     const size_t nbytes = static_cast<size_t>(c.numel()) * dt.size;
@@ -279,7 +279,7 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
       const size_t nbytes = static_cast<size_t>(c.numel()) * c.element_size();
       ok = ok && (nbytes == 0 || std::fwrite(c.data_ptr(), 1, nbytes, f) == nbytes);
     }
-    if (!ok) fail(kOp, "cannot write " + path + ": " + errno_text());
+    if (!ok) fail(kSafetensorsOp, "cannot write " + path + ": " + errno_text());
   });
 }
 

@@ -13,7 +13,7 @@
 namespace kosmosg::io {
 namespace {
 
-constexpr const char* kOp = "checkpoint";
+constexpr const char* kCheckpointOp = "checkpoint";
 constexpr int kMaxInterpolationRounds = 16;
 // A config's JSON may repeat what its pickle shares (omegaconf shares little) up to this many
 // times its stored size, plus an allowance; beyond that sharing is an expansion attack.
@@ -41,7 +41,7 @@ class StorageLoader {
   StorageLoader(ZipReader zip, std::string archive) : zip_(std::move(zip)), archive_(std::move(archive)) {}
 
   PickleValue operator()(const PickleValue& pid) {
-    auto bad = [&](const std::string& what) { fail(kOp, zip_.path() + ": " + what); };
+    auto bad = [&](const std::string& what) { fail(kCheckpointOp, zip_.path() + ": " + what); };
     if (pid.kind() != K::Tuple || pid.as_tuple().size() != 5)
       bad("a persistent id must be ('storage', type, key, location, numel), found " + pid.describe());
     const auto& id = pid.as_tuple();
@@ -97,12 +97,12 @@ std::string archive_of(const ZipReader& zip) {
     const auto slash = name.find('/');
     if (slash == std::string::npos || name.compare(slash, std::string::npos, "/data.pkl") != 0) continue;
     if (!archive.empty())
-      fail(kOp, zip.path() + ": two data.pkl entries ('" + archive + "/data.pkl' and '" + name +
+      fail(kCheckpointOp, zip.path() + ": two data.pkl entries ('" + archive + "/data.pkl' and '" + name +
                     "'); a torch.save file has one");
     archive = name.substr(0, slash);
   }
   if (archive.empty())
-    fail(kOp, zip.path() + ": the zip archive has no '<folder>/data.pkl' entry (not a torch.save checkpoint)");
+    fail(kCheckpointOp, zip.path() + ": the zip archive has no '<folder>/data.pkl' entry (not a torch.save checkpoint)");
   return archive;
 }
 
@@ -113,15 +113,15 @@ std::string join_path(const std::string& path, const std::string& key) {
 std::string key_text(const PickleValue& key, const std::string& what, const std::string& path) {
   if (key.kind() == K::String) return key.as_string();
   if (key.kind() == K::Int) return std::to_string(key.as_int());
-  fail(kOp, what + ": key " + key.describe() + " at '" + path + "' cannot be a JSON object key");
+  fail(kCheckpointOp, what + ": key " + key.describe() + " at '" + path + "' cannot be a JSON object key");
 }
 
 const PickleValue& state_entry(const PickleObject& o, const char* name, const std::string& what,
                                const std::string& path) {
   if (o.state.kind() != K::Dict)
-    fail(kOp, what + ": " + o.class_name + " at '" + path + "' has no state dict");
+    fail(kCheckpointOp, what + ": " + o.class_name + " at '" + path + "' has no state dict");
   const PickleValue* v = o.state.as_dict().find(name);
-  if (!v) fail(kOp, what + ": " + o.class_name + " at '" + path + "' has no '" + name + "' in its state");
+  if (!v) fail(kCheckpointOp, what + ": " + o.class_name + " at '" + path + "' has no '" + name + "' in its state");
   return *v;
 }
 
@@ -212,7 +212,7 @@ nlohmann::json omegaconf_to_json(const PickleObject& o, const std::string& what,
   const std::string& cls = o.class_name;
   if (cls == "omegaconf.nodes.AnyNode") return to_json(state_entry(o, "_val", what, path), what, path);
   if (cls != "omegaconf.dictconfig.DictConfig" && cls != "omegaconf.listconfig.ListConfig")
-    fail(kOp, what + ": " + cls + " at '" + path + "' is not a config value");
+    fail(kCheckpointOp, what + ": " + cls + " at '" + path + "' is not a config value");
   const PickleValue& content = state_entry(o, "_content", what, path);
   switch (content.kind()) {
     case K::None:
@@ -225,7 +225,7 @@ nlohmann::json omegaconf_to_json(const PickleObject& o, const std::string& what,
       break;
     default: break;
   }
-  fail(kOp, what + ": " + cls + " at '" + path + "' holds a " + content.describe() + " as its content");
+  fail(kCheckpointOp, what + ": " + cls + " at '" + path + "' holds a " + content.describe() + " as its content");
 }
 
 nlohmann::json to_json(const PickleValue& v, const std::string& what, const std::string& path) {
@@ -241,7 +241,7 @@ nlohmann::json to_json(const PickleValue& v, const std::string& what, const std:
     case K::Object: return omegaconf_to_json(v.as_object(), what, path);
     default: break;
   }
-  fail(kOp, what + ": a " + v.describe() + " at '" + (path.empty() ? "(top)" : path) + "' has no JSON form");
+  fail(kCheckpointOp, what + ": a " + v.describe() + " at '" + (path.empty() ? "(top)" : path) + "' has no JSON form");
 }
 
 // Resolves whole-string absolute interpolations "${a.b.c}" of scalars against `root`, as omegaconf
@@ -272,7 +272,7 @@ bool resolve_interpolations(nlohmann::json& node, const nlohmann::json& root, ui
   // Only scalars are substituted: copying containers could grow a hostile config without bound.
   if (target->is_structured()) return false;
   const uint64_t cost = 1 + (target->is_string() ? target->get_ref<const std::string&>().size() : 0);
-  if (cost > budget) fail(kOp, what + ": its interpolations ${...} expand to more text than the config holds");
+  if (cost > budget) fail(kCheckpointOp, what + ": its interpolations ${...} expand to more text than the config holds");
   budget -= cost;
   nlohmann::json value = *target;
   node = std::move(value);
@@ -286,7 +286,7 @@ nlohmann::json pickle_to_json(const PickleValue& value, const std::string& what)
   const uint64_t expanded = size.expanded(value);
   const uint64_t limit = kJsonGrowth * size.stored() + kJsonAllowance;
   if (expanded > limit)
-    fail(kOp, what + ": its shared parts would expand to " +
+    fail(kCheckpointOp, what + ": its shared parts would expand to " +
                   (expanded == UINT64_MAX ? std::string("more than 2^64") : std::to_string(expanded)) +
                   " JSON values, more than the " + std::to_string(limit) + " allowed for the " +
                   std::to_string(size.stored()) + " it holds");
@@ -296,14 +296,14 @@ nlohmann::json pickle_to_json(const PickleValue& value, const std::string& what)
 PickleValue load_torch_checkpoint(const std::string& path) {
   if (!is_zip_file(path)) {
     uint64_t size = 0;
-    const int fd = open_regular_file(path, kOp, size);
+    const int fd = open_regular_file(path, kCheckpointOp, size);
     unsigned char first = 0;
     const bool pickle = ::read(fd, &first, 1) == 1 && first == 0x80;
     ::close(fd);
     if (pickle)
-      fail(kOp, path + ": this is the legacy (non-zip) torch.save format, which is not supported; "
+      fail(kCheckpointOp, path + ": this is the legacy (non-zip) torch.save format, which is not supported; "
                        "re-save it with torch.save from PyTorch 1.6 or newer");
-    fail(kOp, path + ": not a PyTorch checkpoint (no ZIP signature)");
+    fail(kCheckpointOp, path + ": not a PyTorch checkpoint (no ZIP signature)");
   }
   ZipReader zip = ZipReader::open(path);
   const std::string archive = archive_of(zip);
@@ -311,7 +311,7 @@ PickleValue load_torch_checkpoint(const std::string& path) {
   if (zip.contains(byteorder)) {
     const ZipBytes b = zip.bytes(byteorder);
     const std::string order(reinterpret_cast<const char*>(b.data), b.size);
-    if (order != "little") fail(kOp, path + ": tensors are stored '" + order + "'-endian; only little-endian is supported");
+    if (order != "little") fail(kCheckpointOp, path + ": tensors are stored '" + order + "'-endian; only little-endian is supported");
   }
   const std::string pkl = archive + "/data.pkl";
   const ZipBytes data = zip.bytes(pkl);
@@ -329,16 +329,16 @@ FairseqCheckpoint read_fairseq_checkpoint(PickleValue state, const std::string& 
   FairseqCheckpoint out;
   out.state = std::move(state);
   if (out.state.kind() != K::Dict)
-    fail(kOp, path + ": not a fairseq checkpoint: the top level is a " + out.state.describe() + ", not a dict");
+    fail(kCheckpointOp, path + ": not a fairseq checkpoint: the top level is a " + out.state.describe() + ", not a dict");
   const PickleDict& top = out.state.as_dict();
   const PickleValue* model = top.find("model");
-  if (!model) fail(kOp, path + ": not a fairseq checkpoint: no 'model' entry");
+  if (!model) fail(kCheckpointOp, path + ": not a fairseq checkpoint: no 'model' entry");
   if (model->kind() != K::Dict)
-    fail(kOp, path + ": not a fairseq checkpoint: 'model' is a " + model->describe() + ", not a state dict");
+    fail(kCheckpointOp, path + ": not a fairseq checkpoint: 'model' is a " + model->describe() + ", not a state dict");
   for (const auto& [k, v] : model->as_dict().items) {
-    if (k.kind() != K::String) fail(kOp, path + ": the state dict has a key that is a " + k.describe());
+    if (k.kind() != K::String) fail(kCheckpointOp, path + ": the state dict has a key that is a " + k.describe());
     if (v.kind() != K::Tensor)
-      fail(kOp, path + ": state dict entry '" + k.as_string() + "' is a " + v.describe() + ", not a tensor");
+      fail(kCheckpointOp, path + ": state dict entry '" + k.as_string() + "' is a " + v.describe() + ", not a tensor");
     out.model.emplace(k.as_string(), v.as_tensor());
   }
   if (const PickleValue* cfg = top.find("cfg"); cfg && !cfg->is_none()) {

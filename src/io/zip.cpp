@@ -16,7 +16,7 @@
 namespace kosmosg::io {
 namespace {
 
-constexpr const char* kOp = "zip";
+constexpr const char* kZipOp = "zip";
 constexpr uint32_t kLocalHeaderSig = 0x04034b50;
 constexpr uint32_t kCentralHeaderSig = 0x02014b50;
 constexpr uint32_t kEndSig = 0x06054b50;
@@ -64,10 +64,10 @@ bool is_zip_file(const std::string& path) {
 }
 
 ZipReader ZipReader::open(const std::string& path) {
-  auto where = [&](const std::string& what) { fail(kOp, path + ": " + what); };
+  auto where = [&](const std::string& what) { fail(kZipOp, path + ": " + what); };
   auto impl = std::make_shared<Impl>();
   impl->path = path;
-  const int fd = open_regular_file(path, kOp, impl->size);
+  const int fd = open_regular_file(path, kZipOp, impl->size);
   if (impl->size < kEndSize) {
     ::close(fd);
     where("file is " + std::to_string(impl->size) +
@@ -198,7 +198,7 @@ bool ZipReader::contains(const std::string& name) const { return impl_->by_name.
 
 const ZipEntry& ZipReader::entry(const std::string& name) const {
   auto it = impl_->by_name.find(name);
-  if (it == impl_->by_name.end()) fail(kOp, impl_->path + ": no entry named '" + name + "'");
+  if (it == impl_->by_name.end()) fail(kZipOp, impl_->path + ": no entry named '" + name + "'");
   return impl_->entries[it->second];
 }
 
@@ -213,7 +213,7 @@ constexpr bool kCompareCrc = true;
 ZipBytes ZipReader::bytes(const std::string& name) const {
   const ZipEntry& e = entry(name);
   if (e.method != 0)
-    fail(kOp, impl_->path + ": entry '" + name + "' is compressed (method " + std::to_string(e.method) +
+    fail(kZipOp, impl_->path + ": entry '" + name + "' is compressed (method " + std::to_string(e.method) +
                   "); only stored entries can be read, as torch.save writes them");
   uint8_t* data = static_cast<uint8_t*>(impl_->map) + e.data_offset;
   uLong crc = ::crc32(0L, Z_NULL, 0);
@@ -227,7 +227,7 @@ ZipBytes ZipReader::bytes(const std::string& name) const {
     char found[16], stated[16];
     std::snprintf(found, sizeof found, "%08x", static_cast<unsigned>(crc));
     std::snprintf(stated, sizeof stated, "%08x", static_cast<unsigned>(e.crc32));
-    fail(kOp, impl_->path + ": entry '" + name + "' is damaged: its CRC-32 is " + found +
+    fail(kZipOp, impl_->path + ": entry '" + name + "' is damaged: its CRC-32 is " + found +
                   " but the archive records " + stated);
   }
   return {data, e.size};

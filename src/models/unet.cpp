@@ -11,10 +11,10 @@
 namespace kosmosg::models {
 namespace {
 
-const char* const kWhat = "UNet2DConditionModel config";
+const char* const kUNetConfig = "UNet2DConditionModel config";
 
-[[noreturn]] void config_error(const std::string& key, const std::string& why) {
-  fail("config", std::string(kWhat) + ": key '" + key + "' " + why);
+[[noreturn]] void unet_config_error(const std::string& key, const std::string& why) {
+  fail("config", std::string(kUNetConfig) + ": key '" + key + "' " + why);
 }
 
 // An int or a list with one int per down block; `fallback` (replicated) when absent or null.
@@ -23,14 +23,14 @@ std::vector<int64_t> per_block_ints(const io::Json& json, const std::string& key
   auto it = json.find(key);
   if (it == json.end() || it->is_null()) return std::vector<int64_t>(blocks, fallback);
   if (it->is_number_integer()) return std::vector<int64_t>(blocks, it->get<int64_t>());
-  if (!it->is_array()) config_error(key, "is " + io::brief(*it) + "; expected an integer or a list");
+  if (!it->is_array()) unet_config_error(key, "is " + io::brief(*it) + "; expected an integer or a list");
   std::vector<int64_t> values;
   for (const auto& v : *it) {
-    if (!v.is_number_integer()) config_error(key, "is " + io::brief(*it) + "; expected integers");
+    if (!v.is_number_integer()) unet_config_error(key, "is " + io::brief(*it) + "; expected integers");
     values.push_back(v.get<int64_t>());
   }
   if (values.size() != blocks)
-    config_error(key, "has " + std::to_string(values.size()) +
+    unet_config_error(key, "has " + std::to_string(values.size()) +
                           " entries; expected one per down "
                           "block (" +
                           std::to_string(blocks) + ")");
@@ -42,10 +42,10 @@ std::vector<bool> per_block_bools(const io::Json& json, const std::string& key, 
   if (it == json.end() || it->is_null()) return std::vector<bool>(blocks, false);
   if (it->is_boolean()) return std::vector<bool>(blocks, it->get<bool>());
   if (!it->is_array() || it->size() != blocks)
-    config_error(key, "is " + io::brief(*it) + "; expected a boolean or one per down block");
+    unet_config_error(key, "is " + io::brief(*it) + "; expected a boolean or one per down block");
   std::vector<bool> values;
   for (const auto& v : *it) {
-    if (!v.is_boolean()) config_error(key, "is " + io::brief(*it) + "; expected booleans");
+    if (!v.is_boolean()) unet_config_error(key, "is " + io::brief(*it) + "; expected booleans");
     values.push_back(v.get<bool>());
   }
   return values;
@@ -54,15 +54,15 @@ std::vector<bool> per_block_bools(const io::Json& json, const std::string& key, 
 void require_null(const io::Json& json, const std::string& key, const std::string& feature) {
   auto it = json.find(key);
   if (it != json.end() && !it->is_null())
-    config_error(key,
+    unet_config_error(key,
                  "is " + io::brief(*it) + ", but " + feature + " is not supported (expected null)");
 }
 
 template <typename T>
 void require_value(const io::Json& json, const std::string& key, const T& supported) {
-  const T value = io::config_value<T>(json, key, supported, kWhat);
+  const T value = io::config_value<T>(json, key, supported, kUNetConfig);
   if (value != supported)
-    config_error(key, "is " + io::brief(json.at(key)) + "; only " + io::Json(supported).dump() +
+    unet_config_error(key, "is " + io::brief(json.at(key)) + "; only " + io::Json(supported).dump() +
                           " is supported");
 }
 
@@ -70,43 +70,43 @@ void check_types(const std::vector<std::string>& types, const std::string& key,
                  const std::vector<std::string>& supported) {
   for (const auto& t : types) {
     if (std::find(supported.begin(), supported.end(), t) == supported.end())
-      config_error(key, "contains \"" + t + "\"; supported: " + io::Json(supported).dump());
+      unet_config_error(key, "contains \"" + t + "\"; supported: " + io::Json(supported).dump());
   }
 }
 
 }  // namespace
 
 UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
-  if (!json.is_object()) fail("config", std::string(kWhat) + " is not a JSON object");
+  if (!json.is_object()) fail("config", std::string(kUNetConfig) + " is not a JSON object");
   UNet2DConditionConfig c;
-  c.in_channels = io::config_value<int64_t>(json, "in_channels", 4, kWhat);
-  c.out_channels = io::config_value<int64_t>(json, "out_channels", 4, kWhat);
-  c.sample_size = io::config_value<int64_t>(json, "sample_size", 0, kWhat);
-  c.center_input_sample = io::config_value<bool>(json, "center_input_sample", false, kWhat);
-  c.flip_sin_to_cos = io::config_value<bool>(json, "flip_sin_to_cos", true, kWhat);
-  c.freq_shift = io::config_value<double>(json, "freq_shift", 0.0, kWhat);
+  c.in_channels = io::config_value<int64_t>(json, "in_channels", 4, kUNetConfig);
+  c.out_channels = io::config_value<int64_t>(json, "out_channels", 4, kUNetConfig);
+  c.sample_size = io::config_value<int64_t>(json, "sample_size", 0, kUNetConfig);
+  c.center_input_sample = io::config_value<bool>(json, "center_input_sample", false, kUNetConfig);
+  c.flip_sin_to_cos = io::config_value<bool>(json, "flip_sin_to_cos", true, kUNetConfig);
+  c.freq_shift = io::config_value<double>(json, "freq_shift", 0.0, kUNetConfig);
   c.down_block_types = io::config_value<std::vector<std::string>>(
       json, "down_block_types",
       {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"},
-      kWhat);
+      kUNetConfig);
   c.up_block_types = io::config_value<std::vector<std::string>>(
       json, "up_block_types",
-      {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}, kWhat);
+      {"UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"}, kUNetConfig);
   auto mid = json.find("mid_block_type");
   c.mid_block_type = mid == json.end()
                          ? "UNetMidBlock2DCrossAttn"
-                         : io::config_value<std::string>(json, "mid_block_type", "", kWhat);
+                         : io::config_value<std::string>(json, "mid_block_type", "", kUNetConfig);
   c.block_out_channels = io::config_value<std::vector<int64_t>>(json, "block_out_channels",
-                                                                {320, 640, 1280, 1280}, kWhat);
+                                                                {320, 640, 1280, 1280}, kUNetConfig);
 
   const size_t n = c.down_block_types.size();
-  if (n == 0) config_error("down_block_types", "is empty");
+  if (n == 0) unet_config_error("down_block_types", "is empty");
   if (c.up_block_types.size() != n)
-    config_error("up_block_types", "has " + std::to_string(c.up_block_types.size()) +
+    unet_config_error("up_block_types", "has " + std::to_string(c.up_block_types.size()) +
                                        " entries; expected as many as down_block_types (" +
                                        std::to_string(n) + ")");
   if (c.block_out_channels.size() != n)
-    config_error("block_out_channels", "has " + std::to_string(c.block_out_channels.size()) +
+    unet_config_error("block_out_channels", "has " + std::to_string(c.block_out_channels.size()) +
                                            " entries; expected one per down block (" +
                                            std::to_string(n) + ")");
   check_types(c.down_block_types, "down_block_types", {"CrossAttnDownBlock2D", "DownBlock2D"});
@@ -122,37 +122,37 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
   c.cross_attention_dim = per_block_ints(json, "cross_attention_dim", 1280, n);
   c.transformer_layers_per_block = per_block_ints(json, "transformer_layers_per_block", 1, n);
   c.only_cross_attention = per_block_bools(json, "only_cross_attention", n);
-  c.downsample_padding = io::config_value<int64_t>(json, "downsample_padding", 1, kWhat);
-  c.mid_block_scale_factor = io::config_value<double>(json, "mid_block_scale_factor", 1.0, kWhat);
-  c.act_fn = io::config_value<std::string>(json, "act_fn", "silu", kWhat);
-  blocks::parse_activation(c.act_fn, std::string(kWhat) + ": act_fn");
+  c.downsample_padding = io::config_value<int64_t>(json, "downsample_padding", 1, kUNetConfig);
+  c.mid_block_scale_factor = io::config_value<double>(json, "mid_block_scale_factor", 1.0, kUNetConfig);
+  c.act_fn = io::config_value<std::string>(json, "act_fn", "silu", kUNetConfig);
+  blocks::parse_activation(c.act_fn, std::string(kUNetConfig) + ": act_fn");
   auto groups = json.find("norm_num_groups");
   if (groups != json.end() && groups->is_null())
-    config_error("norm_num_groups", "is null, but a UNet without group norms is not supported");
-  c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", 32, kWhat);
-  detail::require_positive(c.norm_num_groups, "norm_num_groups", kWhat);
-  c.norm_eps = io::config_value<double>(json, "norm_eps", 1e-5, kWhat);
-  c.use_linear_projection = io::config_value<bool>(json, "use_linear_projection", false, kWhat);
-  c.upcast_attention = io::config_value<bool>(json, "upcast_attention", false, kWhat);
+    unet_config_error("norm_num_groups", "is null, but a UNet without group norms is not supported");
+  c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", 32, kUNetConfig);
+  detail::require_positive(c.norm_num_groups, "norm_num_groups", kUNetConfig);
+  c.norm_eps = io::config_value<double>(json, "norm_eps", 1e-5, kUNetConfig);
+  c.use_linear_projection = io::config_value<bool>(json, "use_linear_projection", false, kUNetConfig);
+  c.upcast_attention = io::config_value<bool>(json, "upcast_attention", false, kUNetConfig);
   c.time_embedding_type =
-      io::config_value<std::string>(json, "time_embedding_type", "positional", kWhat);
+      io::config_value<std::string>(json, "time_embedding_type", "positional", kUNetConfig);
   if (c.time_embedding_type != "positional")
-    config_error("time_embedding_type",
+    unet_config_error("time_embedding_type",
                  "is \"" + c.time_embedding_type + "\"; only \"positional\" is supported");
-  c.time_embedding_dim = io::config_value<int64_t>(json, "time_embedding_dim", 0, kWhat);
-  c.timestep_post_act = io::config_value<std::string>(json, "timestep_post_act", "", kWhat);
+  c.time_embedding_dim = io::config_value<int64_t>(json, "time_embedding_dim", 0, kUNetConfig);
+  c.timestep_post_act = io::config_value<std::string>(json, "timestep_post_act", "", kUNetConfig);
   if (!c.timestep_post_act.empty())
-    blocks::parse_activation(c.timestep_post_act, std::string(kWhat) + ": timestep_post_act");
-  c.conv_in_kernel = io::config_value<int64_t>(json, "conv_in_kernel", 3, kWhat);
-  c.conv_out_kernel = io::config_value<int64_t>(json, "conv_out_kernel", 3, kWhat);
-  detail::require_at_most_max(c.block_out_channels, "block_out_channels", kWhat);
-  detail::require_at_most_max(c.layers_per_block, "layers_per_block", kWhat);
-  detail::require_at_most_max(c.attention_heads, "attention_head_dim", kWhat);
-  detail::require_at_most_max(c.cross_attention_dim, "cross_attention_dim", kWhat);
-  detail::require_at_most_max(c.transformer_layers_per_block, "transformer_layers_per_block", kWhat);
+    blocks::parse_activation(c.timestep_post_act, std::string(kUNetConfig) + ": timestep_post_act");
+  c.conv_in_kernel = io::config_value<int64_t>(json, "conv_in_kernel", 3, kUNetConfig);
+  c.conv_out_kernel = io::config_value<int64_t>(json, "conv_out_kernel", 3, kUNetConfig);
+  detail::require_at_most_max(c.block_out_channels, "block_out_channels", kUNetConfig);
+  detail::require_at_most_max(c.layers_per_block, "layers_per_block", kUNetConfig);
+  detail::require_at_most_max(c.attention_heads, "attention_head_dim", kUNetConfig);
+  detail::require_at_most_max(c.cross_attention_dim, "cross_attention_dim", kUNetConfig);
+  detail::require_at_most_max(c.transformer_layers_per_block, "transformer_layers_per_block", kUNetConfig);
   detail::require_at_most_max({c.in_channels, c.out_channels, c.sample_size, c.time_embedding_dim, c.conv_in_kernel,
                                c.conv_out_kernel},
-                              "in_channels, out_channels, sample_size, time_embedding_dim or conv_*_kernel", kWhat);
+                              "in_channels, out_channels, sample_size, time_embedding_dim or conv_*_kernel", kUNetConfig);
 
   require_null(json, "class_embed_type", "a class embedding");
   require_null(json, "num_class_embeds", "a class embedding");
@@ -169,11 +169,11 @@ UNet2DConditionConfig UNet2DConditionConfig::from_json(const io::Json& json) {
   for (size_t i = 0; i < n; ++i) {
     const int64_t ch = c.block_out_channels[i];
     if (ch <= 0 || ch % c.norm_num_groups != 0)
-      config_error("block_out_channels", "entry " + std::to_string(ch) +
+      unet_config_error("block_out_channels", "entry " + std::to_string(ch) +
                                              " is not a positive multiple of norm_num_groups (" +
                                              std::to_string(c.norm_num_groups) + ")");
     if (c.attention_heads[i] <= 0 || ch % c.attention_heads[i] != 0)
-      config_error(
+      unet_config_error(
           heads != json.end() && !heads->is_null() ? "num_attention_heads" : "attention_head_dim",
           "gives " + std::to_string(c.attention_heads[i]) + " heads for block " +
               std::to_string(i) + " of " + std::to_string(ch) +

@@ -10,22 +10,22 @@
 namespace kosmosg::models {
 namespace {
 
-const char* const kWhat = "AutoencoderKL config";
+const char* const kVaeConfig = "AutoencoderKL config";
 constexpr double kEps = 1e-6;  // every VAE norm
 
-[[noreturn]] void config_error(const std::string& key, const std::string& why) {
-  fail("config", std::string(kWhat) + ": key '" + key + "' " + why);
+[[noreturn]] void vae_config_error(const std::string& key, const std::string& why) {
+  fail("config", std::string(kVaeConfig) + ": key '" + key + "' " + why);
 }
 
 void check_types(const std::vector<std::string>& types, const std::string& key,
                  const std::string& supported, size_t expected) {
   if (types.size() != expected)
-    config_error(key, "has " + std::to_string(types.size()) +
+    vae_config_error(key, "has " + std::to_string(types.size()) +
                           " entries; expected one per block_out_channels entry (" +
                           std::to_string(expected) + ")");
   for (const auto& t : types)
     if (t != supported)
-      config_error(key, "contains \"" + t + "\"; only \"" + supported + "\" is supported");
+      vae_config_error(key, "contains \"" + t + "\"; only \"" + supported + "\" is supported");
 }
 
 torch::nn::Conv2d conv3(int64_t in, int64_t out) {
@@ -99,37 +99,37 @@ at::Tensor DecoderImpl::forward(const at::Tensor& latents) {    // [N, z, h, w]
 }  // namespace blocks
 
 AutoencoderKLConfig AutoencoderKLConfig::from_json(const io::Json& json) {
-  if (!json.is_object()) fail("config", std::string(kWhat) + " is not a JSON object");
+  if (!json.is_object()) fail("config", std::string(kVaeConfig) + " is not a JSON object");
   AutoencoderKLConfig c;
-  c.in_channels = io::config_value<int64_t>(json, "in_channels", c.in_channels, kWhat);
-  c.out_channels = io::config_value<int64_t>(json, "out_channels", c.out_channels, kWhat);
-  c.down_block_types = io::config_value(json, "down_block_types", c.down_block_types, kWhat);
-  c.up_block_types = io::config_value(json, "up_block_types", c.up_block_types, kWhat);
-  c.block_out_channels = io::config_value(json, "block_out_channels", c.block_out_channels, kWhat);
+  c.in_channels = io::config_value<int64_t>(json, "in_channels", c.in_channels, kVaeConfig);
+  c.out_channels = io::config_value<int64_t>(json, "out_channels", c.out_channels, kVaeConfig);
+  c.down_block_types = io::config_value(json, "down_block_types", c.down_block_types, kVaeConfig);
+  c.up_block_types = io::config_value(json, "up_block_types", c.up_block_types, kVaeConfig);
+  c.block_out_channels = io::config_value(json, "block_out_channels", c.block_out_channels, kVaeConfig);
   c.layers_per_block =
-      io::config_value<int64_t>(json, "layers_per_block", c.layers_per_block, kWhat);
-  c.act_fn = io::config_value(json, "act_fn", c.act_fn, kWhat);
-  c.latent_channels = io::config_value<int64_t>(json, "latent_channels", c.latent_channels, kWhat);
-  c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", c.norm_num_groups, kWhat);
-  c.sample_size = io::config_value<int64_t>(json, "sample_size", c.sample_size, kWhat);
-  c.scaling_factor = io::config_value<double>(json, "scaling_factor", c.scaling_factor, kWhat);
-  c.force_upcast = io::config_value<bool>(json, "force_upcast", c.force_upcast, kWhat);
+      io::config_value<int64_t>(json, "layers_per_block", c.layers_per_block, kVaeConfig);
+  c.act_fn = io::config_value(json, "act_fn", c.act_fn, kVaeConfig);
+  c.latent_channels = io::config_value<int64_t>(json, "latent_channels", c.latent_channels, kVaeConfig);
+  c.norm_num_groups = io::config_value<int64_t>(json, "norm_num_groups", c.norm_num_groups, kVaeConfig);
+  c.sample_size = io::config_value<int64_t>(json, "sample_size", c.sample_size, kVaeConfig);
+  c.scaling_factor = io::config_value<double>(json, "scaling_factor", c.scaling_factor, kVaeConfig);
+  c.force_upcast = io::config_value<bool>(json, "force_upcast", c.force_upcast, kVaeConfig);
 
   const size_t n = c.block_out_channels.size();
-  if (n == 0) config_error("block_out_channels", "is empty");
+  if (n == 0) vae_config_error("block_out_channels", "is empty");
   check_types(c.down_block_types, "down_block_types", "DownEncoderBlock2D", n);
   check_types(c.up_block_types, "up_block_types", "UpDecoderBlock2D", n);
-  blocks::parse_activation(c.act_fn, std::string(kWhat) + ": act_fn");
+  blocks::parse_activation(c.act_fn, std::string(kVaeConfig) + ": act_fn");
   for (int64_t ch : c.block_out_channels)
     if (ch <= 0 || c.norm_num_groups <= 0 || ch % c.norm_num_groups != 0)
-      config_error("block_out_channels", "entry " + std::to_string(ch) +
+      vae_config_error("block_out_channels", "entry " + std::to_string(ch) +
                                              " is not a positive multiple of norm_num_groups (" +
                                              std::to_string(c.norm_num_groups) + ")");
-  if (c.layers_per_block <= 0) config_error("layers_per_block", "must be positive");
-  if (c.latent_channels <= 0) config_error("latent_channels", "must be positive");
-  detail::require_at_most_max(c.block_out_channels, "block_out_channels", kWhat);
+  if (c.layers_per_block <= 0) vae_config_error("layers_per_block", "must be positive");
+  if (c.latent_channels <= 0) vae_config_error("latent_channels", "must be positive");
+  detail::require_at_most_max(c.block_out_channels, "block_out_channels", kVaeConfig);
   detail::require_at_most_max({c.in_channels, c.out_channels, c.layers_per_block, c.latent_channels, c.sample_size},
-                              "in_channels, out_channels, layers_per_block, latent_channels or sample_size", kWhat);
+                              "in_channels, out_channels, layers_per_block, latent_channels or sample_size", kVaeConfig);
   return c;
 }
 

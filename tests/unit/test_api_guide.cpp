@@ -31,6 +31,8 @@
 
 namespace {
 
+using kosmosg::test::read_text;
+
 namespace fs = std::filesystem;
 
 using kosmosg::test::shared_dir;
@@ -110,13 +112,6 @@ std::vector<at::Tensor> restyle(kosmosg::pipeline::Pipeline& pipe, const std::st
   return images;
 }
 // [guide:end]
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 }  // namespace
 

@@ -2,9 +2,11 @@
 #include <torch/torch.h>
 
 #include "kosmosg/nn/attention.h"
+#include "support.h"
 
 namespace {
 
+using kosmosg::test::relative_l2;
 using kosmosg::nn::AttentionOptions;
 
 at::Tensor reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias) {
@@ -12,8 +14,6 @@ at::Tensor reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (bias.defined()) s = s + bias.to(at::kDouble);
   return at::matmul(at::softmax(s, -1), v.to(at::kDouble)).to(at::kFloat);
 }
-
-double rel(const at::Tensor& a, const at::Tensor& b) { return ((a - b).norm() / b.norm()).item<double>(); }
 
 }  // namespace
 
@@ -24,20 +24,20 @@ TEST(Attention, BlockedKernelMatchesTheFormula) {
   torch::manual_seed(0);
   const int64_t b = 2, h = 2, lq = 1100, lk = 4096, d = 8;
   auto q = torch::randn({b, h, lq, d}), k = torch::randn({b, h, lk, d}), v = torch::randn({b, h, lk, d});
-  EXPECT_LT(rel(kosmosg::nn::attention(q, k, v), reference(q, k, v, {})), 1e-5);
+  EXPECT_LT(relative_l2(kosmosg::nn::attention(q, k, v), reference(q, k, v, {})), 1e-5);
 
   auto keep = torch::rand({b, 1, 1, lk}) > 0.3;
   AttentionOptions masked;
   masked.mask = keep;
   auto bias = at::where(keep, 0.0f, std::numeric_limits<float>::lowest()).to(at::kFloat);
-  EXPECT_LT(rel(kosmosg::nn::attention(q, k, v, masked), reference(q, k, v, bias)), 1e-5);
+  EXPECT_LT(relative_l2(kosmosg::nn::attention(q, k, v, masked), reference(q, k, v, bias)), 1e-5);
 
   auto sq = torch::randn({b, h, lq, d});
   auto sk = torch::randn({b, h, lq, d}), sv = torch::randn({b, h, lq, d});
   AttentionOptions causal;
   causal.causal = true;
   auto causal_bias = at::where(torch::ones({lq, lq}, torch::kBool).tril(), 0.0f, -1e30f);
-  EXPECT_LT(rel(kosmosg::nn::attention(sq, sk, sv, causal), reference(sq, sk, sv, causal_bias)), 1e-5);
+  EXPECT_LT(relative_l2(kosmosg::nn::attention(sq, sk, sv, causal), reference(sq, sk, sv, causal_bias)), 1e-5);
 }
 
 TEST(Attention, GradientsFlowWhenInputsRequireThem) {
@@ -49,7 +49,7 @@ TEST(Attention, GradientsFlowWhenInputsRequireThem) {
   ASSERT_TRUE(q.grad().defined());
   EXPECT_GT(q.grad().abs().sum().item<double>(), 0.0);
   torch::NoGradGuard no_grad;
-  EXPECT_LT(rel(out.detach(), reference(q.detach(), k, v, {})), 1e-5);
+  EXPECT_LT(relative_l2(out.detach(), reference(q.detach(), k, v, {})), 1e-5);
 }
 
 TEST(Attention, MasksFitHalfPrecisionTypes) {

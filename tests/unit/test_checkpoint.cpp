@@ -22,14 +22,10 @@ using Kind = kosmosg::io::PickleValue::Kind;
 
 namespace {
 
-const std::string kFixture =
-    std::string(KOSMOSG_DEFAULT_SHARED_DIR) + "/fixtures/kosmosg-official-tiny/checkpoint_tiny.pt";
+using kosmosg::test::temp_file;
 
-fs::path temp_path(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("kosmosg_ckpt_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir / name;
-}
+const std::string kCheckpointFixture =
+    std::string(KOSMOSG_DEFAULT_SHARED_DIR) + "/fixtures/kosmosg-official-tiny/checkpoint_tiny.pt";
 
 std::string from_hex(const std::string& hex) {
   std::string out;
@@ -37,11 +33,8 @@ std::string from_hex(const std::string& hex) {
   return out;
 }
 
-PickleValue unpickle(const std::string& bytes, const kosmosg::io::UnpickleOptions& options = {}) {
-  return kosmosg::io::unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), options);
-}
-
 using kosmosg::test::error_of;
+using kosmosg::test::unpickle;
 
 std::string unpickle_error(const std::string& bytes) {
   kosmosg::io::UnpickleOptions options;
@@ -185,7 +178,7 @@ std::string make_zip(const std::vector<ZipItem>& items, bool zip64 = false) {
 }
 
 fs::path write_file(const std::string& name, const std::string& bytes) {
-  auto p = temp_path(name);
+  auto p = temp_file("ckpt", name);
   std::ofstream(p, std::ios::binary) << bytes;
   return p;
 }
@@ -211,8 +204,8 @@ std::string small_pickle(int32_t offset, std::vector<int32_t> size, std::vector<
 // ---- the official fixture ----
 
 TEST(FairseqCheckpoint, ReadsTheOfficialFixture) {
-  ASSERT_TRUE(fs::exists(kFixture)) << kFixture;
-  auto ckpt = kosmosg::io::read_fairseq_checkpoint(kFixture);
+  ASSERT_TRUE(fs::exists(kCheckpointFixture)) << kCheckpointFixture;
+  auto ckpt = kosmosg::io::read_fairseq_checkpoint(kCheckpointFixture);
   EXPECT_EQ(ckpt.model.size(), 1136u);
   for (const auto& [name, t] : ckpt.model) EXPECT_EQ(t.scalar_type(), torch::kHalf) << name;
   for (const char* prefix : {"gpt_model.decoder.", "img_model.visual.", "img_connector.", "aligner.",
@@ -245,7 +238,7 @@ TEST(FairseqCheckpoint, ReadsTheOfficialFixture) {
 }
 
 TEST(FairseqCheckpoint, KeepsTheRestOfTheState) {
-  auto state = kosmosg::io::load_torch_checkpoint(kFixture);
+  auto state = kosmosg::io::load_torch_checkpoint(kCheckpointFixture);
   const auto& top = state.as_dict();
   EXPECT_TRUE(top.at("args").is_none());
   EXPECT_EQ(top.at("cfg").as_object().class_name, "omegaconf.dictconfig.DictConfig");
@@ -259,7 +252,7 @@ TEST(FairseqCheckpoint, KeepsTheRestOfTheState) {
 }
 
 TEST(FairseqCheckpoint, InspectListsIt) {
-  const std::string cmd = std::string(KOSMOSG_CLI_PATH) + " inspect " + kFixture;
+  const std::string cmd = std::string(KOSMOSG_CLI_PATH) + " inspect " + kCheckpointFixture;
   std::FILE* pipe = ::popen(cmd.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string out;
@@ -292,7 +285,7 @@ TEST(TorchCheckpoint, RebuildsStridedTensorsOverSharedStorage) {
     v.zero_();  // copy-on-write: the tensors are writable and the file stays as it was
     EXPECT_EQ(w.sum().item<float>(), 0.f);
   }
-  auto again = kosmosg::io::load_torch_checkpoint(temp_path("small.pt").string());
+  auto again = kosmosg::io::load_torch_checkpoint(temp_file("ckpt", "small.pt").string());
   EXPECT_EQ(again.as_dict().at("v").as_tensor().sum().item<float>(), 28.f);
 }
 
@@ -350,7 +343,7 @@ TEST(TorchCheckpoint, RefusesBrokenContainers) {
   EXPECT_NE(err(write_file("text.pt", "just some text, long enough to be looked at")).find("not a PyTorch checkpoint"),
             std::string::npos);
   EXPECT_NE(err(write_file("legacy.pt", from_hex("80028a0a6ce7c6a0f9469cfc6c19"))).find("legacy"), std::string::npos);
-  EXPECT_NE(err(temp_path("does-not-exist.pt")).find("cannot open"), std::string::npos);
+  EXPECT_NE(err(temp_file("ckpt", "does-not-exist.pt")).find("cannot open"), std::string::npos);
 
   // Every truncation of a valid archive loses the end of its central directory and is refused.
   const std::string whole = make_zip(good);
@@ -375,7 +368,7 @@ TEST(TorchCheckpoint, RefusesBrokenContainers) {
     }
   }
   // The fixture cut short loses its central directory.
-  std::ifstream in(kFixture, std::ios::binary);
+  std::ifstream in(kCheckpointFixture, std::ios::binary);
   std::string head(4096, '\0');
   in.read(head.data(), head.size());
   EXPECT_NE(err(write_file("fixture_head.pt", head)).find("end-of-central-directory"), std::string::npos);
@@ -516,7 +509,7 @@ TEST(Unpickler, FreesCyclicGraphs) {
 }
 
 TEST(Unpickler, FixturePickleSurvivesCorruption) {
-  auto zip = kosmosg::io::ZipReader::open(kFixture);
+  auto zip = kosmosg::io::ZipReader::open(kCheckpointFixture);
   const auto pkl = zip.bytes("checkpoint_tiny/data.pkl");
   const std::string clean(reinterpret_cast<const char*>(pkl.data), pkl.size);
   std::map<std::string, at::Tensor> storages;

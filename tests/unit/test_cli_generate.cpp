@@ -16,13 +16,15 @@
 
 namespace {
 
+using kosmosg::test::run_cli;
+
 namespace fs = std::filesystem;
 
 using kosmosg::test::shared_dir;
 
 using Result = kosmosg::test::CliResult;
 
-Result run(const std::string& args) { return kosmosg::test::run_cli(args); }
+Result run(const std::string& args) { return run_cli(args); }
 
 class CliGenerate : public ::testing::Test {
  protected:

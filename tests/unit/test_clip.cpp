@@ -19,23 +19,10 @@ using kosmosg::io::Json;
 
 namespace {
 
-fs::path shared_dir() {
-  if (const char* env = std::getenv("KOSMOSG_SHARED_DIR")) return env;
-  return KOSMOSG_DEFAULT_SHARED_DIR;
-}
-
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("kosmosg_clip_" + std::to_string(::getpid())) / name;
-  fs::create_directories(dir);
-  return dir;
-}
-
-double relative_l2(const at::Tensor& a, const at::Tensor& b) {
-  auto x = a.to(torch::kDouble), y = b.to(torch::kDouble);
-  return ((x - y).norm() / y.norm()).item<double>();
-}
-
+using kosmosg::test::temp_dir;
+using kosmosg::test::shared_path;
 using kosmosg::test::error_of;
+using kosmosg::test::relative_l2;
 
 Json tiny_text_config() {
   return Json{{"hidden_size", 16},      {"intermediate_size", 32},
@@ -47,7 +34,7 @@ Json tiny_text_config() {
 
 TEST(CLIPText, Sd15FixtureTextEncoderMatchesReference) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const fs::path root = shared_dir() / "fixtures" / "tiny-sd15";
+  const fs::path root = shared_path() / "fixtures" / "tiny-sd15";
   auto model = models::load_clip_text_model((root / "text_encoder").string());
   auto expected = kosmosg::io::SafeTensors::open((root / "expected.safetensors").string());
   torch::NoGradGuard no_grad;
@@ -121,7 +108,7 @@ TEST(CLIPText, MissingWeightIsNamed) {
   models::CLIPTextModel source(models::CLIPTextConfig::from_json(config));
   auto weights = kosmosg::io::state_dict(*source);
   weights.erase("text_model.final_layer_norm.bias");
-  const fs::path dir = temp_dir("missing_key");
+  const fs::path dir = temp_dir("clip", "missing_key");
   std::ofstream(dir / "config.json") << config.dump();
   kosmosg::io::save_safetensors((dir / "model.safetensors").string(), weights);
   const std::string error = error_of([&] { models::load_clip_text_model(dir.string()); });

@@ -15,21 +15,15 @@ using kosmosg::text::CLIPTokenizer;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("kosmosg_clip_tok_" + std::to_string(::getpid())) / name;
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
+using kosmosg::test::temp_dir;
 
 // A tokenizer folder with a handful of tokens: "abc" merges to one token, "ab" does not.
 fs::path tiny_tokenizer(const std::string& name, const std::string& merges) {
-  auto dir = temp_dir(name);
-  write(dir / "vocab.json",
+  auto dir = temp_dir("clip_tok", name);
+  kosmosg::test::write_text(dir / "vocab.json",
         R"({"a":0,"b":1,"c":2,"a</w>":3,"b</w>":4,"c</w>":5,"ab":6,"abc</w>":7,)"
         R"("<|startoftext|>":8,"<|endoftext|>":9})");
-  write(dir / "merges.txt", merges);
+  kosmosg::test::write_text(dir / "merges.txt", merges);
   return dir;
 }
 
@@ -86,7 +80,7 @@ TEST(CLIPTokenizer, RealVocabularyPadsTo77) {
 }
 
 TEST(CLIPTokenizer, BadFilesNameTheFile) {
-  const auto dir = temp_dir("bad");
+  const auto dir = temp_dir("clip_tok", "bad");
   EXPECT_NE(error_of([&] { CLIPTokenizer::from_folder((dir / "nowhere").string()); }).find("vocab.json"),
             std::string::npos);
   auto good = tiny_tokenizer("nomerges", "#version: 0.2\na b\n");
@@ -96,9 +90,9 @@ TEST(CLIPTokenizer, BadFilesNameTheFile) {
   const std::string e = error_of([&] { CLIPTokenizer::from_folder(malformed.string()); });
   EXPECT_NE(e.find("merges.txt line 3"), std::string::npos) << e;
   auto broken = tiny_tokenizer("brokenjson", "#version: 0.2\na b\n");
-  write(broken / "vocab.json", R"({"a":0,)");
+  kosmosg::test::write_text(broken / "vocab.json", R"({"a":0,)");
   EXPECT_NE(error_of([&] { CLIPTokenizer::from_folder(broken.string()); }).find("vocab.json"), std::string::npos);
-  write(broken / "vocab.json", R"({"a":0,"<|endoftext|>":1})");
+  kosmosg::test::write_text(broken / "vocab.json", R"({"a":0,"<|endoftext|>":1})");
   EXPECT_NE(error_of([&] { CLIPTokenizer::from_folder(broken.string()); }).find("<|startoftext|>"),
             std::string::npos);
 }

@@ -21,9 +21,11 @@ using data::StageKind;
 
 namespace {
 
+using kosmosg::test::temp_dir;
+
 constexpr int64_t kBoi = 64003, kEoi = 64004;
 
-const text::KosmosGTokenizer& tokenizer() {
+const text::KosmosGTokenizer& golden_kosmosg_tokenizer() {
   static const auto t = [] {
     const std::string dir = test::shared_dir() + "/golden/kosmosg/tokenizer";
     return text::KosmosGTokenizer::from_files(dir + "/sentencepiece.bpe.model", dir + "/dict.txt");
@@ -34,23 +36,6 @@ const text::KosmosGTokenizer& tokenizer() {
 const text::CLIPTokenizer& clip_tokenizer() {
   static const auto t = text::CLIPTokenizer::from_folder(test::shared_dir() + "/golden/clip/tokenizer");
   return t;
-}
-
-// A fresh folder per call, all removed when the test program exits.
-fs::path temp_dir(const std::string& name) {
-  struct Root {
-    fs::path path = fs::temp_directory_path() / ("kosmosg_data_" + std::to_string(::getpid()));
-    ~Root() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Root root;
-  static int counter = 0;
-  const fs::path dir = root.path / std::to_string(counter++) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
 }
 
 void write_text(const fs::path& path, const std::string& text) {
@@ -65,7 +50,7 @@ at::Tensor image(int value, int64_t h = 12, int64_t w = 10) {
 }
 
 std::string png_bytes(const at::Tensor& img) {
-  const fs::path path = temp_dir("png") / "x.png";
+  const fs::path path = temp_dir("data", "png") / "x.png";
   io::write_png(path.string(), img);
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -94,17 +79,11 @@ std::string b64_image(int value) { return base64(png_bytes(image(value))); }
 SampleOptions options(StageKind stage) {
   SampleOptions o;
   o.stage = stage;
-  o.tokenizer = &tokenizer();
+  o.tokenizer = &golden_kosmosg_tokenizer();
   o.image_token_length = 4;
   o.image_size = 8;
   o.target_size = 6;
   return o;
-}
-
-std::vector<int64_t> concat(std::initializer_list<std::vector<int64_t>> parts) {
-  std::vector<int64_t> out;
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
 }
 
 std::vector<int64_t> span(int64_t length) {
@@ -165,7 +144,7 @@ data::LoaderOptions loader_options(std::vector<data::SourceSpec> sources, StageK
 
 TEST(DataJsonl, TextRecordIsALaionDocument) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("jsonl");
+  const auto dir = temp_dir("data", "jsonl");
   write_text(dir / "m.jsonl", "\n{\"text\": \"a photo of dog\"}\n\n");
   const auto source = data::open_source({"", (dir / "m.jsonl").string()});
   ASSERT_EQ(source->size(), 1);
@@ -183,7 +162,7 @@ TEST(DataJsonl, TextRecordIsALaionDocument) {
 
 TEST(DataJsonl, InterleavedRecordUsesTheOpenImagesLayout) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("jsonl");
+  const auto dir = temp_dir("data", "jsonl");
   io::write_png((dir / "a.png").string(), image(1));
   io::write_png((dir / "b.png").string(), image(2));
   io::write_png((dir / "t.png").string(), image(3, 9, 7));
@@ -192,7 +171,7 @@ TEST(DataJsonl, InterleavedRecordUsesTheOpenImagesLayout) {
                  "\"], \"target\": \"t.png\"}\n");
   const auto source = data::open_source({"", (dir / "m.jsonl").string()});
   const auto s = prepare(*source, 0, StageKind::Instruct);
-  EXPECT_EQ(s.sequence.doc, concat({{0}, span(4), {1679}, span(4), {20, 5, 2711, 2}}));
+  EXPECT_EQ(s.sequence.doc, test::concat({{0}, span(4), {1679}, span(4), {20, 5, 2711, 2}}));
   EXPECT_EQ(s.sequence.input_mask, u8({0, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0}));
   EXPECT_EQ(s.sequence.loss_mask, u8({1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}));
   EXPECT_EQ(s.caption, "wearing on the beach");
@@ -209,7 +188,7 @@ TEST(DataJsonl, InterleavedRecordUsesTheOpenImagesLayout) {
 
 TEST(DataJsonl, CaptionRecordAndItsFilters) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("jsonl");
+  const auto dir = temp_dir("data", "jsonl");
   io::write_png((dir / "t.png").string(), image(3));
   std::string many_a, long_caption;
   for (int i = 0; i < 80; ++i) many_a += "a ";
@@ -241,7 +220,7 @@ TEST(DataJsonl, CaptionRecordAndItsFilters) {
 // refused by line.
 TEST(DataJsonl, NegativesGiveTheTextToImageStageOneCaptionPerSample) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("jsonl");
+  const auto dir = temp_dir("data", "jsonl");
   io::write_png((dir / "t.png").string(), image(3));
   write_text(dir / "m.jsonl",
              "{\"prompt\": \"a red circle next to a blue square\", \"target\": \"t.png\", "
@@ -269,7 +248,7 @@ TEST(DataJsonl, NegativesGiveTheTextToImageStageOneCaptionPerSample) {
 
 TEST(DataJsonl, MalformedRecordsNameTheirLine) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("jsonl");
+  const auto dir = temp_dir("data", "jsonl");
   io::write_png((dir / "a.png").string(), image(1));
   write_text(dir / "m.jsonl",
              "{\"prompt\": \"<i> and <i>\", \"images\": [\"a.png\"]}\n"
@@ -297,7 +276,7 @@ TEST(DataSource, ParsesSpecsAndGuessesFolderKinds) {
   EXPECT_EQ(data::parse_source_spec("openimages:d:0").weight, 0);
   test::expect_error([] { data::parse_source_spec("d:-1"); }, {"weight -1"});
 
-  const auto root = temp_dir("kinds");
+  const auto root = temp_dir("data", "kinds");
   for (const char* name : {"my_LAION_subset", "stuff"}) {
     write_text(root / name / "json" / "train.json", "[{\"source\": [\"a.tsv\"], \"name\": \"x\"}]");
     write_text(root / name / "a.tsv", "id\tcaption\t" + b64_image(1) + "\t512\t512\n");
@@ -311,9 +290,9 @@ TEST(DataSource, ParsesSpecsAndGuessesFolderKinds) {
 TEST(DataCollate, PadsAndStacks) {
   KOSMOSG_REQUIRE_SHARED_DATA();
   Sample a, b;
-  a.sequence = text::laion_sequence(tokenizer(), "a photo of dog");
+  a.sequence = text::laion_sequence(golden_kosmosg_tokenizer(), "a photo of dog");
   a.caption = "a photo of dog";
-  b.sequence = text::interleaved_sequence(tokenizer(), {"", " in the snow"}, 4);
+  b.sequence = text::interleaved_sequence(golden_kosmosg_tokenizer(), {"", " in the snow"}, 4);
   b.images = {mllm(1)};
   b.caption = "in the snow";
   const auto batch = data::collate({a, b}, "src");
@@ -338,7 +317,7 @@ TEST(DataCollate, PadsAndStacks) {
 
 TEST(DataLoader, RestoreContinuesWithIdenticalBatches) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("loader");
+  const auto dir = temp_dir("data", "loader");
   const auto first = write_manifest(dir, 7, "first.jsonl");
   const auto second = write_manifest(dir, 5, "second.jsonl");
   auto opts = loader_options({{"", first.string(), 1}, {"", second.string(), 2}});
@@ -373,7 +352,7 @@ TEST(DataLoader, RestoreContinuesWithIdenticalBatches) {
 
 TEST(DataLoader, RanksPartitionAnEpoch) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("shard");
+  const auto dir = temp_dir("data", "shard");
   const auto manifest = write_manifest(dir, 11);
   std::multiset<std::string> seen;
   for (int64_t rank : {0, 1}) {
@@ -393,7 +372,7 @@ TEST(DataLoader, RanksPartitionAnEpoch) {
 
 TEST(DataLoader, RanksResumeWithAnotherWorldSizeWithoutSkipping) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("reshard");
+  const auto dir = temp_dir("data", "reshard");
   const auto manifest = write_manifest(dir, 13);
   auto opts = loader_options({{"", manifest.string()}});
   opts.batch_size = 1;
@@ -436,7 +415,7 @@ TEST(DataLoader, RanksResumeWithAnotherWorldSizeWithoutSkipping) {
 
 TEST(DataLoader, MixesSourcesByWeight) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("mix");
+  const auto dir = temp_dir("data", "mix");
   std::vector<data::SourceSpec> specs;
   for (auto [name, weight] : {std::pair{"never", 0.0}, {"one", 1.0}, {"three", 3.0}}) {
     write_text(dir / (std::string(name) + ".jsonl"), "{\"text\": \"x\"}\n{\"text\": \"y\"}\n");
@@ -455,7 +434,7 @@ TEST(DataLoader, MixesSourcesByWeight) {
 
 TEST(DataLoader, SkipsAndCountsBadSamples) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("bad");
+  const auto dir = temp_dir("data", "bad");
   const auto manifest = write_manifest(dir, 30);
   fs::remove(dir / "img5.png");
   auto opts = loader_options({{"", manifest.string()}});
@@ -481,7 +460,7 @@ TEST(DataLoader, SkipsAndCountsBadSamples) {
 
 TEST(DataTsv, LaionFiltersAndStages) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("laion_data");
+  const auto dir = temp_dir("data", "laion_data");
   std::string long_caption;
   for (int i = 0; i < 90; ++i) long_caption += "dog ";
   write_text(dir / "json" / "train.json", "[{\"source\": [\"part0.tsv\", \"part1.tsv\"], \"name\": \"laion\"}]");
@@ -510,7 +489,7 @@ TEST(DataTsv, LaionFiltersAndStages) {
 
 TEST(DataTsv, InstructPix2PixChoosesSeedAndDropsCaption) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("ip2p");
+  const auto dir = temp_dir("data", "ip2p");
   write_text(dir / "json" / "train.json", "[{\"source\": [\"a.tsv\"]}]");
   write_text(dir / "data" / "a.tsv", "a photo of dog\tin the snow\t" + b64_image(10) + "\t" + b64_image(11) + "\t" +
                                          b64_image(20) + "\t" + b64_image(21) + "\n");
@@ -522,7 +501,7 @@ TEST(DataTsv, InstructPix2PixChoosesSeedAndDropsCaption) {
     const uint64_t choice = data::detail::uniform_below(expected, 2);
     seen.insert({drop, choice});
     const auto s = prepare(*source, 0, StageKind::Instruct, seed);
-    EXPECT_EQ(s.sequence.doc, text::instruct_pix2pix_sequence(tokenizer(), drop ? "" : "a photo of dog", "in the snow", 4).doc);
+    EXPECT_EQ(s.sequence.doc, text::instruct_pix2pix_sequence(golden_kosmosg_tokenizer(), drop ? "" : "a photo of dog", "in the snow", 4).doc);
     ASSERT_EQ(s.images.size(), 1u);
     EXPECT_TRUE(torch::equal(s.images[0], mllm(10 * int(choice + 1))));
     EXPECT_TRUE(torch::equal(s.target, io::vae_pixel_values(image(10 * int(choice + 1) + 1), 6)));
@@ -533,7 +512,7 @@ TEST(DataTsv, InstructPix2PixChoosesSeedAndDropsCaption) {
 
 TEST(DataTsv, OpenImagesSelectsEntitiesAsTheOfficialLoader) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("openimages");
+  const auto dir = temp_dir("data", "openimages");
   write_text(dir / "json" / "train.json", "[{\"source\": [\"a.tsv\"]}]");
   // Tags: 0 sofa, 1 dog (matches "Dog's", case-insensitive), 2 red (a colour word), 3 cat (not in the
   // caption), 4 " bowl" (kept; its repetition at 7 keeps index 7, but "A Dog's" consumes its match),
@@ -553,8 +532,8 @@ TEST(DataTsv, OpenImagesSelectsEntitiesAsTheOfficialLoader) {
         drop ? std::vector<std::string>{"A ", " bowl and a red ", ", near a ", "."}
              : std::vector<std::string>{"A Dog's ", " bowl and a red sofa ", ", near a hat stand ", "."};
     const auto s = prepare(*source, 0, StageKind::Instruct, seed);
-    EXPECT_EQ(s.sequence.doc, text::interleaved_sequence(tokenizer(), texts, 4).doc);
-    EXPECT_EQ(s.sequence.loss_mask, text::interleaved_sequence(tokenizer(), texts, 4).loss_mask);
+    EXPECT_EQ(s.sequence.doc, text::interleaved_sequence(golden_kosmosg_tokenizer(), texts, 4).doc);
+    EXPECT_EQ(s.sequence.loss_mask, text::interleaved_sequence(golden_kosmosg_tokenizer(), texts, 4).loss_mask);
     ASSERT_EQ(s.images.size(), 3u);
     int i = 0;
     for (int k : {1, 0, 6}) {  // dog, sofa, hat stand

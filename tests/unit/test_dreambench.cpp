@@ -17,15 +17,13 @@
 
 namespace {
 
+using kosmosg::test::run_cli;
+
 namespace fs = std::filesystem;
 
 using kosmosg::test::shared_dir;
 
 using Result = kosmosg::test::CliResult;
-
-Result run(const std::string& args) { return kosmosg::test::run_cli(args); }
-
-void write(const fs::path& p, const std::string& text) { std::ofstream(p) << text; }
 
 // A made-up benchmark: two subjects, two prompts each, tiny random CLIP and DINO models, and the
 // official-format tiny Kosmos-G checkpoint as the generator.
@@ -41,7 +39,7 @@ class DreamBenchCli : public ::testing::Test {
       fs::create_directories(work / "data" / subject);
       fs::copy_file(official / "image_0_0.png", work / "data" / subject / "ref.png");
     }
-    write(work / "spec.json", R"({
+    kosmosg::test::write_text(work / "spec.json", R"({
       "object_subjects": {"can": "can"}, "live_subjects": {"dog": "dog"},
       "reference_image": {"can": "ref.png", "dog": "ref.png"},
       "object_metric_prompts": ["a {} in the jungle", "a red {}"],
@@ -57,17 +55,17 @@ class DreamBenchCli : public ::testing::Test {
                         "image_size": 224, "patch_size": 32}})", "tiny clip");
     kosmosg::models::CLIPModel clip(kosmosg::models::CLIPConfig::from_json(clip_json));
     fs::create_directories(work / "clip");
-    write(work / "clip" / "config.json", clip_json.dump());
+    kosmosg::test::write_text(work / "clip" / "config.json", clip_json.dump());
     kosmosg::io::save_safetensors((work / "clip" / "model.safetensors").string(), kosmosg::io::state_dict(*clip));
     for (const char* file : {"vocab.json", "merges.txt"})
       fs::copy_file(fs::path(shared_dir()) / "golden" / "clip" / "tokenizer" / file, work / "clip" / file);
 
     const auto dino_json = kosmosg::io::parse_json(R"({"embed_dim": 32, "depth": 1, "num_heads": 2})", "tiny dino");
-    write(work / "dino.json", dino_json.dump());
+    kosmosg::test::write_text(work / "dino.json", dino_json.dump());
     kosmosg::models::DinoViT dino(kosmosg::models::DinoViTConfig::from_json(dino_json));
     kosmosg::io::save_safetensors((work / "dino.safetensors").string(), kosmosg::io::state_dict(*dino));
 
-    const auto converted = run("convert " + (official / "checkpoint_tiny.pt").string() + " " + (work / "model").string() +
+    const auto converted = run_cli("convert " + (official / "checkpoint_tiny.pt").string() + " " + (work / "model").string() +
                                " --sizes " + (official / "sizes.json").string());
     ASSERT_EQ(converted.status, 0) << converted.output;
   }
@@ -86,7 +84,7 @@ class DreamBenchCli : public ::testing::Test {
 }  // namespace
 
 TEST_F(DreamBenchCli, GeneratesScoresAndResumes) {
-  auto first = run(eval_command());
+  auto first = run_cli(eval_command());
   ASSERT_EQ(first.status, 0) << first.output;
   EXPECT_NE(first.output.find("8 generated"), std::string::npos) << first.output;
   ASSERT_TRUE(fs::exists(work / "out" / "summary.json"));
@@ -96,7 +94,7 @@ TEST_F(DreamBenchCli, GeneratesScoresAndResumes) {
   for (std::string line; std::getline(scores, line);) ++lines;
   EXPECT_EQ(lines, 8u);
 
-  auto again = run(eval_command());
+  auto again = run_cli(eval_command());
   ASSERT_EQ(again.status, 0) << again.output;
   EXPECT_NE(again.output.find("0 generated, 8 reused"), std::string::npos) << again.output;
   EXPECT_EQ(kosmosg::io::read_json((work / "out" / "summary.json").string()), summary);
@@ -104,7 +102,7 @@ TEST_F(DreamBenchCli, GeneratesScoresAndResumes) {
 
 TEST_F(DreamBenchCli, MissingReferenceImageFailsBeforeGenerating) {
   fs::remove(work / "data" / "can" / "ref.png");
-  auto r = run(eval_command());
+  auto r = run_cli(eval_command());
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("ref.png"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(work / "out" / "dog"));

@@ -28,9 +28,9 @@ using kosmosg::io::Json;
 
 namespace {
 
-fs::path shared_dir() { return kosmosg::test::shared_dir(); }
-
+using kosmosg::test::shared_path;
 using kosmosg::test::error_of;
+using kosmosg::test::read_text;
 
 void write_json(const fs::path& path, const Json& json) { std::ofstream(path) << json.dump(1); }
 
@@ -96,7 +96,7 @@ class DreamBench : public ::testing::Test {
     (*clip_)->eval();
     io::save_safetensors((*root_ / "clip" / "model.safetensors").string(), io::state_dict(**clip_));
     for (const char* file : {"vocab.json", "merges.txt"})
-      fs::copy_file(shared_dir() / "golden" / "clip" / "tokenizer" / file, *root_ / "clip" / file);
+      fs::copy_file(shared_path() / "golden" / "clip" / "tokenizer" / file, *root_ / "clip" / file);
 
     const Json dino_config{{"embed_dim", 16}, {"depth", 1}, {"num_heads", 2}};
     write_json(*root_ / "dino.json", dino_config);
@@ -160,11 +160,6 @@ std::vector<double> all_scores(const eval::DreamBenchResult& r) {
   for (const auto& image : r.images)
     out.insert(out.end(), {image.scores.dino, image.scores.clip_i, image.scores.clip_t});
   return out;
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 }  // namespace

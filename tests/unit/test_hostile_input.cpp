@@ -33,6 +33,7 @@ namespace io = kosmosg::io;
 using kosmosg::test::expect_error;
 using kosmosg::test::run_cli;
 using kosmosg::test::shared_dir;
+using kosmosg::test::unpickle;
 
 const fs::path kCorpus = fs::path(__FILE__).parent_path().parent_path() / "fuzz" / "corpus";
 
@@ -41,10 +42,6 @@ std::string corpus(const std::string& target, const std::string& name) { return 
 std::string bytes_of(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
-io::PickleValue unpickle(const std::string& data) {
-  return io::unpickle(reinterpret_cast<const uint8_t*>(data.data()), data.size());
 }
 
 class HostileTest : public ::testing::Test {

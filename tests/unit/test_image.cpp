@@ -16,13 +16,7 @@ namespace io = kosmosg::io;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("kosmosg_image_" + std::to_string(::getpid())) / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
+using kosmosg::test::temp_dir;
 using kosmosg::test::error_of;
 
 std::vector<int> pixel(const at::Tensor& img, int64_t y, int64_t x) {
@@ -33,7 +27,7 @@ std::vector<int> pixel(const at::Tensor& img, int64_t y, int64_t x) {
 }  // namespace
 
 TEST(Image, AlphaIsCompositedOnWhite) {
-  const auto dir = temp_dir("rgba");
+  const auto dir = temp_dir("image", "rgba");
   cv::Mat bgra(1, 3, CV_8UC4);
   bgra.at<cv::Vec4b>(0, 0) = {10, 20, 30, 255};   // opaque: B, G, R = 10, 20, 30
   bgra.at<cv::Vec4b>(0, 1) = {10, 20, 30, 0};     // transparent: white
@@ -49,7 +43,7 @@ TEST(Image, AlphaIsCompositedOnWhite) {
 }
 
 TEST(Image, GreyAndSixteenBitInputs) {
-  const auto dir = temp_dir("grey16");
+  const auto dir = temp_dir("image", "grey16");
   cv::Mat grey(2, 2, CV_8UC1, cv::Scalar(77));
   ASSERT_TRUE(cv::imwrite((dir / "g.png").string(), grey));
   const auto g = io::read_image((dir / "g.png").string());
@@ -66,7 +60,7 @@ TEST(Image, GreyAndSixteenBitInputs) {
 }
 
 TEST(Image, MissingCorruptAndOversizedFilesAreErrors) {
-  const auto dir = temp_dir("errors");
+  const auto dir = temp_dir("image", "errors");
   const std::string missing = (dir / "missing.png").string();
   std::string e = error_of([&] { io::read_image(missing); });
   EXPECT_NE(e.find(missing), std::string::npos) << e;
@@ -87,7 +81,7 @@ TEST(Image, MissingCorruptAndOversizedFilesAreErrors) {
 }
 
 TEST(Image, PngTextChunksRoundTrip) {
-  const auto dir = temp_dir("text");
+  const auto dir = temp_dir("image", "text");
   const auto img = torch::randint(0, 256, {5, 7, 3}, torch::kByte);
   const std::map<std::string, std::string> text = {
       {"prompt", "a photo of <i> on the beach"},
@@ -104,7 +98,7 @@ TEST(Image, PngTextChunksRoundTrip) {
 }
 
 TEST(Image, UnwritableFolderLeavesNothing) {
-  const auto dir = temp_dir("unwritable");
+  const auto dir = temp_dir("image", "unwritable");
   const auto img = torch::zeros({2, 2, 3}, torch::kByte);
   const std::string path = (dir / "no_such_folder" / "out.png").string();
   EXPECT_THROW(io::write_png(path, img, {{"k", "v"}}), kosmosg::Error);

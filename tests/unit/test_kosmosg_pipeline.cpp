@@ -18,16 +18,12 @@
 
 namespace {
 
+using kosmosg::test::relative_l2;
+using kosmosg::test::official_fixture;
+
 namespace fs = std::filesystem;
 
 using kosmosg::test::shared_dir;
-
-fs::path fixture() { return fs::path(shared_dir()) / "fixtures" / "kosmosg-official-tiny"; }
-
-double rel_l2(const at::Tensor& a, const at::Tensor& b) {
-  auto d = a.to(at::kDouble) - b.to(at::kDouble);
-  return (d.norm() / b.to(at::kDouble).norm()).item<double>();
-}
 
 // The official fixture converted once for all tests of this file.
 class KosmosGFixture : public ::testing::Test {
@@ -39,9 +35,9 @@ class KosmosGFixture : public ::testing::Test {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
     kosmosg::pipeline::ConvertOptions options;
-    options.checkpoint = (fixture() / "checkpoint_tiny.pt").string();
+    options.checkpoint = (official_fixture() / "checkpoint_tiny.pt").string();
     options.out_dir = (dir_ / "model").string();
-    options.sizes_file = (fixture() / "sizes.json").string();
+    options.sizes_file = (official_fixture() / "sizes.json").string();
     report_ = kosmosg::pipeline::convert_checkpoint(options);
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
@@ -72,7 +68,7 @@ TEST_F(KosmosGFixture, ConvertsTheOfficialCheckpoint) {
 // encode_condition and the sampling run reproduce what the official code computes from the same
 // checkpoint, prompts and images.
 TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
-  auto expected = kosmosg::io::SafeTensors::open((fixture() / "expected.safetensors").string());
+  auto expected = kosmosg::io::SafeTensors::open((official_fixture() / "expected.safetensors").string());
   const auto prompts = kosmosg::io::parse_json(expected.metadata().at("prompts"), "prompts");
   const auto image_files = kosmosg::io::parse_json(expected.metadata().at("images"), "images");
   auto encoder = kosmosg::pipeline::KosmosGConditionEncoder::from_folder((dir_ / "model").string());
@@ -88,14 +84,14 @@ TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
     std::vector<at::Tensor> images;
     std::vector<at::Tensor> pixels;
     for (size_t k = 0; k < layout.num_images; ++k) {
-      images.push_back(kosmosg::io::read_image((fixture() / image_files[next_image++].get<std::string>()).string()));
+      images.push_back(kosmosg::io::read_image((official_fixture() / image_files[next_image++].get<std::string>()).string()));
       pixels.push_back(kosmosg::io::clip_pixel_values(images.back(), image_size));
     }
     // The official app casts the pixels to float16 before the model sees them.
     EXPECT_TRUE(torch::equal(at::stack(pixels).to(at::kHalf).to(at::kFloat), expected.get("input." + key + ".pixel_values")));
 
     auto condition = encoder->encode(prompt, images, negative, /*guided=*/true).batch();
-    EXPECT_LT(rel_l2(condition, expected.get("output." + key + ".condition")), 1e-3) << prompt;
+    EXPECT_LT(relative_l2(condition, expected.get("output." + key + ".condition")), 1e-3) << prompt;
 
     kosmosg::pipeline::GenerateOptions options;
     options.prompt = prompt;
@@ -107,15 +103,15 @@ TEST_F(KosmosGFixture, MatchesTheOfficialOutputs) {
     options.height = std::stoll(expected.metadata().at("height"));
     options.initial_latents = expected.get("input." + key + ".initial_latents");
     auto [latents, image] = pipe.generate(options);
-    EXPECT_LT(rel_l2(latents, expected.get("output." + key + ".final_latents")), 1e-2) << prompt;
-    EXPECT_LT(rel_l2((image / 2 + 0.5).clamp(0, 1), expected.get("output." + key + ".image_01")), 1e-2) << prompt;
+    EXPECT_LT(relative_l2(latents, expected.get("output." + key + ".final_latents")), 1e-2) << prompt;
+    EXPECT_LT(relative_l2((image / 2 + 0.5).clamp(0, 1), expected.get("output." + key + ".image_01")), 1e-2) << prompt;
   }
 }
 
 // Blocks stored in bfloat16 and computed in float32: the official outputs within bfloat16's weight
 // rounding, and the blocks stay in bfloat16 after a generation.
 TEST_F(KosmosGFixture, BlocksStoredInBfloat16StayCloseToTheOfficialOutputs) {
-  auto expected = kosmosg::io::SafeTensors::open((fixture() / "expected.safetensors").string());
+  auto expected = kosmosg::io::SafeTensors::open((official_fixture() / "expected.safetensors").string());
   const auto prompts = kosmosg::io::parse_json(expected.metadata().at("prompts"), "prompts");
   const auto image_files = kosmosg::io::parse_json(expected.metadata().at("images"), "images");
   auto pipe = kosmosg::pipeline::Pipeline::from_folder((dir_ / "model").string(), at::kBFloat16);
@@ -128,7 +124,7 @@ TEST_F(KosmosGFixture, BlocksStoredInBfloat16StayCloseToTheOfficialOutputs) {
                                                   (dir_ / "model" / "kosmosg" / "dict.txt").string()),
       prompt, model->config().connector.latent_query_num);
   for (size_t k = 0; k < layout.num_images; ++k)
-    options.images.push_back(kosmosg::io::read_image((fixture() / image_files[k].get<std::string>()).string()));
+    options.images.push_back(kosmosg::io::read_image((official_fixture() / image_files[k].get<std::string>()).string()));
   options.negative = prompts[0][1];
   options.sampling.steps = std::stoll(expected.metadata().at("num_inference_steps"));
   options.sampling.guidance = std::stod(expected.metadata().at("guidance_scale"));
@@ -136,7 +132,7 @@ TEST_F(KosmosGFixture, BlocksStoredInBfloat16StayCloseToTheOfficialOutputs) {
   options.height = std::stoll(expected.metadata().at("height"));
   options.initial_latents = expected.get("input.0.initial_latents");
   auto [latents, image] = pipe.generate(options);
-  const double error = rel_l2(latents, expected.get("output.0.final_latents"));
+  const double error = relative_l2(latents, expected.get("output.0.final_latents"));
   EXPECT_LT(error, 5e-2) << prompt;
   EXPECT_GT(error, 0) << "the weights were not rounded: nothing was stored in bfloat16";
   EXPECT_EQ(model->gpt_model->decoder->layers->ptr(0)->parameters().front().scalar_type(), at::kBFloat16);
@@ -146,7 +142,7 @@ TEST_F(KosmosGFixture, BlocksStoredInBfloat16StayCloseToTheOfficialOutputs) {
 
 TEST_F(KosmosGFixture, PlaceholderCountMustMatchTheImages) {
   auto encoder = kosmosg::pipeline::KosmosGConditionEncoder::from_folder((dir_ / "model").string());
-  auto image = kosmosg::io::read_image((fixture() / "image_0_0.png").string());
+  auto image = kosmosg::io::read_image((official_fixture() / "image_0_0.png").string());
   try {
     encoder->encode("<i> next to <i>", {image}, "", true);
     FAIL() << "expected an error";
@@ -157,13 +153,13 @@ TEST_F(KosmosGFixture, PlaceholderCountMustMatchTheImages) {
 
 TEST_F(KosmosGFixture, RefusesANonEmptyOutputFolderAndNonCheckpoints) {
   kosmosg::pipeline::ConvertOptions options;
-  options.checkpoint = (fixture() / "checkpoint_tiny.pt").string();
+  options.checkpoint = (official_fixture() / "checkpoint_tiny.pt").string();
   options.out_dir = (dir_ / "model").string();
   EXPECT_THROW(kosmosg::pipeline::convert_checkpoint(options), kosmosg::Error);
 
-  options.checkpoint = (fixture() / "expected.safetensors").string();
+  options.checkpoint = (official_fixture() / "expected.safetensors").string();
   options.out_dir = (dir_ / "not_converted").string();
-  options.tokenizer_dir = fixture().string();
+  options.tokenizer_dir = official_fixture().string();
   EXPECT_THROW(kosmosg::pipeline::convert_checkpoint(options), kosmosg::Error);
   EXPECT_FALSE(fs::exists(dir_ / "not_converted"));
 }

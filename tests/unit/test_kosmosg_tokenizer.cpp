@@ -16,6 +16,8 @@ using kosmosg::text::KosmosGTokenizer;
 
 namespace {
 
+using kosmosg::test::concat;
+
 fs::path golden_tokenizer_dir() { return fs::path(kosmosg::test::shared_dir()) / "golden" / "kosmosg" / "tokenizer"; }
 
 const KosmosGTokenizer& tokenizer() {
@@ -44,12 +46,6 @@ std::vector<int64_t> image_span(int64_t length) {
   std::vector<int64_t> span(static_cast<size_t>(length + 1), 64003);
   span.push_back(64004);
   return span;
-}
-
-std::vector<int64_t> concat(std::initializer_list<std::vector<int64_t>> parts) {
-  std::vector<int64_t> out;
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
 }
 
 std::vector<size_t> ones_at(const std::vector<uint8_t>& mask) {

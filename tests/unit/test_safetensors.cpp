@@ -7,17 +7,14 @@
 
 #include "kosmosg/error.h"
 #include "kosmosg/io/safetensors.h"
+#include "support.h"
 
 namespace fs = std::filesystem;
 using kosmosg::io::SafeTensors;
 
 namespace {
 
-fs::path temp_path(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("kosmosg_st_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir / name;
-}
+using kosmosg::test::temp_file;
 
 void write_raw(const fs::path& p, const std::string& header, const std::string& data) {
   std::ofstream out(p, std::ios::binary);
@@ -50,7 +47,7 @@ TEST(SafeTensors, RoundTripsEveryDtype) {
   in["scalar"] = torch::tensor(2.5f);
   in["empty"] = torch::empty({0, 4});
   in["strided"] = torch::randn({4, 6}).t();
-  auto p = temp_path("roundtrip.safetensors");
+  auto p = temp_file("st", "roundtrip.safetensors");
   kosmosg::io::save_safetensors(p.string(), in, {{"module", "Test"}});
   auto f = SafeTensors::open(p.string());
   EXPECT_EQ(f.metadata().at("module"), "Test");
@@ -67,7 +64,7 @@ TEST(SafeTensors, RoundTripsEveryDtype) {
 }
 
 TEST(SafeTensors, TensorsOutliveTheHandleAndAreWritable) {
-  auto p = temp_path("alive.safetensors");
+  auto p = temp_file("st", "alive.safetensors");
   kosmosg::io::save_safetensors(p.string(), {{"x", torch::ones({4})}});
   at::Tensor x;
   {
@@ -80,7 +77,7 @@ TEST(SafeTensors, TensorsOutliveTheHandleAndAreWritable) {
 }
 
 TEST(SafeTensors, RejectsBrokenFiles) {
-  auto p = temp_path("broken.safetensors");
+  auto p = temp_file("st", "broken.safetensors");
   { std::ofstream(p, std::ios::binary) << "abc"; }
   EXPECT_NE(open_error(p).find("too short"), std::string::npos);
 
@@ -118,12 +115,12 @@ TEST(SafeTensors, RejectsBrokenFiles) {
   write_raw(p, R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", "1234");
   EXPECT_NE(open_error(p).find("non-negative"), std::string::npos);
 
-  EXPECT_NE(open_error(temp_path("missing.safetensors")).find("cannot open"), std::string::npos);
+  EXPECT_NE(open_error(temp_file("st", "missing.safetensors")).find("cannot open"), std::string::npos);
   EXPECT_NE(open_error(p).find(p.string()), std::string::npos);
 }
 
 TEST(SafeTensors, FailedWriteLeavesExistingFileUntouched) {
-  auto p = temp_path("keep.safetensors");
+  auto p = temp_file("st", "keep.safetensors");
   kosmosg::io::save_safetensors(p.string(), {{"x", torch::ones({2})}});
   EXPECT_THROW(kosmosg::io::write_file_atomically(
                    p.string(), [](std::FILE*) { kosmosg::fail("test", "writer failed"); }),

@@ -18,6 +18,7 @@ using kosmosg::io::Json;
 
 namespace {
 
+using kosmosg::test::relative_l2;
 using kosmosg::test::shared_dir;
 
 // The SD1.5 scheduler file as it ships: a PNDMScheduler config lacking most keys.
@@ -32,10 +33,6 @@ std::vector<double> timesteps_of(const std::string& kind, const Json& config, in
 }
 
 using kosmosg::test::error_of;
-
-double rel(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).norm().item<double>() / b.to(at::kDouble).norm().item<double>();
-}
 
 double scalar_add_noise(const kd::Scheduler& s, size_t i, double x, double e) {
   auto opts = at::TensorOptions().dtype(at::kDouble);
@@ -224,11 +221,11 @@ TEST_P(PerfectModel, LandsOnTheNextNoiseLevel) {
         const double next = i + 1 < n ? scalar_add_noise(*s, i + 1, 0, 1) : 0.0;
         const at::Tensor x = s->add_noise(x0, eps, i);
         const at::Tensor quiet = s->step(answer(*s, i), i, x, at::zeros_like(x));
-        ASSERT_LT(rel(quiet, x0 + eps * (next * next / sigma)), 2e-6) << prediction << " step " << i;
+        ASSERT_LT(relative_l2(quiet, x0 + eps * (next * next / sigma)), 2e-6) << prediction << " step " << i;
         const at::Tensor noise = at::randn_like(x);
         const double up = std::sqrt(next * next * (sigma * sigma - next * next) / (sigma * sigma));
         const at::Tensor noisy = s->step(answer(*s, i), i, x, noise);
-        if (up > 0) EXPECT_LT(rel(noisy - quiet, noise * up), 1e-5) << prediction << " step " << i;
+        if (up > 0) EXPECT_LT(relative_l2(noisy - quiet, noise * up), 1e-5) << prediction << " step " << i;
       }
       continue;
     }
@@ -241,7 +238,7 @@ TEST_P(PerfectModel, LandsOnTheNextNoiseLevel) {
       const size_t n = s->timesteps().size();
       if (start >= n) continue;
       at::Tensor x = s->add_noise(x0, eps, start);
-      if (start == 0 && euler) EXPECT_LT(rel(x, x0 + eps * s->init_noise_sigma()), 1e-6);
+      if (start == 0 && euler) EXPECT_LT(relative_l2(x, x0 + eps * s->init_noise_sigma()), 1e-6);
       for (size_t i = start; i < n; ++i) {
         x = s->step(answer(*s, i), i, x);
         EXPECT_EQ(x.scalar_type(), at::kDouble);
@@ -258,7 +255,7 @@ TEST_P(PerfectModel, LandsOnTheNextNoiseLevel) {
           ASSERT_TRUE(at::isfinite(x).all().item<bool>());
           continue;
         }
-        ASSERT_LT(rel(x, expected), 2e-6)
+        ASSERT_LT(relative_l2(x, expected), 2e-6)
             << kind << " " << prediction << " steps " << steps << " start " << start << " step " << i;
       }
     }
@@ -285,7 +282,7 @@ TEST(Schedulers, SamplePredictionWhereUpstreamHasIt) {
     s->set_timesteps(5);
     auto x0 = at::randn({1, 4, 2, 2}, at::kDouble), eps = at::randn({1, 4, 2, 2}, at::kDouble);
     auto x = s->step(x0, 0, s->add_noise(x0, eps, 0));
-    EXPECT_LT(rel(x, s->add_noise(x0, eps, 1)), 2e-6) << kind;
+    EXPECT_LT(relative_l2(x, s->add_noise(x0, eps, 1)), 2e-6) << kind;
   }
   EXPECT_NE(error_of([&] { kd::make_scheduler("pndm", cfg); }).find("prediction_type 'sample'"), std::string::npos);
   EXPECT_NE(error_of([&] { kd::make_scheduler("euler-a", cfg); }), "");
@@ -324,15 +321,15 @@ TEST(Schedulers, AddNoise) {
     const double a = s->schedule().alpha_cumprod(t);
     auto noisy = s->add_noise(x0, eps, 2);
     EXPECT_EQ(noisy.scalar_type(), at::kFloat);
-    EXPECT_LT(rel(noisy, x0 * std::sqrt(a) + eps * std::sqrt(1 - a)), 1e-6) << kind;
+    EXPECT_LT(relative_l2(noisy, x0 * std::sqrt(a) + eps * std::sqrt(1 - a)), 1e-6) << kind;
   }
   for (const std::string kind : {"euler", "euler-a"}) {
     auto s = kd::make_scheduler(kind, cfg);
     s->set_timesteps(10);
-    EXPECT_LT(rel(s->add_noise(x0, eps, 0), x0 + eps * s->init_noise_sigma()), 1e-6) << kind;
+    EXPECT_LT(relative_l2(s->add_noise(x0, eps, 0), x0 + eps * s->init_noise_sigma()), 1e-6) << kind;
     // scale_model_input divides by √(σ² + 1).
     const double sigma = s->init_noise_sigma();
-    EXPECT_LT(rel(s->scale_model_input(x0, 0), x0 / std::sqrt(sigma * sigma + 1)), 1e-6) << kind;
+    EXPECT_LT(relative_l2(s->scale_model_input(x0, 0), x0 / std::sqrt(sigma * sigma + 1)), 1e-6) << kind;
   }
   auto s = kd::make_scheduler("ddim", cfg);
   s->set_timesteps(10);
@@ -365,8 +362,8 @@ TEST(DDPMTraining, NoiseVelocityAndTarget) {
   auto noisy = ddpm.add_noise(x0, eps, t);
   for (int64_t i = 0; i < 3; ++i) {
     const double a = ddpm.schedule().acp[static_cast<size_t>(t[i].item<int64_t>())];
-    EXPECT_LT(rel(noisy[i], x0[i] * std::sqrt(a) + eps[i] * std::sqrt(1 - a)), 1e-6);
-    EXPECT_LT(rel(ddpm.velocity(x0, eps, t)[i], eps[i] * std::sqrt(a) - x0[i] * std::sqrt(1 - a)), 1e-6);
+    EXPECT_LT(relative_l2(noisy[i], x0[i] * std::sqrt(a) + eps[i] * std::sqrt(1 - a)), 1e-6);
+    EXPECT_LT(relative_l2(ddpm.velocity(x0, eps, t)[i], eps[i] * std::sqrt(a) - x0[i] * std::sqrt(1 - a)), 1e-6);
   }
   EXPECT_TRUE(at::equal(ddpm.target(x0, eps, t), eps));
   // One timestep for the whole batch, shape [1] or 0-dim.
@@ -405,7 +402,7 @@ TEST(Schedulers, DdimClipSample) {
   const double a_prev = s->schedule().alpha_cumprod(t_prev);
   // ε = 0 and a large sample: the predicted x0 is clamped to the range.
   auto x = s->step(at::zeros({1, 4, 2, 2}), 0, at::full({1, 4, 2, 2}, 10.0));
-  EXPECT_LT(rel(x, at::full({1, 4, 2, 2}, 2.0 * std::sqrt(a_prev))), 1e-6);
+  EXPECT_LT(relative_l2(x, at::full({1, 4, 2, 2}, 2.0 * std::sqrt(a_prev))), 1e-6);
   auto off = kd::make_scheduler("ddim", sd15_config());
   off->set_timesteps(10);
   EXPECT_GT(off->step(at::zeros({1, 4, 2, 2}), 0, at::full({1, 4, 2, 2}, 10.0)).max().item<double>(), 10.0);
@@ -477,7 +474,7 @@ TEST(DpmSolverSde, FollowsDiffusersFormulas) {
         const auto expected = sde_dpmpp_2m_reference(*s, i, x.to(at::kDouble), e.to(at::kDouble),
                                                      z.to(at::kDouble), m_prev);
         x = s->step(e, i, x, z);
-        ASSERT_LT(rel(x, expected), 1e-5) << kind << " steps " << steps << " step " << i;
+        ASSERT_LT(relative_l2(x, expected), 1e-5) << kind << " steps " << steps << " step " << i;
       }
     }
   }
@@ -501,7 +498,7 @@ TEST(DpmSolverSde, PerfectModelStaysOnTheNoiseLevels) {
     const auto z = at::randn_like(x0);
     x = s->step(eps, i, x, z);
     eps = eps * decay + z * std::sqrt(1 - decay * decay);
-    ASSERT_LT(rel(x, x0 * std::sqrt(a_t) + eps * std::sqrt(1 - a_t)), 1e-5) << "step " << i;
+    ASSERT_LT(relative_l2(x, x0 * std::sqrt(a_t) + eps * std::sqrt(1 - a_t)), 1e-5) << "step " << i;
   }
 }
 

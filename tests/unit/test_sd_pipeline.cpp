@@ -14,14 +14,11 @@
 
 namespace {
 
+using kosmosg::test::relative_l2;
+
 namespace fs = std::filesystem;
 
 using kosmosg::test::shared_dir;
-
-double rel_l2(const at::Tensor& a, const at::Tensor& b) {
-  auto d = a.to(at::kDouble) - b.to(at::kDouble);
-  return (d.norm() / b.to(at::kDouble).norm()).item<double>();
-}
 
 }  // namespace
 
@@ -36,8 +33,8 @@ TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
   const auto& meta = expected.metadata();
   auto prompt = encoder->encode_prompt(meta.at("prompt"));
   auto negative = encoder->encode_prompt(meta.at("negative_prompt"));
-  EXPECT_LT(rel_l2(prompt, expected.get("output.prompt_hidden_states")), 1e-4);
-  EXPECT_LT(rel_l2(negative, expected.get("output.negative_hidden_states")), 1e-4);
+  EXPECT_LT(relative_l2(prompt, expected.get("output.prompt_hidden_states")), 1e-4);
+  EXPECT_LT(relative_l2(negative, expected.get("output.negative_hidden_states")), 1e-4);
 
   kosmosg::pipeline::GenerateOptions options;
   options.prompt = meta.at("prompt");
@@ -53,9 +50,9 @@ TEST(StableDiffusionPipeline, TinyFixtureMatchesDiffusers) {
     timesteps.push_back(static_cast<int64_t>(s.timestep));
   });
   EXPECT_TRUE(torch::equal(at::tensor(timesteps), expected.get("output.timesteps")));
-  EXPECT_LT(rel_l2(latents, expected.get("output.final_latents")), 1e-3);
-  EXPECT_LT(rel_l2(image, expected.get("output.image")), 1e-3);
-  EXPECT_LT(rel_l2((image / 2 + 0.5).clamp(0, 1), expected.get("output.image_01")), 1e-3);
+  EXPECT_LT(relative_l2(latents, expected.get("output.final_latents")), 1e-3);
+  EXPECT_LT(relative_l2(image, expected.get("output.image")), 1e-3);
+  EXPECT_LT(relative_l2((image / 2 + 0.5).clamp(0, 1), expected.get("output.image_01")), 1e-3);
 }
 
 // A text encoder with fewer positions than SD's 77 (a small model of one's own) gets as many
@@ -84,7 +81,7 @@ TEST(StableDiffusionPipeline, PromptFillsTheTextEncodersPositions) {
   const at::Tensor expected = full->encode_prompt("a red cube");
   const at::Tensor states = short_encoder->encode_prompt("a red cube");
   ASSERT_EQ(states.sizes(), (std::vector<int64_t>{1, positions, expected.size(2)}));
-  EXPECT_LT(rel_l2(states, expected.slice(1, 0, positions)), 1e-5);
+  EXPECT_LT(relative_l2(states, expected.slice(1, 0, positions)), 1e-5);
   fs::remove_all(dir);
 }
 
@@ -144,8 +141,8 @@ TEST(StableDiffusionPipeline, BatchMakesEachImageAsAlone) {
   const at::Tensor images = pipe.generate_batch(batch);
   ASSERT_EQ(images.sizes(), (std::vector<int64_t>{3, 3, 64, 64}));
   for (size_t k = 0; k < batch.size(); ++k)
-    EXPECT_LT(rel_l2(images[k], pipe.generate(batch[k]).second[0]), 1e-4) << "image " << k;
-  EXPECT_GT(rel_l2(images[0], images[2]), 1e-3);  // same prompt, another seed
+    EXPECT_LT(relative_l2(images[k], pipe.generate(batch[k]).second[0]), 1e-4) << "image " << k;
+  EXPECT_GT(relative_l2(images[0], images[2]), 1e-3);  // same prompt, another seed
 
   auto mixed = batch;
   mixed[1].sampling.steps = 5;
@@ -155,7 +152,7 @@ TEST(StableDiffusionPipeline, BatchMakesEachImageAsAlone) {
   for (auto& o : ancestral) o.sampling.sampler = "euler-a";
   const at::Tensor drawn = pipe.generate_batch(ancestral);
   for (size_t k = 0; k < ancestral.size(); ++k)
-    EXPECT_LT(rel_l2(drawn[k], pipe.generate(ancestral[k]).second[0]), 1e-4) << "euler-a image " << k;
-  EXPECT_GT(rel_l2(drawn[0], images[0]), 1e-3);
+    EXPECT_LT(relative_l2(drawn[k], pipe.generate(ancestral[k]).second[0]), 1e-4) << "euler-a image " << k;
+  EXPECT_GT(relative_l2(drawn[0], images[0]), 1e-3);
   EXPECT_THROW(pipe.generate_batch({}), kosmosg::Error);
 }

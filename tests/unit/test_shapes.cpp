@@ -27,22 +27,9 @@ using data::ShapeKind;
 
 namespace {
 
-// A folder removed when the test program exits.
-fs::path temp_dir(const std::string& name) {
-  struct Root {
-    fs::path path = fs::temp_directory_path() / ("kosmosg_shapes_" + std::to_string(::getpid()));
-    ~Root() {
-      std::error_code ec;
-      fs::remove_all(path, ec);
-    }
-  };
-  static const Root root;
-  const fs::path dir = root.path / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using kosmosg::test::temp_dir;
 
+// A folder removed when the test program exits.
 data::ShapesOptions world_options(const fs::path& dir, uint64_t seed, int64_t count, int64_t test_count) {
   data::ShapesOptions o;
   o.out_dir = dir.string();
@@ -57,7 +44,7 @@ data::ShapesOptions world_options(const fs::path& dir, uint64_t seed, int64_t co
 // held-out combination four times).
 const fs::path& shared_world() {
   static const fs::path dir = [] {
-    const auto d = temp_dir("world");
+    const auto d = temp_dir("shapes", "world");
     data::write_shapes_world(world_options(d, 11, 150, 24));
     return d;
   }();
@@ -180,7 +167,7 @@ TEST(ShapesWorld, HeldOutCombinationsAreTheDocumentedOnesAndLeaveEveryPairInTrai
 }
 
 TEST(ShapesWorld, TheSameSeedWritesTheSameFiles) {
-  const auto a = temp_dir("seed_a"), b = temp_dir("seed_b"), c = temp_dir("seed_c");
+  const auto a = temp_dir("shapes", "seed_a"), b = temp_dir("shapes", "seed_b"), c = temp_dir("shapes", "seed_c");
   data::write_shapes_world(world_options(a, 5, 20, 3));
   data::write_shapes_world(world_options(b, 5, 20, 3));
   data::write_shapes_world(world_options(c, 6, 20, 3));
@@ -534,7 +521,7 @@ TEST(ShapesScorer, ConditionsReadAsTheNearestCaption) {
 // ---- The command line -------------------------------------------------------------------------
 
 TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
-  const auto dir = temp_dir("cli");
+  const auto dir = temp_dir("shapes", "cli");
   auto r = test::run_cli("data shapes --out " + (dir / "world").string() + " --count 12 --test-count 3 --seed 4");
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("held out"), std::string::npos) << r.output;
@@ -579,7 +566,7 @@ TEST(ShapesCli, DataShapesAndEvalGroundTruth) {
 
 TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
   KOSMOSG_REQUIRE_SHARED_DATA();
-  const auto dir = temp_dir("cli_model");
+  const auto dir = temp_dir("shapes", "cli_model");
   const fs::path fixtures = fs::path(test::shared_dir()) / "fixtures";
   const fs::path model = dir / "model", world = dir / "world", out = dir / "eval";
   auto r = test::run_cli("convert " + (fixtures / "kosmosg-official-tiny" / "checkpoint_tiny.pt").string() + " " +
@@ -655,7 +642,7 @@ TEST(ShapesCli, EvalGeneratesWithAModelAndTheTextToImageBaseline) {
 // for rounding between LibTorch builds.
 TEST(ShippedShapesModel, DrawsTheEntityInANewContextAndKeepsItsScores) {
   const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
-  const fs::path model = root / "models" / "shapes", dir = temp_dir("shipped");
+  const fs::path model = root / "models" / "shapes", dir = temp_dir("shapes", "shipped");
   ASSERT_TRUE(fs::exists(model / "kosmosg" / "model.safetensors")) << model;
   auto r = test::run_cli("generate --model " + model.string() + " --prompt '<i> on a yellow background' --image " +
                          (root / "assets" / "blue_triangle.png").string() + " --seed 1 --threads 2 --out " +

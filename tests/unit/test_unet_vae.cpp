@@ -22,7 +22,7 @@ using kosmosg::models::UNet2DConditionModel;
 
 namespace {
 
-const std::string kFixture = std::string(KOSMOSG_DEFAULT_SHARED_DIR) + "/fixtures/tiny-sd15";
+const std::string kTinySd15 = std::string(KOSMOSG_DEFAULT_SHARED_DIR) + "/fixtures/tiny-sd15";
 
 // A small SD1.5-structured config (two blocks) for tests that only need the wiring.
 Json tiny_unet_json() {
@@ -41,17 +41,17 @@ double rel_error(const at::Tensor& a, const at::Tensor& b) {
 
 UNet2DConditionModel fixture_unet() {
   UNet2DConditionModel unet(
-      UNet2DConditionConfig::from_json(kosmosg::io::read_json(kFixture + "/unet/config.json")));
+      UNet2DConditionConfig::from_json(kosmosg::io::read_json(kTinySd15 + "/unet/config.json")));
   kosmosg::io::load_weights(
-      *unet, kosmosg::io::read_component_weights(kFixture + "/unet", {"diffusion_pytorch_model"}));
+      *unet, kosmosg::io::read_component_weights(kTinySd15 + "/unet", {"diffusion_pytorch_model"}));
   return unet;
 }
 
 AutoencoderKL fixture_vae(kosmosg::io::TensorMap* weights_out = nullptr) {
   AutoencoderKL vae(
-      AutoencoderKLConfig::from_json(kosmosg::io::read_json(kFixture + "/vae/config.json")));
+      AutoencoderKLConfig::from_json(kosmosg::io::read_json(kTinySd15 + "/vae/config.json")));
   auto weights =
-      kosmosg::io::read_component_weights(kFixture + "/vae", {"diffusion_pytorch_model"});
+      kosmosg::io::read_component_weights(kTinySd15 + "/vae", {"diffusion_pytorch_model"});
   kosmosg::io::load_weights(*vae, weights);
   if (weights_out) *weights_out = weights;
   return vae;
@@ -73,7 +73,7 @@ TEST(UNetConfig, ClassDefaultsAreSD15WithCrossDim1280) {
 }
 
 TEST(UNetConfig, ReadsTheFixtureFile) {
-  auto c = UNet2DConditionConfig::from_json(kosmosg::io::read_json(kFixture + "/unet/config.json"));
+  auto c = UNet2DConditionConfig::from_json(kosmosg::io::read_json(kTinySd15 + "/unet/config.json"));
   EXPECT_EQ(c.block_out_channels, (std::vector<int64_t>{16, 16, 32, 32}));
   EXPECT_EQ(c.attention_heads, (std::vector<int64_t>{4, 4, 4, 4}));
   EXPECT_EQ(c.cross_attention_dim[0], 32);
@@ -253,7 +253,7 @@ TEST(UNet, ResidualsAreAddedToSkipsAndMid) {
 
 TEST(UNet, LoadsTheFixtureStrictlyAndRuns) {
   auto unet = fixture_unet();
-  auto expected = kosmosg::io::SafeTensors::open(kFixture + "/expected.safetensors");
+  auto expected = kosmosg::io::SafeTensors::open(kTinySd15 + "/expected.safetensors");
   auto context = torch::cat(
       {expected.get("output.negative_hidden_states"), expected.get("output.prompt_hidden_states")});
   torch::NoGradGuard no_grad;
@@ -266,9 +266,9 @@ TEST(UNet, LoadsTheFixtureStrictlyAndRuns) {
 
 TEST(UNet, WrongShapeWeightNamesTheKey) {
   UNet2DConditionModel unet(
-      UNet2DConditionConfig::from_json(kosmosg::io::read_json(kFixture + "/unet/config.json")));
+      UNet2DConditionConfig::from_json(kosmosg::io::read_json(kTinySd15 + "/unet/config.json")));
   auto weights =
-      kosmosg::io::read_component_weights(kFixture + "/unet", {"diffusion_pytorch_model"});
+      kosmosg::io::read_component_weights(kTinySd15 + "/unet", {"diffusion_pytorch_model"});
   weights["down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"] =
       torch::zeros({16, 768});
   auto message = error_of([&] { kosmosg::io::load_weights(*unet, weights); });
@@ -281,7 +281,7 @@ TEST(VaeConfig, DefaultsAndErrors) {
   auto c = AutoencoderKLConfig::from_json(Json::object());
   EXPECT_DOUBLE_EQ(c.scaling_factor, 0.18215);
   EXPECT_EQ(c.block_out_channels, (std::vector<int64_t>{64}));
-  auto j = kosmosg::io::read_json(kFixture + "/vae/config.json");
+  auto j = kosmosg::io::read_json(kTinySd15 + "/vae/config.json");
   auto f = AutoencoderKLConfig::from_json(j);
   EXPECT_EQ(f.block_out_channels, (std::vector<int64_t>{8, 16, 32, 32}));
   EXPECT_EQ(f.latent_channels, 4);
@@ -292,7 +292,7 @@ TEST(VaeConfig, DefaultsAndErrors) {
 
 TEST(Vae, FixtureDecodesTheExpectedImage) {
   auto vae = fixture_vae();
-  auto expected = kosmosg::io::SafeTensors::open(kFixture + "/expected.safetensors");
+  auto expected = kosmosg::io::SafeTensors::open(kTinySd15 + "/expected.safetensors");
   torch::NoGradGuard no_grad;
   auto image = vae->decode(expected.get("output.final_latents") / vae->config().scaling_factor);
   EXPECT_LT(rel_error(image, expected.get("output.image")), 1e-3);
