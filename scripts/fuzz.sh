@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses of tests/fuzz (clang, AddressSanitizer + UndefinedBehaviorSanitizer)
-# into build-fuzz/ and runs each target in turn for SECONDS (default 60) from its seed corpus:
-# tests/fuzz/corpus/<target>/ (committed) and seeds made from the real files of ../shared
-# (KOSMOSG_SHARED_DIR) when it is present. New inputs go to build-fuzz/corpus-work/<target>/, never
-# into the tree. Prints executions, coverage and findings per target; exits non-zero when any
-# target found a crash, hang, leak, sanitizer report or oversized allocation, naming the
-# reproducer (build-fuzz/findings/<target>/...). Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
+# into build-fuzz/ and runs each target for SECONDS (default 60), one target per core at a time,
+# from its seed corpus: tests/fuzz/corpus/<target>/ (committed) and seeds made from the real files
+# of ../shared (KOSMOSG_SHARED_DIR) when it is present. New inputs go to
+# build-fuzz/corpus-work/<target>/, never into the tree. Prints executions, coverage and findings
+# per target; exits non-zero when any target found a crash, hang, leak, sanitizer report or
+# oversized allocation, naming the reproducer (build-fuzz/findings/<target>/...).
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -109,34 +110,48 @@ for f in docs/examples/tiny-data/*.jsonl; do
 done
 
 export OMP_NUM_THREADS=1 UBSAN_OPTIONS=print_stacktrace=1
-status=0
-summary=()
-for t in "${targets[@]}"; do
-  work=$build/corpus-work/$t
-  findings=$build/findings/$t
-  log=$build/logs/$t.log
+# Runs one target for SECONDS and writes its summary line to $build/results/<target>.
+fuzz_target() {
+  local t=$1 work=$build/corpus-work/$1 findings=$build/findings/$1 log=$build/logs/$1.log
   mkdir -p "$work" "$findings" "$(dirname "$log")"
-  corpora=("$work" "$seeds/$t")
+  local corpora=("$work" "$seeds/$t")
   [ -d "tests/fuzz/corpus/$t" ] && corpora+=("tests/fuzz/corpus/$t")
-  echo "fuzz: $t for ${seconds}s (log: $log)"
+  local start rc=0 line
   start=$(date +%s)
-  rc=0
   "$build/fuzz_$t" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=10 -max_len="${max_len[$t]}" \
     -print_final_stats=1 -artifact_prefix="$findings/" "${corpora[@]}" >"$log" 2>&1 || rc=$?
-  elapsed=$(( $(date +%s) - start ))
+  local elapsed=$(( $(date +%s) - start ))
+  local runs coverage reproducer
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
   coverage=$(grep -o 'cov: [0-9]* ft: [0-9]*' "$log" | tail -n 1 || true)
   reproducer=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | grep -v '/slow-unit-' | tail -n 1 || true)
   if [ "$rc" -ne 0 ]; then
-    status=1
+    local what
     what=$(grep -m 1 -o 'ERROR: [A-Za-z]*Sanitizer: [^ ]*\|ERROR: libFuzzer: [a-z -]*\|runtime error: .*\|broken promise: .*' "$log" || echo "exit status $rc")
-    line="$t: FINDING ($what) after ${elapsed}s, ${runs:-?} executions, ${coverage:-no coverage}; reproducer: ${reproducer:-none written}, log: $log"
+    line="FINDING: $t ($what) after ${elapsed}s, ${runs:-?} executions, ${coverage:-no coverage}; reproducer: ${reproducer:-none written}, log: $log"
   else
     line="$t: ${runs:-?} executions in ${elapsed}s, ${coverage:-no coverage}, no findings"
   fi
   echo "fuzz: $line"
-  summary+=("$line")
+  echo "$line" > "$build/results/$t"
+}
+
+# One target per core at a time (each fuzzes on one thread), so the whole run takes about
+# SECONDS x targets / cores.
+rm -rf "$build/results"
+mkdir -p "$build/results"
+jobs_max=$(nproc)
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+  echo "fuzz: $t for ${seconds}s (log: $build/logs/$t.log)"
+  fuzz_target "$t" &
 done
+wait
+status=0
 echo "fuzz: summary"
-printf '  %s\n' "${summary[@]}"
+for t in "${targets[@]}"; do
+  line=$(cat "$build/results/$t" 2>/dev/null || echo "FINDING: $t (no result: the run itself failed)")
+  [[ "$line" == FINDING:* ]] && status=1
+  echo "  $line"
+done
 exit "$status"
