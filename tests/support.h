@@ -198,8 +198,9 @@ inline std::filesystem::path temp_file(const std::string& tag, const std::string
   return temp_root(tag) / file;
 }
 
-// Writes `text` to `path` byte for byte.
+// Writes `text` to `path` byte for byte, making the folders it needs.
 inline void write_text(const std::filesystem::path& path, const std::string& text) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
   std::ofstream(path, std::ios::binary) << text;
 }
 

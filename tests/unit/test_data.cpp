@@ -22,6 +22,7 @@ using data::StageKind;
 namespace {
 
 using kosmosg::test::temp_dir;
+using kosmosg::test::write_text;
 
 constexpr int64_t kBoi = 64003, kEoi = 64004;
 
@@ -36,11 +37,6 @@ const text::KosmosGTokenizer& golden_kosmosg_tokenizer() {
 const text::CLIPTokenizer& clip_tokenizer() {
   static const auto t = text::CLIPTokenizer::from_folder(test::shared_dir() + "/golden/clip/tokenizer");
   return t;
-}
-
-void write_text(const fs::path& path, const std::string& text) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::binary) << text;
 }
 
 // A small RGB image whose pixels depend on `value`, so that images are told apart.
