@@ -4,6 +4,7 @@
 
 #include "kosmosg/error.h"
 #include "nn/onednn.h"
+#include "nn/winograd.h"
 
 namespace kosmosg::nn {
 
@@ -63,7 +64,9 @@ at::Tensor LoRACompatibleLinearImpl::forward(const at::Tensor& x) {
 
 at::Tensor LoRACompatibleConvImpl::forward(const at::Tensor& x) {
   at::Tensor y;
-  if (packs_for(x)) {
+  if (winograd::pays_for(x, weight, bias, options)) {
+    y = winograd::conv2d(x, weight, bias);
+  } else if (packs_for(x)) {
     if (!weight.is_mkldnn()) replace_weight(onednn::pack_conv_weight(weight, options, x.sizes()));
     y = onednn::conv2d_packed(x, weight, bias, options);
   } else {
