@@ -203,7 +203,9 @@ Plan plan_for(int64_t tiles, int64_t cin, int64_t cout) {
   const int64_t free_bytes = kWorkspaceBytes - kPoints * plan.chunk * cin * kFloat;
   const int64_t block_fits = free_bytes / (kPoints * cin * kFloat);
   plan.block = block_fits >= cout ? cout : block_fits / 16 * 16;
-  plan.fits = plan.block == cout || (plan.block >= 16 && plan.chunk == tiles);
+  // Blocks need a batch's worth of tiles: at 32² with one image (64 tiles) the filter transform
+  // costs what the products save, and the packed direct convolution is as fast.
+  plan.fits = plan.block == cout || (plan.block >= 16 && plan.chunk == tiles && tiles >= 2 * 64);
   plan.block = std::max<int64_t>(plan.block, 16);
   return plan;
 }

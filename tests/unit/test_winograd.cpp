@@ -54,9 +54,11 @@ TEST(Winograd, TakesOnlyTheConvolutionsItComputesAndGainsOn) {
   EXPECT_FALSE(nn::winograd::pays_for(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble), options(1, 1)));
   EXPECT_FALSE(nn::winograd::pays_for(x.slice(1, 0, 128), w.slice(1, 0, 128), b, options(1, 1)));  // few channels
   // Filters whose transform (151 MB) exceeds the workspace: in blocks of output channels where
-  // one chunk holds every tile, not where they would be transformed again for every chunk.
+  // one chunk holds every tile of two images, not for one, nor where they would be transformed
+  // again for every chunk.
   const auto large = torch::empty({1024, 1024, 3, 3});
-  EXPECT_TRUE(nn::winograd::pays_for(torch::empty({1, 1024, 32, 32}), large, {}, options(1, 1)));
+  EXPECT_TRUE(nn::winograd::pays_for(torch::empty({2, 1024, 32, 32}), large, {}, options(1, 1)));
+  EXPECT_FALSE(nn::winograd::pays_for(torch::empty({1, 1024, 32, 32}), large, {}, options(1, 1)));
   EXPECT_FALSE(nn::winograd::pays_for(torch::empty({1, 1024, 128, 128}), large, {}, options(1, 1)));
   torch::GradMode::set_enabled(true);
   EXPECT_FALSE(nn::winograd::pays_for(x, w.clone().requires_grad_(true), b, options(1, 1)));
