@@ -4,7 +4,6 @@
 
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <torch/version.h>
 
@@ -38,8 +37,6 @@ using std::holds_alternative;
 using c10::get_if;
 using c10::holds_alternative;
 #endif
-
-bool cpu_float(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
 
 // Each transform below applies a small matrix along one axis of a tile: `in` holds its rows at
 // `in_step` floats from each other, `out` receives its rows likewise, n channels each. Inlined
@@ -125,6 +122,10 @@ struct Geometry {
   int64_t tiles() const { return n * tiles_y * tiles_x; }
 };
 
+Geometry geometry_of(const at::Tensor& x) {
+  return {x.size(0), x.size(2), x.size(3), (x.size(2) + kTile - 1) / kTile, (x.size(3) + kTile - 1) / kTile};
+}
+
 // V [36, count, C] for tiles [first, first + count) of x (NHWC [N, H, W, C]).
 void transform_input(const float* x, int64_t channels, const Geometry& g, int64_t first, int64_t count,
                      float* v) {
@@ -206,7 +207,7 @@ Plan plan_for(int64_t tiles, int64_t cin, int64_t cout) {
   // Blocks need a batch's worth of tiles: at 32² with one image (64 tiles) the filter transform
   // costs what the products save, and the packed direct convolution is as fast.
   plan.fits = plan.block == cout || (plan.block >= 16 && plan.chunk == tiles && tiles >= 2 * 64);
-  plan.block = std::max<int64_t>(plan.block, 16);
+  plan.block = std::max(plan.block, std::min<int64_t>(cout, 16));
   return plan;
 }
 
@@ -215,7 +216,7 @@ Plan plan_for(int64_t tiles, int64_t cin, int64_t cout) {
 float* workspace(int64_t floats) {
   thread_local at::Tensor buffer;
   if (!buffer.defined() || buffer.numel() < floats) {
-    buffer = at::Tensor();
+    buffer = at::Tensor();  // freed before the larger one is taken, so that both never coexist
     buffer = at::empty({floats}, at::kFloat);
   }
   return buffer.data_ptr<float>();
@@ -230,20 +231,14 @@ bool pays_for(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b
   if (!padding || (*padding)->at(0) != 1 || (*padding)->at(1) != 1) return false;
   for (int64_t i = 0; i < 2; ++i)
     if (options.stride()->at(i) != 1 || options.dilation()->at(i) != 1) return false;
-  if (!cpu_float(x) || !cpu_float(weight) || (bias.defined() && !cpu_float(bias)) || x.is_mkldnn() ||
-      weight.is_mkldnn())
-    return false;
-  if (at::GradMode::is_enabled() &&
-      (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())))
-    return false;
+  if (x.is_mkldnn() || weight.is_mkldnn() || !onednn::fits(x, weight, bias)) return false;
   // Measured on 2 AVX2 cores against oneDNN's direct convolution: 1.3-2x faster from 256 channels
   // on both sides at 32² and more; slower at 128 channels and fewer, where the data transforms,
   // which are memory-bound, outweigh the products saved. At 16² the filter transform, made on
   // every call, costs as much as the products.
   const int64_t cout = weight.size(0), cin = weight.size(1);
   if (cout < 256 || cin < 256 || x.size(2) * x.size(3) < 32 * 32) return false;
-  const int64_t tiles = x.size(0) * ((x.size(2) + kTile - 1) / kTile) * ((x.size(3) + kTile - 1) / kTile);
-  return plan_for(tiles, cin, cout).fits;
+  return plan_for(geometry_of(x).tiles(), cin, cout).fits;
 }
 
 at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -253,7 +248,7 @@ at::Tensor conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
   const auto w = weight.contiguous();
   const auto b = bias.defined() ? bias.contiguous() : bias;
   const int64_t cin = w.size(1), cout = w.size(0);
-  const Geometry g{x.size(0), x.size(2), x.size(3), (x.size(2) + kTile - 1) / kTile, (x.size(3) + kTile - 1) / kTile};
+  const Geometry g = geometry_of(x);
   const Plan plan = plan_for(g.tiles(), cin, cout);
   float* u = workspace(kPoints * (plan.block * cin + plan.chunk * cin));
   float* v = u + kPoints * plan.block * cin;
