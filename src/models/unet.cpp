@@ -7,6 +7,7 @@
 #include "kosmosg/error.h"
 #include "models/config_checks.h"
 #include "models/unet_blocks.h"
+#include "nn/onednn.h"
 
 namespace kosmosg::models {
 namespace {
@@ -254,6 +255,11 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
 
   // 2. pre-process
   auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
+  // Inference runs channels-last where oneDNN serves the CPU: its convolutions and the Winograd
+  // path take it without reordering, and the transformers' tokens are views of it. Every layer
+  // keeps the layout; the result is handed back NCHW.
+  const bool channels_last = !at::GradMode::is_enabled();
+  if (channels_last) h = nn::onednn::channels_last_on_cpu(h);
   h = conv_in(h);  // [N, C0, h, w]
   // Every resolution's features, kept for the up blocks' skip connections.
   std::vector<at::Tensor> skips{h};
@@ -320,7 +326,8 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
 
   // 6. post-process
   h = blocks::activate(conv_norm_out(h), blocks::parse_activation(c.act_fn, "act_fn"), true);  // [N, C0, h, w]
-  return conv_out(h);  // [N, C_out, h, w]
+  h = conv_out(h);  // [N, C_out, h, w]
+  return channels_last ? h.contiguous() : h;
 }
 
 }  // namespace kosmosg::models

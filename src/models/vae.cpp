@@ -1,11 +1,11 @@
 #include "kosmosg/models/vae.h"
 
 #include <torch/torch.h>
-#include <torch/version.h>
 
 #include "kosmosg/error.h"
 #include "models/config_checks.h"
 #include "models/unet_blocks.h"
+#include "nn/onednn.h"
 
 namespace kosmosg::models {
 namespace {
@@ -142,17 +142,6 @@ at::Tensor DiagonalGaussian::sample(const at::Tensor& noise) const {
   return mean + std() * noise.to(mean.options());
 }
 
-namespace {
-
-// LibTorch 2.x's oneDNN runs channels-last tensors without reordering them around every
-// convolution, which pays at the VAE's large sides (about 15 % on its 512² layers); the result is
-// handed back NCHW. 1.x keeps NCHW: the gain was measured on 2.x only.
-at::Tensor channels_last_on_cpu(const at::Tensor& x) {
-  const bool wanted = TORCH_VERSION_MAJOR >= 2 && x.device().is_cpu() && at::hasMKLDNN();
-  return wanted ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
-}
-
-}  // namespace
 
 AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config_(config) {
   encoder = register_module("encoder", blocks::Encoder(config));
@@ -166,7 +155,7 @@ DiagonalGaussian AutoencoderKLImpl::encode(const at::Tensor& images) {
   if (images.dim() != 4 || images.size(1) != config_.in_channels)
     fail("AutoencoderKL", "images have shape " + c10::str(images.sizes()) + "; expected [B, " +
                               std::to_string(config_.in_channels) + ", H, W]");
-  auto moments = quant_conv(encoder(channels_last_on_cpu(images))).contiguous();  // [N, 2z, H/f, W/f]
+  auto moments = quant_conv(encoder(nn::onednn::channels_last_on_cpu(images))).contiguous();  // [N, 2z, H/f, W/f]
   auto parts = moments.chunk(2, 1);            // mean and log-variance, [N, z, H/f, W/f] each
   // diffusers' DiagonalGaussianDistribution clamps the log-variance, so exp() stays finite.
   return {parts[0], at::clamp(parts[1], -30.0, 20.0)};
@@ -177,7 +166,7 @@ at::Tensor AutoencoderKLImpl::decode(const at::Tensor& latents) {
     fail("AutoencoderKL", "latents have shape " + c10::str(latents.sizes()) + "; expected [B, " +
                               std::to_string(config_.latent_channels) + ", h, w]");
   // [N, z, h, w] → [N, 3, f·h, f·w]
-  return decoder(post_quant_conv(channels_last_on_cpu(latents))).contiguous();
+  return decoder(post_quant_conv(nn::onednn::channels_last_on_cpu(latents))).contiguous();
 }
 
 }  // namespace kosmosg::models

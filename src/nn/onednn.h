@@ -15,6 +15,10 @@ using ConvOptions = torch::nn::detail::ConvNdOptions<2>;
 // Whether these tensors can take the paths below: all on CPU in float32, none needing a gradient.
 bool fits(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// x in channels-last memory where LibTorch 2.x's oneDNN serves the CPU, else x as it is: oneDNN
+// then runs convolutions without reordering activations around each one.
+at::Tensor channels_last_on_cpu(const at::Tensor& x);
+
 // x·Wᵀ + b on oneDNN's matmul; nullopt where this LibTorch has no oneDNN linear.
 std::optional<at::Tensor> linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
