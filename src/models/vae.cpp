@@ -142,7 +142,6 @@ at::Tensor DiagonalGaussian::sample(const at::Tensor& noise) const {
   return mean + std() * noise.to(mean.options());
 }
 
-
 AutoencoderKLImpl::AutoencoderKLImpl(const AutoencoderKLConfig& config) : config_(config) {
   encoder = register_module("encoder", blocks::Encoder(config));
   decoder = register_module("decoder", blocks::Decoder(config));
