@@ -224,7 +224,7 @@ ShapesReading read_shapes_image(const at::Tensor& hwc_u8, const data::ShapesWorl
     fail(kWhere, "image of shape " + std::to_string(hwc_u8.dim()) +
                      "-d, expected uint8 [H, W, 3] RGB of at least 8x8 pixels");
 #if !KOSMOSG_HAVE_OPENCV
-  detail::fail_without_opencv(kWhere);
+  kosmosg::detail::fail_without_opencv(kWhere);
 #else
   const at::Tensor image = hwc_u8.cpu().contiguous();
   const cv::Mat rgb(static_cast<int>(image.size(0)), static_cast<int>(image.size(1)), CV_8UC3, image.data_ptr());

@@ -85,7 +85,7 @@ at::Tensor canny_edges(const at::Tensor& hwc_u8, double low_threshold, double hi
     fail("canny", "thresholds " + std::to_string(low_threshold) + " and " +
                       std::to_string(high_threshold) + " must satisfy 0 <= low <= high");
 #if !KOSMOSG_HAVE_OPENCV
-  detail::fail_without_opencv("canny");
+  kosmosg::detail::fail_without_opencv("canny");
 #else
   const auto image = hwc_u8.contiguous();
   cv::Mat edges;
@@ -97,7 +97,7 @@ at::Tensor canny_edges(const at::Tensor& hwc_u8, double low_threshold, double hi
 at::Tensor scribble_edges(const at::Tensor& hwc_u8, double threshold) {
   check_rgb_image(hwc_u8, "scribble");
 #if !KOSMOSG_HAVE_OPENCV
-  detail::fail_without_opencv("scribble");
+  kosmosg::detail::fail_without_opencv("scribble");
 #else
   const auto image = hwc_u8.contiguous();
   cv::Mat x, fine, coarse;
@@ -115,7 +115,7 @@ at::Tensor scribble_edges(const at::Tensor& hwc_u8, double threshold) {
 at::Tensor lineart_edges(const at::Tensor& hwc_u8) {
   check_rgb_image(hwc_u8, "lineart");
 #if !KOSMOSG_HAVE_OPENCV
-  detail::fail_without_opencv("lineart");
+  kosmosg::detail::fail_without_opencv("lineart");
 #else
   const auto image = hwc_u8.contiguous();
   cv::Mat x, blurred;

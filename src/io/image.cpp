@@ -414,7 +414,7 @@ at::Tensor decode_image(const std::string& data, const std::string& what, int64_
   if (data.size() > static_cast<size_t>(INT_MAX))
     fail(kRead, what + ": " + std::to_string(data.size()) + " bytes of image data, more than OpenCV decodes");
 #if !KOSMOSG_HAVE_OPENCV
-  detail::fail_without_opencv(kRead);
+  kosmosg::detail::fail_without_opencv(kRead);
 #else
   cv::Mat mat;
   try {
@@ -517,7 +517,7 @@ void write_png(const std::string& path, const at::Tensor& hwc_u8, const std::map
   std::string chunks;  // checks the text before any encoding
   for (const auto& [key, value] : text) chunks += text_chunk(path, key, value);
 #if !KOSMOSG_HAVE_OPENCV
-  detail::fail_without_opencv(kPng);
+  kosmosg::detail::fail_without_opencv(kPng);
 #else
   const int channels = static_cast<int>(img.size(2));
   cv::Mat rgb(static_cast<int>(img.size(0)), static_cast<int>(img.size(1)), CV_8UC(channels), img.data_ptr<uint8_t>());
