@@ -29,6 +29,8 @@ for d in "$site"/nvidia/*/lib; do lib_path=$lib_path:$d; done
 export LD_LIBRARY_PATH=$lib_path:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export OMP_WAIT_POLICY=PASSIVE
 
+# Packed after every part, so that a run stopped at the device tool's limit still brings its logs back.
+pack_logs() { [ -z "${OUT:-}" ] || tar -C "$out" -czf "$OUT/gpu_check_logs.tar.gz" .; }
 wanted=" $* "
 failures=()
 deadline=$(( $(date +%s) + ${KOSMOSG_GPU_BUDGET:-540} ))
@@ -48,6 +50,7 @@ part() {  # part NAME SECONDS COMMAND...: runs COMMAND with a time limit, logs t
   local rc=$?
   echo "-- $name: exit $rc in $(( $(date +%s) - t0 )) s"
   [ $rc -eq 0 ] || failures+=("$name (exit $rc)")
+  pack_logs
   return $rc
 }
 
@@ -101,7 +104,7 @@ nccl_lm
 golden bfloat16
 bench sd15_bf16 120 --dtype bfloat16 --only unet_b2 vae_decode sample_512 --runs 3
 
-[ -z "${OUT:-}" ] || tar -C "$out" -czf "$OUT/gpu_check_logs.tar.gz" .
+pack_logs
 echo "== summary"
 if [ ${#failures[@]} -eq 0 ]; then
   echo "gpu_check: every part ran"
