@@ -151,7 +151,9 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
                     !options.show_progress);
   for (size_t i = first_step; i < timesteps.size(); ++i) {
     at::Tensor input = scheduler.scale_model_input(guided ? at::cat({x, x}) : x, i);
-    at::Tensor t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble));
+    // Made where the UNet runs: a host tensor's copy to a GPU would wait for the previous step
+    // there, so the next step's kernels could not queue up behind it.
+    at::Tensor t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble).device(param.device()));
     input = input.to(options_model);
     std::optional<models::UNetResiduals> residuals;
     for (size_t c = 0; c < controlnets.size(); ++c) {
@@ -187,7 +189,8 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
         for (const auto& g : generators) rows.push_back(at::randn(row, g, cpu_float));
         noise = at::cat(rows);
       }
-      noise = noise.to(x.device());
+      // Through pinned memory, for the same reason as the timestep: a pageable copy would wait.
+      noise = x.is_cuda() ? noise.pin_memory().to(x.device(), /*non_blocking=*/true) : noise.to(x.device());
     }
     x = scheduler.step(eps, i, x, noise);
     if (on_step) on_step({i, timesteps[i], input, eps, x});
