@@ -197,6 +197,8 @@ int main(int argc, char** argv) {
   app.add_option("--storage-dtype", storage_name,
                  "unet_*, encode_condition, generate_512: store the blocks in bfloat16 or float16, compute in float32")
       ->capture_default_str();
+  bool cuda_graph = true;
+  app.add_flag("!--no-cuda-graph", cuda_graph, "sample_512, generate_512: launch the UNet step by step, not as a captured CUDA graph");
   app.add_option("--full-batch", full_batch, "Batch of the train_*_full figures")->capture_default_str();
   app.add_option("--precision", at.precision, "Training figures: float32, bfloat16, float16 (CUDA, loss scaling), memory-efficient-bf16 or memory-efficient-fp16 (CUDA)")
       ->capture_default_str();
@@ -206,9 +208,9 @@ int main(int argc, char** argv) {
     at.device = parse_device(device_name);
     at.dtype = parse_dtype(dtype_name, at.device);
     at.storage = parse_storage_dtype(storage_name, at.device, at.dtype);
-    std::printf("threads: %d (OMP_WAIT_POLICY=%s), device %s, dtype %s, block storage %s, training precision %s\n",
+    std::printf("threads: %d (OMP_WAIT_POLICY=%s), device %s, dtype %s, block storage %s, training precision %s, CUDA graph %s\n",
                 used, std::getenv("OMP_WAIT_POLICY"), at.device.str().c_str(), c10::toString(at.dtype),
-                c10::toString(at.storage), at.precision.c_str());
+                c10::toString(at.storage), at.precision.c_str(), cuda_graph ? "on" : "off");
     const std::set<std::string> wanted(only.begin(), only.end());
     auto selected = [&](const std::string& n) { return wanted.empty() || wanted.count(n) > 0; };
     torch::NoGradGuard no_grad;
@@ -293,6 +295,7 @@ int main(int argc, char** argv) {
       pipeline::SamplingOptions sampling;
       sampling.sampler = "pndm";
       sampling.steps = steps;
+      sampling.cuda_graph = cuda_graph;
       const auto condition = torch::randn({2, 77, 768}, at.options());
       const auto latents = torch::randn({1, 4, 64, 64});
       const double seconds = report("sample_512", runs, used, at, [&] {
@@ -341,6 +344,7 @@ int main(int argc, char** argv) {
         if (at.storage != c10::kFloat) decoder.store_block_weights(at.storage);
         pipeline::GenerateOptions options;
         options.sampling.steps = 25;
+        options.sampling.cuda_graph = cuda_graph;
         report("generate_512", runs, used, at, [&] {
           decoder.generate(kg->encode_condition(src, pixels, image_mask, negative, 1), options);
         }, /*warm_up=*/at.device.is_cuda());  // minutes per run on the CPU, where the first of 25 steps warms up

@@ -5,7 +5,8 @@
 #   2. the golden suite on CUDA in float32, float16 and bfloat16;
 #   3. one training update of each stage (tiny config) in bfloat16, in float16 with the loss
 #      scaler, and in the official memory-efficient fp16;
-#   4. the benchmark: SD1.5 512x512 sampling it/s at batch 1 with guidance (float16, bfloat16),
+#   4. the benchmark: SD1.5 512x512 sampling it/s at batch 1 with guidance (float16, bfloat16;
+#      float16 also without the CUDA graph),
 #      the UNet and the VAE decode, a whole Kosmos-G 512x512 generation, peak GPU memory, and
 #      training samples/s of an instruct update at full size;
 #   5. a world-size-1 NCCL training run through the command line (torchrun's variables).
@@ -93,6 +94,7 @@ nccl_lm() {
 
 golden float32
 bench sd15_fp16 150 --dtype float16 --only unet_b1 unet_b2 vae_decode text_encoder sample_512 --runs 5
+bench sd15_fp16_eager 60 --dtype float16 --no-cuda-graph --only sample_512 --runs 3
 golden float16
 bench train_bf16 120 --precision bfloat16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
 bench train_fp16 120 --precision float16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2

@@ -41,6 +41,7 @@ struct GenerateArgs {
   std::optional<std::string> seed;
   int threads = 0;
   bool quiet = false;
+  bool no_cuda_graph = false;
 };
 
 struct LoraArg {
@@ -138,6 +139,7 @@ GenerateJob parse(const GenerateArgs& a) {
   o.negative = a.negative.value_or(defaults.negative.value_or(o.negative));
   o.sampling = defaults.sampling(a.sampler, a.steps, a.guidance);
   o.sampling.show_progress = !a.quiet;
+  o.sampling.cuda_graph = !a.no_cuda_graph;
   o.strength = a.strength;
   if (a.size) job.size = pipeline::parse_image_size(*a.size);
   job.default_size = defaults.size;
@@ -332,6 +334,7 @@ Command add_generate(CLI::App& app) {
   sub->add_option("--control-scale", a->control_scales, "ControlNet conditioning scale (default 1); once for all or once per ControlNet")->needs(controlnet)->type_name("S");
   sub->add_option("--control-start", a->control_starts, "Share of the steps after which a ControlNet starts acting (default 0)")->needs(controlnet)->type_name("A");
   sub->add_option("--control-end", a->control_ends, "Share of the steps after which it stops (default 1)")->needs(controlnet)->type_name("B");
+  sub->add_flag("--no-cuda-graph", a->no_cuda_graph, "On CUDA, launch the UNet's kernels one by one at every step instead of replaying them as one graph captured at the first");
   sub->add_flag("--quiet", a->quiet, "No progress output");
   return {sub,
           [a] { return run_generate(*a); },

@@ -10,6 +10,7 @@
 #include "kosmosg/nn/lora.h"
 #include "kosmosg/util/progress.h"
 #include "models/config_checks.h"
+#include "pipeline/unet_graph.h"
 
 namespace kosmosg::pipeline {
 
@@ -146,6 +147,7 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
                                  .repeat({expected_rows, 1, 1, 1})
                                  .to(options_model));
   }
+  std::unique_ptr<detail::UNetGraph> graph;
   const double run_steps = static_cast<double>(timesteps.size() - first_step);
   Progress progress("sampling", static_cast<int64_t>(timesteps.size() - first_step),
                     !options.show_progress);
@@ -171,8 +173,10 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
       for (size_t j = 0; j < r.down.size(); ++j) residuals->down[j] += r.down[j];
       residuals->mid += r.mid;
     }
-    at::Tensor eps =
-        unet_->forward(input, t, context, residuals ? &*residuals : nullptr).to(at::kFloat);
+    if (i == first_step && options.cuda_graph && controlnets.empty() && input.is_cuda())
+      graph = detail::UNetGraph::capture(unet_, input, t, context);
+    at::Tensor eps = graph ? graph->forward(input, timesteps[i])
+                           : unet_->forward(input, t, context, residuals ? &*residuals : nullptr).to(at::kFloat);
     if (guided) {
       auto halves = eps.chunk(2);
       eps = halves[0] + options.guidance * (halves[1] - halves[0]);

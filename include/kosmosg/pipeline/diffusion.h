@@ -27,6 +27,7 @@ struct SamplingOptions {
   int64_t steps = 25;
   double guidance = 7.5;             // <= 1 disables classifier-free guidance
   bool show_progress = false;
+  bool cuda_graph = true;  // on CUDA without ControlNets: the UNet captured once, replayed each step
 };
 
 // What one sampler step saw and produced (for tests and callers that track the loop).
