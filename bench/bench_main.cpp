@@ -25,6 +25,7 @@
 #include "kosmosg/runtime.h"
 #include "kosmosg/train/stage.h"
 #include "kosmosg/train/trainer.h"
+#include "kosmosg/util/flop_counter.h"
 
 namespace {
 
@@ -37,6 +38,7 @@ struct Placement {
   std::string precision = "float32";
   // Storage of the UNet's and Kosmos-G's blocks for float32 compute (kFloat: as `dtype`).
   c10::ScalarType storage = c10::kFloat;
+  double peak_tflops = 0;  // what MFU divides by; 0: the GPU's half-precision peak where known
   at::TensorOptions options() const { return at::TensorOptions().device(device).dtype(dtype); }
 };
 
@@ -69,6 +71,40 @@ void print_peak_rss(const std::string& after) {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
   std::printf("peak_rss after %s: %ld MiB\n", after.c_str(), usage.ru_maxrss / 1024);
+  std::fflush(stdout);
+}
+
+// Dense half-precision tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by device name
+// (more specific names first); 0 where not known.
+double half_precision_peak_tflops(const std::string& gpu) {
+  static const std::pair<const char*, double> kPeaks[] = {
+      {"H200 NVL", 835}, {"H200", 989}, {"H100 NVL", 835}, {"H100 PCIe", 756}, {"H100", 989}, {"A100", 312}};
+  for (const auto& [name, peak] : kPeaks)
+    if (gpu.find(name) != std::string::npos) return peak;
+  return 0;
+}
+
+// The operations one run of `body` computes, by FlopCounter.
+double counted_flops(const std::function<void()>& body, const Placement& at) {
+  FlopCounter counter;
+  body();
+  synchronize(at.device);
+  return counter.total();
+}
+
+// `NAME: X TFLOP per PER, Y TFLOP/s` (in GFLOP below a TFLOP), then the share of `peak` TFLOP/s
+// where given: MFU, or HFU where recomputed forwards (gradient checkpointing) are counted too.
+void print_flops(const std::string& name, const char* per, double flops, double seconds, double peak,
+                 const std::string& peak_source = "", bool recomputes = false) {
+  const bool tera = flops >= 1e12;
+  const double unit = tera ? 1e12 : 1e9;
+  const char* prefix = tera ? "T" : "G";
+  std::printf("%s: %.3f %sFLOP per %s, %.3f %sFLOP/s", name.c_str(), flops / unit, prefix, per,
+              flops / seconds / unit, prefix);
+  if (peak > 0)
+    std::printf(", %s %.1f %% of %.0f TFLOP/s (%s)", recomputes ? "HFU" : "MFU", 100 * flops / seconds / 1e12 / peak,
+                peak, peak_source.c_str());
+  std::printf("\n");
   std::fflush(stdout);
 }
 
@@ -154,7 +190,7 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
       teacher->to(at.device);
       teacher->eval();
       at::Generator generator = at::detail::createCPUGenerator(0);
-      const double seconds = report(name, runs, threads, at, [&] {
+      const auto update = [&] {
         trainer.update({[&] {
           if (stage_kind != data::StageKind::Align) return stage->forward(b, generator);
           at::Tensor clip;
@@ -168,9 +204,18 @@ void bench_training(const std::string& size, const io::Json& kosmosg, int64_t ba
           }
           return train::align_forward_with_teacher(*stage, b, clip);
         }});
-      });
+      };
+      const double seconds = report(name, runs, threads, at, update);
       std::printf("%s: batch %lld, %zu trainable tensors, %.2f samples/s (%s)\n", name.c_str(),
                   static_cast<long long>(batch), stage->trainable().size(), batch / seconds, at.precision.c_str());
+      // MFU against --peak-tflops, or on CUDA in half precision against the GPU's datasheet peak.
+      const bool half = o.precision.compute == at::kHalf || o.precision.compute == at::kBFloat16;
+      const std::string device = device_name(at.device);
+      const double peak = at.peak_tflops > 0                ? at.peak_tflops
+                          : at.device.is_cuda() && half ? half_precision_peak_tflops(device)
+                                                        : 0;
+      print_flops(name, "update", counted_flops(update, at), seconds, peak,
+                  at.peak_tflops > 0 ? "--peak-tflops" : device, checkpointing);
       print_peak_rss(name);
     }
   }
@@ -199,6 +244,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool cuda_graph = true;
   app.add_flag("!--no-cuda-graph", cuda_graph, "sample_512, generate_512: launch the UNet step by step, not as a captured CUDA graph");
+  app.add_option("--peak-tflops", at.peak_tflops,
+                 "train_*: the device's peak TFLOP/s for MFU (default on CUDA in half precision: the datasheet's, for H100/H200/A100)");
   app.add_option("--full-batch", full_batch, "Batch of the train_*_full figures")->capture_default_str();
   app.add_option("--precision", at.precision, "Training figures: float32, bfloat16, float16 (CUDA, loss scaling), memory-efficient-bf16 or memory-efficient-fp16 (CUDA)")
       ->capture_default_str();
@@ -228,7 +275,9 @@ int main(int argc, char** argv) {
         auto x = torch::randn({batch, 4, 64, 64}, at.options());
         auto t = torch::full({1}, 500, at::TensorOptions().dtype(torch::kLong).device(at.device));
         auto ctx = torch::randn({batch, 77, 768}, at.options());
-        report(name, runs, used, at, [&] { unet->forward(x, t, ctx); });
+        const auto forward = [&] { unet->forward(x, t, ctx); };
+        const double seconds = report(name, runs, used, at, forward);
+        print_flops(name, "forward", counted_flops(forward, at), seconds, 0);
       }
     }
     if (selected("unet_b2_lora") || selected("unet_b2_lora_merged")) {
@@ -280,7 +329,9 @@ int main(int argc, char** argv) {
       vae->to(at.device, at.dtype);
       vae->eval();
       auto z = torch::randn({1, 4, 64, 64}, at.options());
-      report("vae_decode", runs, used, at, [&] { vae->decode(z); });
+      const auto decode = [&] { vae->decode(z); };
+      const double seconds = report("vae_decode", runs, used, at, decode);
+      print_flops("vae_decode", "decode", counted_flops(decode, at), seconds, 0);
     }
     if (selected("sample_512")) {
       // What diffusers' progress bar counts: SD1.5 sampler steps at 512x512, batch 1, with

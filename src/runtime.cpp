@@ -99,6 +99,13 @@ int64_t peak_device_memory(const c10::Device& device) {
   return 0;
 }
 
+std::string device_name(const c10::Device& device) {
+#if KOSMOSG_HAVE_CUDA
+  if (device.is_cuda()) return at::cuda::getDeviceProperties(cuda_index(device))->name;
+#endif
+  return device.str();
+}
+
 void reset_peak_device_memory(const c10::Device& device) {
 #if KOSMOSG_HAVE_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(cuda_index(device));

@@ -37,6 +37,8 @@ void synchronize(const c10::Device& device);
 // The most bytes of tensors held on a CUDA `device` since the last reset (0 on the CPU), and the reset.
 int64_t peak_device_memory(const c10::Device& device);
 void reset_peak_device_memory(const c10::Device& device);
+// What the device calls itself ("NVIDIA H200"); "cpu" for the CPU.
+std::string device_name(const c10::Device& device);
 
 // Re-executes the current program with OMP_WAIT_POLICY=PASSIVE when it is unset: the OpenMP
 // runtime reads it only at start, and spin-waiting threads fight OpenBLAS's for the cores.
