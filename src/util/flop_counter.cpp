@@ -26,13 +26,6 @@ thread_local Depth counted_depth;
 enum class Kind { MatMul, AddMatMul, BatchMatMul, AddBatchMatMul, Convolution, ConvolutionBackward,
                   Attention, AttentionBackward, OneDnnLinear, OneDnnConvolution, Winograd };
 
-// What on_start hands on_end: the operations counted from the inputs, and for a convolution
-// counted on its output, the multiply-adds per output element. Empty inside another counted
-// operator. (The inputs can be read only at the start, the outputs only at the end.)
-struct Marker : at::ObserverContext {
-  double flops = 0;
-  double per_output_element = 0;
-};
 
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 bool ends_with(std::string_view s, std::string_view suffix) {
@@ -68,8 +61,8 @@ double product(const at::Tensor& a, const at::Tensor& b) {  // [.., n, m] · [..
 // A direct convolution over the larger side (the output, or a transposed convolution's input):
 // each of its elements takes weight.numel() / weight.size(0) multiply-adds.
 double convolution(const at::Tensor& large_side, const at::Tensor& weight) {
-  const double per_element = static_cast<double>(weight.numel()) / static_cast<double>(weight.size(0));
-  return 2.0 * static_cast<double>(large_side.numel()) * per_element;
+  return 2.0 * static_cast<double>(large_side.numel()) * static_cast<double>(weight.numel()) /
+         static_cast<double>(weight.size(0));
 }
 
 // q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, Dv]: QKᵀ and the weights times V; the backward
@@ -80,54 +73,58 @@ double attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   return 2.0 * rows * (backward ? 3 * d + 2 * dv : d + dv);
 }
 
-// The multiply-adds per output element of a convolution counted on its output, else 0.
-double per_output_element(Kind kind, const at::RecordFunction& fn) {
-  const auto in = fn.inputs();
-  const auto* weight = tensor_at(in, 1);
-  if (!weight || (kind != Kind::Convolution && kind != Kind::OneDnnConvolution)) return 0;
-  if (kind == Kind::Convolution && in.size() > 6 && in[6].isBool() && in[6].toBool()) return 0;
-  return static_cast<double>(weight->numel()) / static_cast<double>(weight->size(0));
-}
+// What an operator computes, read from its inputs: its operations, or for a convolution counted
+// on its output (known at the end), the multiply-adds per output element.
+struct Count {
+  double flops = 0;
+  double per_output_element = 0;
+};
 
-// The operations of an operator from its inputs.
-double flops_of(Kind kind, const at::RecordFunction& fn) {
+Count count_of(Kind kind, const at::RecordFunction& fn) {
   const auto in = fn.inputs();
   const auto arg = [&](size_t i) { return tensor_at(in, i); };
+  const auto flag = [&](size_t i) { return i < in.size() && in[i].isBool() && in[i].toBool(); };
+  const auto per_element = [](const at::Tensor& weight) {
+    return static_cast<double>(weight.numel()) / static_cast<double>(weight.size(0));
+  };
   switch (kind) {
     case Kind::MatMul:
     case Kind::BatchMatMul:
-      return arg(0) && arg(1) ? product(*arg(0), *arg(1)) : 0;
+      return {arg(0) && arg(1) ? product(*arg(0), *arg(1)) : 0};
     case Kind::AddMatMul:
     case Kind::AddBatchMatMul:
-      return arg(1) && arg(2) ? product(*arg(1), *arg(2)) : 0;
-    case Kind::Convolution: {  // the output's share is added at the end
-      const bool transposed = in.size() > 6 && in[6].isBool() && in[6].toBool();
-      return transposed && arg(0) && arg(1) ? convolution(*arg(0), *arg(1)) : 0;
-    }
+      return {arg(1) && arg(2) ? product(*arg(1), *arg(2)) : 0};
+    case Kind::Convolution:  // input, weight, ..., transposed (6): a transposed one on its input
+      if (!arg(0) || !arg(1)) return {};
+      return flag(6) ? Count{convolution(*arg(0), *arg(1))} : Count{0, per_element(*arg(1))};
     case Kind::ConvolutionBackward: {
       // grad_output, input, weight, ..., transposed (7), ..., output_mask (10)
-      if (!arg(0) || !arg(1) || !arg(2) || in.size() < 11) return 0;
-      const bool transposed = in[7].isBool() && in[7].toBool();
-      const double one = convolution(transposed ? *arg(1) : *arg(0), *arg(2));
+      if (!arg(0) || !arg(1) || !arg(2) || in.size() < 11) return {};
+      const double one = convolution(flag(7) ? *arg(1) : *arg(0), *arg(2));
       const auto mask = in[10].toBoolList();
-      return one * ((mask.get(0) ? 1 : 0) + (mask.get(1) ? 1 : 0));
+      return {one * ((mask.get(0) ? 1 : 0) + (mask.get(1) ? 1 : 0))};
     }
     case Kind::Attention:
-      return arg(0) && arg(1) && arg(2) ? attention(*arg(0), *arg(1), *arg(2), false) : 0;
+      return {arg(0) && arg(1) && arg(2) ? attention(*arg(0), *arg(1), *arg(2), false) : 0};
     case Kind::AttentionBackward:  // grad_out first, then query, key, value
-      return arg(1) && arg(2) && arg(3) ? attention(*arg(1), *arg(2), *arg(3), true) : 0;
-    case Kind::OneDnnLinear: {  // x [.., in], weight [out, in]
-      if (!arg(0) || !arg(1)) return 0;
-      return 2.0 * static_cast<double>(arg(0)->numel()) * static_cast<double>(arg(1)->size(0));
-    }
-    case Kind::OneDnnConvolution:  // counted on its output at the end
-      return 0;
+      return {arg(1) && arg(2) && arg(3) ? attention(*arg(1), *arg(2), *arg(3), true) : 0};
+    case Kind::OneDnnLinear:  // x [.., in], weight [out, in]
+      if (!arg(0) || !arg(1)) return {};
+      return {2.0 * static_cast<double>(arg(0)->numel()) * static_cast<double>(arg(1)->size(0))};
+    case Kind::OneDnnConvolution:  // x, the packed weight [out, in, kh, kw], ...
+      return {0, arg(1) ? per_element(*arg(1)) : 0};
     case Kind::Winograd:  // 3×3, stride 1, padding 1: an output position per input one
-      if (!arg(0) || !arg(1)) return 0;
-      return 2.0 * static_cast<double>(arg(0)->numel() / arg(0)->size(1)) * static_cast<double>(arg(1)->numel());
+      if (!arg(0) || !arg(1)) return {};
+      return {2.0 * static_cast<double>(arg(0)->numel() / arg(0)->size(1)) * static_cast<double>(arg(1)->numel())};
   }
-  return 0;
+  return {};
 }
+
+// What on_start hands on_end (the inputs can be read only at the start, the outputs only at the
+// end); an empty count inside another counted operator.
+struct Marker : at::ObserverContext {
+  Count count;
+};
 
 std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   const auto kind = kind_of(fn.name());
@@ -135,22 +132,19 @@ std::unique_ptr<at::ObserverContext> on_start(const at::RecordFunction& fn) {
   auto& d = counted_depth;
   if (d.generation != generation.load()) d = {generation.load(), 0};
   auto marker = std::make_unique<Marker>();
-  if (d.depth++ == 0) {
-    marker->flops = flops_of(*kind, fn);
-    marker->per_output_element = per_output_element(*kind, fn);
-  }
+  if (d.depth++ == 0) marker->count = count_of(*kind, fn);
   return marker;
 }
 
 void on_end(const at::RecordFunction& fn, at::ObserverContext* context) {
   if (!context) return;
   --counted_depth.depth;
-  const auto* marker = static_cast<const Marker*>(context);
-  double flops = marker->flops;
-  if (marker->per_output_element > 0) {
+  const Count& count = static_cast<const Marker*>(context)->count;
+  double flops = count.flops;
+  if (count.per_output_element > 0) {
     const auto& out = fn.outputs();
     if (!out.empty() && out[0].isTensor())
-      flops += 2.0 * static_cast<double>(out[0].toTensor().numel()) * marker->per_output_element;
+      flops += 2.0 * static_cast<double>(out[0].toTensor().numel()) * count.per_output_element;
   }
   counted += static_cast<uint64_t>(flops);
 }
