@@ -1,7 +1,8 @@
 // Speed and memory figures of the full-size SD1.5 and Kosmos-G parts with random weights (no
 // download), on the CPU or a CUDA device. One line per figure,
 // `NAME: MEDIAN s (min MIN, max MAX, RUNS runs, THREADS threads)`, then `peak_rss: N MiB` (and
-// on CUDA `peak_gpu_memory: N MiB`), so scripts can read it.
+// on CUDA `peak_gpu_memory: N MiB`), so scripts can read it; the UNet, VAE and training figures
+// add `NAME: X GFLOP per ..., Y GFLOP/s` (TFLOP from a teraflop on), counted on one more run.
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>

@@ -12,9 +12,9 @@ namespace kosmosg::pipeline::detail {
 
 class UNetGraph {
  public:
-  // Captures `unet` on (sample, timestep, context), all on one CUDA device; nullptr, with a
-  // warning naming why, where that is not possible (no CUDA in this build, or an operation in
-  // the forward that a graph cannot hold). `context` is copied and stays fixed.
+  // Captures `unet` on (sample, timestep, context), all on one CUDA device. nullptr off CUDA (or
+  // in a build without it), and with a warning naming why where the capture fails (an operation
+  // in the forward that a graph cannot hold). `context` is copied and stays fixed.
   static std::unique_ptr<UNetGraph> capture(models::UNet2DConditionModel unet, const at::Tensor& sample,
                                             const at::Tensor& timestep, const at::Tensor& context);
   virtual ~UNetGraph() = default;
