@@ -26,7 +26,6 @@ thread_local Depth counted_depth;
 enum class Kind { MatMul, AddMatMul, BatchMatMul, AddBatchMatMul, Convolution, ConvolutionBackward,
                   Attention, AttentionBackward, OneDnnLinear, OneDnnConvolution, Winograd };
 
-
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
@@ -58,11 +57,14 @@ double product(const at::Tensor& a, const at::Tensor& b) {  // [.., n, m] · [..
          static_cast<double>(b.size(-1));
 }
 
-// A direct convolution over the larger side (the output, or a transposed convolution's input):
-// each of its elements takes weight.numel() / weight.size(0) multiply-adds.
+// The multiply-adds a direct convolution spends on each element of its larger side.
+double per_element(const at::Tensor& weight) {
+  return static_cast<double>(weight.numel()) / static_cast<double>(weight.size(0));
+}
+
+// A direct convolution over the larger side (the output, or a transposed convolution's input).
 double convolution(const at::Tensor& large_side, const at::Tensor& weight) {
-  return 2.0 * static_cast<double>(large_side.numel()) * static_cast<double>(weight.numel()) /
-         static_cast<double>(weight.size(0));
+  return 2.0 * static_cast<double>(large_side.numel()) * per_element(weight);
 }
 
 // q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, Dv]: QKᵀ and the weights times V; the backward
@@ -84,9 +86,6 @@ Count count_of(Kind kind, const at::RecordFunction& fn) {
   const auto in = fn.inputs();
   const auto arg = [&](size_t i) { return tensor_at(in, i); };
   const auto flag = [&](size_t i) { return i < in.size() && in[i].isBool() && in[i].toBool(); };
-  const auto per_element = [](const at::Tensor& weight) {
-    return static_cast<double>(weight.numel()) / static_cast<double>(weight.size(0));
-  };
   switch (kind) {
     case Kind::MatMul:
     case Kind::BatchMatMul:
