@@ -94,13 +94,13 @@ nccl_lm() {
 
 golden float32
 bench sd15_fp16 150 --dtype float16 --only unet_b1 unet_b2 vae_decode text_encoder sample_512 --runs 5
+bench train_full_bf16 180 --precision bfloat16 --only train_instruct_full --full-batch 8 --runs 3
 bench sd15_fp16_eager 60 --dtype float16 --no-cuda-graph --only sample_512 --runs 3
 golden float16
 bench train_bf16 120 --precision bfloat16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
 bench train_fp16 120 --precision float16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
 bench train_mefp16 120 --precision memory-efficient-fp16 --only train_lm_tiny train_align_tiny train_instruct_tiny --runs 2
 bench kosmosg_fp16 180 --dtype float16 --only encode_condition generate_512 --runs 2
-bench train_full_bf16 180 --precision bfloat16 --only train_instruct_full --full-batch 8 --runs 3
 bench train_full_mefp16 150 --precision memory-efficient-fp16 --only train_instruct_full --full-batch 8 --runs 2
 nccl_lm
 golden bfloat16
