@@ -227,6 +227,14 @@ void UNet2DConditionModelImpl::store_block_weights(c10::ScalarType dtype) {
   if (!mid_block.is_empty()) nn::store_block_weights(*mid_block, dtype);
 }
 
+void UNet2DConditionModelImpl::set_cuda_channels_last(bool on) {
+  cuda_channels_last_ = on;
+  const auto format = on ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::NoGradGuard no_grad;
+  for (auto& p : parameters())
+    if (p.dim() == 4 && p.is_cuda()) p.set_data(p.contiguous(format));
+}
+
 at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at::Tensor& timestep,
                                              const at::Tensor& encoder_hidden_states,
                                              const UNetResiduals* residuals) {
@@ -255,11 +263,13 @@ at::Tensor UNet2DConditionModelImpl::forward(const at::Tensor& sample, const at:
 
   // 2. pre-process
   auto h = c.center_input_sample ? sample * 2.0 - 1.0 : sample;
-  // Inference runs channels-last where oneDNN serves the CPU: its convolutions and the Winograd
-  // path take it without reordering, and the transformers' tokens are views of it. Every layer
-  // keeps the layout; the result is handed back NCHW.
+  // Inference runs channels-last where oneDNN serves the CPU, and on CUDA when asked: those
+  // convolutions (and the Winograd path) take it without reordering, and the transformers'
+  // tokens are views of it. Every layer keeps the layout; the result is handed back NCHW.
   const bool channels_last = !at::GradMode::is_enabled();
-  if (channels_last) h = nn::onednn::channels_last_on_cpu(h);
+  if (channels_last)
+    h = cuda_channels_last_ && h.is_cuda() ? h.contiguous(at::MemoryFormat::ChannelsLast)
+                                           : nn::onednn::channels_last_on_cpu(h);
   h = conv_in(h);  // [N, C0, h, w]
   // Every resolution's features, kept for the up blocks' skip connections.
   std::vector<at::Tensor> skips{h};

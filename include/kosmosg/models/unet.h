@@ -81,6 +81,10 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
   // Stores the down, mid and up blocks' weights in `dtype` (bfloat16 or float16) and computes them
   // in float32 (nn::store_block_weights): inference with float32 inputs only.
   void store_block_weights(c10::ScalarType dtype);
+  // Stores the convolution weights on CUDA channels-last (or back in NCHW) and runs inference
+  // there in that layout, which cuDNN's tensor-core convolutions take without reordering. It pays
+  // inside a CUDA graph; step by step its extra launches can cost more than it gains.
+  void set_cuda_channels_last(bool on);
 
   const UNet2DConditionConfig& config() const { return config_; }
 
@@ -95,6 +99,7 @@ class UNet2DConditionModelImpl : public torch::nn::Module {
 
  private:
   UNet2DConditionConfig config_;
+  bool cuda_channels_last_ = false;
 };
 TORCH_MODULE(UNet2DConditionModel);
 
