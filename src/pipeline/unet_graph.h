@@ -14,7 +14,8 @@ class UNetGraph {
  public:
   // Captures `unet` on (sample, timestep, context), all on one CUDA device. nullptr off CUDA (or
   // in a build without it), and with a warning naming why where the capture fails (an operation
-  // in the forward that a graph cannot hold). `context` is copied and stays fixed.
+  // in the forward that a graph cannot hold). `context` is copied and stays fixed. While the graph
+  // lives, the UNet's convolution weights are channels-last (set_cuda_channels_last).
   static std::unique_ptr<UNetGraph> capture(models::UNet2DConditionModel unet, const at::Tensor& sample,
                                             const at::Tensor& timestep, const at::Tensor& context);
   virtual ~UNetGraph() = default;
