@@ -154,8 +154,10 @@ at::Tensor DiffusionDecoder::denoise(diffusion::Scheduler& scheduler, at::Tensor
   for (size_t i = first_step; i < timesteps.size(); ++i) {
     at::Tensor input = scheduler.scale_model_input(guided ? at::cat({x, x}) : x, i);
     // Made where the UNet runs: a host tensor's copy to a GPU would wait for the previous step
-    // there, so the next step's kernels could not queue up behind it.
-    at::Tensor t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble).device(param.device()));
+    // there, so the next step's kernels could not queue up behind it. A graph's replay fills its
+    // own copy instead.
+    at::Tensor t;
+    if (!graph) t = at::full({1}, timesteps[i], at::TensorOptions().dtype(at::kDouble).device(param.device()));
     input = input.to(options_model);
     std::optional<models::UNetResiduals> residuals;
     for (size_t c = 0; c < controlnets.size(); ++c) {
